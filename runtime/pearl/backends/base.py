@@ -1,0 +1,61 @@
+"""The one interface every model backend implements, and the spec that says which model to load.
+
+A backend runs one model on one device and owns that model's KV caches. It works on ``Sequence`` objects:
+``forward`` feeds each sequence's uncached tokens (the whole prompt the first time, which is the prefill)
+and returns logits; ``truncate`` rolls a cache back after a rejection. Calls take lists of sequences so a
+batching backend can serve many at once; the first backends simply loop.
+"""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import Protocol
+
+import torch
+
+from pearl.sequence import Sequence
+
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """Where a model comes from and how a rank runs it. Travels to the ranks as JSON."""
+
+    path: str  # a folder with HF safetensors weights, or a .gguf file
+    device: str = "cpu"
+    dtype: str = "float32"
+    num_layers: int | None = None  # keep only the first N decoder layers (a self-draft)
+    backend: str = "torch"
+
+    def __post_init__(self) -> None:
+        if self.dtype not in DTYPES:
+            raise ValueError(f"dtype must be one of {sorted(DTYPES)}, got {self.dtype!r}")
+        if self.num_layers is not None and self.num_layers < 1:
+            raise ValueError(f"num_layers must be >= 1, got {self.num_layers}")
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+class ModelBackend(Protocol):
+    vocab_size: int  # columns of the logits
+    eos_token_ids: tuple[int, ...]
+    max_seq_len: int
+    device: torch.device
+    dtype: torch.dtype
+
+    def forward(self, seqs: list[Sequence], num_logits: list[int]) -> list[torch.Tensor]:
+        """Feed ``seq.tokens[seq.num_cached:]`` for each sequence and set ``num_cached = len(tokens)``.
+
+        Returns, per sequence, float32 logits ``[num_logits, vocab_size]`` for its last ``num_logits``
+        positions: row ``j`` is the distribution of the token after ``tokens[len - num_logits + j]``.
+        """
+
+    def truncate(self, seq: Sequence, length: int) -> None:
+        """Drop cached positions ``>= length`` (rollback) and set ``num_cached = length``."""
+
+    def release(self, seq: Sequence) -> None:
+        """Free the sequence's cache."""
+
+    def cache_length(self, seq: Sequence) -> int:
+        """Positions physically held in the sequence's cache (equals ``num_cached``; for checks)."""

@@ -1,0 +1,69 @@
+"""Loading transformers models and tokenizers from a local folder (safetensors) or a GGUF file.
+
+Nothing is ever fetched from a hub here: paths must exist, and folders are loaded with safetensors only
+(no pickle-based weights).
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import torch
+
+from pearl.backends.base import DTYPES, ModelSpec
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+
+class ModelPathError(ValueError):
+    """A model path that does not exist or holds no loadable model."""
+
+
+def resolve(path: str) -> tuple[Path, str | None]:
+    """Split a model path into (folder, gguf file name or None), refusing what cannot be loaded."""
+    p = Path(path).expanduser()
+    if not p.exists():
+        raise ModelPathError(f"model path does not exist: {path}")
+    if p.is_file():
+        if p.suffix != ".gguf":
+            raise ModelPathError(f"{path} is a file but not a .gguf; give a GGUF file or a model folder")
+        return p.parent, p.name
+    if not (p / "config.json").exists():
+        raise ModelPathError(f"{path} has no config.json; give a folder with HF weights or a .gguf file")
+    if not any(p.glob("*.safetensors")):
+        raise ModelPathError(f"{path} has no *.safetensors weights (other formats are not loaded)")
+    return p, None
+
+
+def load_model(spec: ModelSpec) -> torch.nn.Module:
+    from transformers import AutoModelForCausalLM
+
+    folder, gguf_file = resolve(spec.path)
+    kwargs = {"gguf_file": gguf_file} if gguf_file else {"use_safetensors": True}
+    model = AutoModelForCausalLM.from_pretrained(folder, dtype=DTYPES[spec.dtype], **kwargs)
+    if spec.num_layers is not None:
+        truncate_layers(model, spec.num_layers)
+    return model.to(spec.device).eval()
+
+
+def truncate_layers(model: torch.nn.Module, num_layers: int) -> None:
+    """Keep the first ``num_layers`` decoder layers: a cheap draft that shares the target's vocabulary."""
+    total = model.config.num_hidden_layers
+    if num_layers > total:
+        raise ValueError(f"num_layers={num_layers} but the model has only {total} layers")
+    model.model.layers = model.model.layers[:num_layers]
+    model.config.num_hidden_layers = num_layers
+    if getattr(model.config, "layer_types", None):
+        model.config.layer_types = model.config.layer_types[:num_layers]
+
+
+def load_tokenizer(path: str):
+    """The tokenizer stored with a model (folder or GGUF), or None when the folder has none."""
+    from transformers import AutoTokenizer
+
+    folder, gguf_file = resolve(path)
+    if gguf_file:
+        return AutoTokenizer.from_pretrained(folder, gguf_file=gguf_file)
+    if not any((folder / name).exists() for name in ("tokenizer.json", "tokenizer_config.json")):
+        return None
+    return AutoTokenizer.from_pretrained(folder)

@@ -1,0 +1,43 @@
+"""PEARL: the target verifies while the draft drafts (arXiv 2408.11850).
+
+Every round the target runs ONE forward over its uncached tokens at the same time as the draft proposes
+its next window, then checks ``pending + [first new draft token]``:
+- pre-verify (nothing pending, after a correction): the forward is over the last verified token(s), its one
+  row checks the draft's first new token early. Rejected: the target's correction follows and the draft's
+  window is dropped. Accepted: the whole window is kept; its first token is verified, the rest pending.
+- post-verify (a window pending): the forward is over the pending window, its rows check the window and
+  the next window's first token while the draft keeps drafting. All accepted: the new window is kept and
+  the draft length keeps growing by itself. A rejection at position n keeps the n accepted tokens and the
+  correction; both ranks roll back their caches; the next round is pre-verify again.
+The row count works out because the first token of a pending window is always verified but uncached on
+the target: the uncached tokens are exactly one more than the pending ones.
+"""
+from __future__ import annotations
+
+import torch
+
+from pearl.decoding.target import TargetState
+from pearl.sampling import Verdict, verify
+
+
+class PearlStep:
+    """The target's side of one PEARL round. Keeps the draft rows of the pending window for sampling."""
+
+    def __init__(self) -> None:
+        self.pending_probs: torch.Tensor | None = None
+
+    def __call__(self, state: TargetState, link) -> tuple[Verdict, int]:
+        checks = state.seq.pending
+        logits = state.forward(len(checks) + 1)  # overlaps with the draft proposing its next window
+        tokens, probs = state.receive_draft(link)
+        checks = checks + tokens[:1]
+        q = None if probs is None else self._rows_for_checks(probs)
+        verdict = verify(logits, checks, q, state.params, state.generator)
+        if probs is not None:
+            self.pending_probs = None if verdict.corrected else probs[1:]
+        return verdict, len(checks)
+
+    def _rows_for_checks(self, probs: torch.Tensor) -> torch.Tensor:
+        if self.pending_probs is None:
+            return probs[:1]
+        return torch.cat([self.pending_probs, probs[:1]])

@@ -1,0 +1,31 @@
+"""What a world of worker ranks runs: the draft and target model specs and the threads per rank."""
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass
+
+from pearl.backends.base import ModelSpec
+
+
+@dataclass(frozen=True)
+class WorldConfig:
+    draft: ModelSpec
+    target: ModelSpec
+    threads_per_rank: int = 1  # torch threads in each rank; 1 each on a 2-core machine
+    startup_timeout_s: float = 600.0  # loading a GGUF dequantizes for a while
+
+    def __post_init__(self) -> None:
+        if self.threads_per_rank < 1:
+            raise ValueError(f"threads_per_rank must be >= 1, got {self.threads_per_rank}")
+
+    def spec_for(self, rank: int) -> ModelSpec:
+        from pearl.dist.protocol import DRAFT_RANK
+        return self.draft if rank == DRAFT_RANK else self.target
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self))
+
+    @classmethod
+    def from_json(cls, text: str) -> "WorldConfig":
+        data = json.loads(text)
+        return cls(draft=ModelSpec(**data.pop("draft")), target=ModelSpec(**data.pop("target")), **data)

@@ -1,0 +1,47 @@
+"""Sending and receiving protocol messages without busy-polling.
+
+Waiting ranks share two cores with the rank doing the work, so a wait probes for the message
+(``Improbe``, the matched probe: safe with several threads) and sleeps briefly between probes instead of
+spinning in a blocking receive. The sleep grows from 20 us to 200 us, which keeps the added latency far
+below one model forward.
+"""
+from __future__ import annotations
+
+import time
+
+import numpy as np
+from mpi4py import MPI
+
+from pearl.dist.protocol import TAG_DTYPES
+
+MIN_SLEEP_S, MAX_SLEEP_S = 20e-6, 200e-6
+
+
+class Endpoint:
+    """One side of a communicator: sends to and receives from ranks of the other side (or the same)."""
+
+    def __init__(self, comm: MPI.Comm) -> None:
+        self.comm = comm
+
+    def send(self, array: np.ndarray, dest: int, tag: int) -> None:
+        array = np.ascontiguousarray(array, dtype=TAG_DTYPES[tag])
+        self.comm.Send(array, dest=dest, tag=tag)
+
+    def recv(self, source: int = MPI.ANY_SOURCE, tag: int = MPI.ANY_TAG,
+             timeout: float | None = None) -> tuple[np.ndarray, int, int]:
+        """Wait for a message; return (array, source, tag). Raises TimeoutError after ``timeout`` s."""
+        status = MPI.Status()
+        deadline = None if timeout is None else time.monotonic() + timeout
+        sleep = MIN_SLEEP_S
+        while (message := self.comm.Improbe(source, tag, status)) is None:
+            if deadline is not None and time.monotonic() > deadline:
+                raise TimeoutError(f"no message (source {source}, tag {tag}) within {timeout} s")
+            time.sleep(sleep)
+            sleep = min(sleep * 2, MAX_SLEEP_S)
+        dtype = TAG_DTYPES[status.Get_tag()]
+        array = np.empty(status.Get_count(MPI.BYTE) // np.dtype(dtype).itemsize, dtype=dtype)
+        message.Recv(array)
+        return array, status.Get_source(), status.Get_tag()
+
+    def recv_from(self, source: int, tag: int, timeout: float | None = None) -> np.ndarray:
+        return self.recv(source, tag, timeout)[0]

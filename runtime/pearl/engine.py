@@ -1,0 +1,157 @@
+"""The public API: an ``Engine`` owns a world of worker ranks and turns prompt ids into streamed tokens.
+
+    with Engine(WorldConfig(draft=ModelSpec(path), target=ModelSpec(path))) as engine:
+        stream = engine.generate(prompt_ids, SamplingParams(max_tokens=64), mode="pearl", gamma=4)
+        for chunk in stream:      # lists of token ids, as they are accepted
+            ...
+        stream.stats              # RequestStats once the stream is exhausted
+
+One request is served at a time (requests from several threads queue on a lock).
+"""
+from __future__ import annotations
+
+import itertools
+import threading
+import time
+from typing import Iterator
+
+from pearl.backends.loading import load_tokenizer, resolve
+from pearl.dist.config import WorldConfig
+from pearl.dist.world import World, WorldError
+from pearl.params import GenerationRequest, Mode, SamplingParams
+from pearl.profiling import recommended_gamma
+from pearl.stats import RequestStats
+from pearl.stopping import FinishReason
+
+
+class VocabularyMismatch(ValueError):
+    """Draft and target do not share token ids, so the draft's tokens mean nothing to the target."""
+
+
+def check_tokenizers(draft_tokenizer, target_tokenizer) -> None:
+    """Refuse a pair whose tokenizers map text to different ids (None: no tokenizer to compare)."""
+    if draft_tokenizer is None or target_tokenizer is None:
+        return
+    if draft_tokenizer.get_vocab() != target_tokenizer.get_vocab():
+        raise VocabularyMismatch("draft and target tokenizers differ; speculative decoding needs a draft "
+                                 "that uses the target's vocabulary")
+
+
+def shared_vocab_size(target_tokenizer, draft_logits: int, target_logits: int) -> int:
+    """Logits columns both models agree on. Padded vocabularies (Qwen) are cut to the shorter one.
+
+    With a tokenizer (already checked to be the draft's too) the ids beyond it are padding; without one
+    the two models must have the same number of logits.
+    """
+    if target_tokenizer is None:
+        if draft_logits != target_logits:
+            raise VocabularyMismatch(f"draft has {draft_logits} logits and target {target_logits}; without "
+                                     f"tokenizers to show they share ids, the vocabularies must be equal")
+        return target_logits
+    size = min(draft_logits, target_logits)
+    if len(target_tokenizer) > size:
+        raise VocabularyMismatch(f"the tokenizer has {len(target_tokenizer)} tokens but a model has only "
+                                 f"{size} logits")
+    return size
+
+
+class GenerationStream:
+    """Iterate for token chunks; afterwards ``token_ids``, ``finish_reason`` and ``stats`` are set."""
+
+    def __init__(self, chunks: Iterator[list[int]]) -> None:
+        self._chunks = chunks
+        self.token_ids: list[int] = []
+        self.finish_reason: str | None = None
+        self.stats: RequestStats | None = None
+
+    def __iter__(self) -> Iterator[list[int]]:
+        for chunk in self._chunks:
+            self.token_ids.extend(chunk)
+            yield chunk
+
+    def collect(self) -> "GenerationStream":
+        for _ in self:
+            pass
+        return self
+
+
+class Engine:
+    def __init__(self, config: WorldConfig) -> None:
+        for spec in (config.draft, config.target):
+            resolve(spec.path)  # a missing path fails here, before any process starts
+        self.config = config
+        self.tokenizer = load_tokenizer(config.target.path)
+        draft_tokenizer = (self.tokenizer if config.draft.path == config.target.path
+                           else load_tokenizer(config.draft.path))
+        check_tokenizers(draft_tokenizer, self.tokenizer)
+        self.world = World.start(config)
+        try:
+            draft, target = (self.world.ranks[r] for r in sorted(self.world.ranks))
+            self.vocab_size = shared_vocab_size(self.tokenizer, draft.vocab_size, target.vocab_size)
+        except BaseException:
+            self.world.close()
+            raise
+        self.eos_token_ids = target.eos_token_ids
+        self.max_seq_len = min(draft.max_seq_len, target.max_seq_len)
+        self.world.begin(self.vocab_size)
+        self._lock = threading.Lock()
+        self._ids = itertools.count(1)
+        self._auto_gamma: int | None = None
+
+    def __enter__(self) -> "Engine":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def close(self) -> None:
+        self.world.close()
+
+    def auto_gamma(self) -> int:
+        """PEARL's gamma: the target/draft decode time ratio, measured once on the ranks."""
+        if self._auto_gamma is None:
+            with self._lock:
+                seconds = self.world.profile()
+            self._auto_gamma = recommended_gamma(seconds["draft"], seconds["target"])
+        return self._auto_gamma
+
+    def generate(self, prompt_ids: list[int], sampling: SamplingParams = SamplingParams(),
+                 mode: Mode | str = Mode.PEARL, gamma: int | str = 4) -> GenerationStream:
+        mode = Mode.parse(mode) if isinstance(mode, str) else mode
+        gamma = self.auto_gamma() if gamma == "auto" else int(gamma)
+        request = GenerationRequest(next(self._ids), tuple(int(t) for t in prompt_ids), sampling, mode, gamma)
+        self._check_fits(request)
+        stream = GenerationStream(iter(()))
+        stream._chunks = self._serve(request, stream)
+        return stream
+
+    def _check_fits(self, request: GenerationRequest) -> None:
+        bad = [t for t in request.prompt_ids if t >= self.vocab_size]
+        if bad:
+            raise ValueError(f"prompt token id {bad[0]} is outside the vocabulary (size {self.vocab_size})")
+        if request.max_total_tokens > self.max_seq_len:
+            raise ValueError(f"prompt ({len(request.prompt_ids)} tokens) + max_tokens "
+                             f"({request.sampling.max_tokens}) exceeds the models' limit of "
+                             f"{self.max_seq_len - 1} tokens")
+
+    def _serve(self, request: GenerationRequest, stream: GenerationStream) -> Iterator[list[int]]:
+        with self._lock:
+            if self.world.closed:
+                raise WorldError("the engine is closed")
+            start = time.perf_counter()
+            self.world.submit(request)
+            results = self.world.results(request.request_id)
+            try:
+                for item in results:
+                    if isinstance(item, tuple):
+                        tokens, reason = item
+                        if reason:
+                            stream.finish_reason = FinishReason(reason).label
+                        if tokens:
+                            yield tokens
+                    else:
+                        stream.stats = RequestStats.from_message(item, request.mode.name.lower(),
+                                                                 request.gamma, time.perf_counter() - start)
+            finally:
+                for _ in results:  # a consumer that stopped early: let the request finish on the ranks
+                    pass

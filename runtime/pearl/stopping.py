@@ -1,0 +1,59 @@
+"""When a request ends, and which verified tokens are output.
+
+The target rank (the one that decides) owns an ``OutputTracker`` per request. After each verdict it hands
+over the newly verified tokens one at a time, in order, so every decoder stops at exactly the same token:
+- an EOS token ends the request and is not output (unless ``ignore_eos``);
+- a stop sequence ends the request and is output (as TensorRT-LLM's stop_words do);
+- ``max_tokens`` output tokens end it with reason "length".
+"""
+from __future__ import annotations
+
+import enum
+
+from pearl.params import SamplingParams
+from pearl.sequence import Sequence
+
+
+class FinishReason(enum.IntEnum):
+    NONE = 0
+    STOP = 1
+    LENGTH = 2
+
+    @property
+    def label(self) -> str | None:
+        return None if self is FinishReason.NONE else self.name.lower()
+
+
+class OutputTracker:
+    def __init__(self, seq: Sequence, params: SamplingParams, eos_token_ids: tuple[int, ...]) -> None:
+        self.seq = seq
+        self.params = params
+        self.eos = frozenset(() if params.ignore_eos else eos_token_ids)
+        self.output: list[int] = []
+        self.finish_reason = FinishReason.NONE
+        self._scanned = seq.num_prompt  # tokens[:_scanned] have been looked at
+
+    @property
+    def finished(self) -> bool:
+        return self.finish_reason is not FinishReason.NONE
+
+    def advance(self) -> list[int]:
+        """Scan tokens verified since the last call; return the ones to output (may end the request)."""
+        new: list[int] = []
+        while not self.finished and self._scanned < self.seq.num_verified:
+            token = self.seq.tokens[self._scanned]
+            self._scanned += 1
+            if token in self.eos:
+                self.finish_reason = FinishReason.STOP
+                break
+            new.append(token)
+            self.output.append(token)
+            if self._ends_with_stop_sequence():
+                self.finish_reason = FinishReason.STOP
+            elif len(self.output) >= self.params.max_tokens:
+                self.finish_reason = FinishReason.LENGTH
+        return new
+
+    def _ends_with_stop_sequence(self) -> bool:
+        tail = self.output
+        return any(len(tail) >= len(s) and tuple(tail[-len(s):]) == s for s in self.params.stop_token_ids)

@@ -1,0 +1,33 @@
+"""Tiny random-init causal LMs saved as HF folders: fast stand-ins for real models in tests."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from transformers import LlamaConfig, LlamaForCausalLM, Qwen2Config, Qwen2ForCausalLM
+
+ARCHITECTURES = {"llama": (LlamaConfig, LlamaForCausalLM), "qwen2": (Qwen2Config, Qwen2ForCausalLM)}
+
+
+def make_tiny_model(folder: Path, arch: str = "llama", seed: int = 0, vocab_size: int = 64,
+                    num_layers: int = 2, init_std: float = 0.02, eos_token_id: int | None = None,
+                    noise_from: Path | None = None, noise_std: float = 0.0) -> Path:
+    """Save a random model; ``noise_from`` copies another tiny model and perturbs its weights instead.
+
+    ``init_std`` sets how peaked its distributions are (large values give confident, varied logits).
+    """
+    config_cls, model_cls = ARCHITECTURES[arch]
+    torch.manual_seed(seed)
+    if noise_from is not None:
+        model = model_cls.from_pretrained(noise_from)
+        with torch.no_grad():
+            for param in model.parameters():
+                param.add_(torch.randn_like(param) * noise_std * param.std().clamp_min(1e-3))
+    else:
+        config = config_cls(vocab_size=vocab_size, hidden_size=32, intermediate_size=64,
+                            num_hidden_layers=num_layers, num_attention_heads=4, num_key_value_heads=2,
+                            max_position_embeddings=512, initializer_range=init_std, tie_word_embeddings=False,
+                            eos_token_id=eos_token_id, bos_token_id=None, pad_token_id=None)
+        model = model_cls(config)
+    model.save_pretrained(folder)
+    return folder

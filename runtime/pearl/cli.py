@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 from pearl.params import Mode
@@ -108,14 +109,15 @@ def run_generate(args: argparse.Namespace) -> int:
     from pearl.text import IncrementalDetokenizer, encode_prompt
 
     prompts = read_prompts(args)
+    # Validated before any model loads; stop texts are added once the tokenizer is at hand.
+    sampling = SamplingParams(temperature=args.temperature, top_k=args.top_k, top_p=args.top_p, seed=args.seed,
+                              max_tokens=args.max_tokens, ignore_eos=args.ignore_eos)
     with Engine(world_config(args)) as engine:
         tokenizer = engine.tokenizer
         if tokenizer is None:
             raise ValueError(f"{args.target} has no tokenizer; text prompts need one")
         stops = tuple(tuple(tokenizer.encode(s, add_special_tokens=False)) for s in args.stop)
-        sampling = SamplingParams(temperature=args.temperature, top_k=args.top_k, top_p=args.top_p,
-                                  seed=args.seed, max_tokens=args.max_tokens, stop_token_ids=stops,
-                                  ignore_eos=args.ignore_eos)
+        sampling = replace(sampling, stop_token_ids=stops)
         for prompt in prompts:
             prompt_ids = encode_prompt(tokenizer, prompt, args.chat)
             stream = engine.generate(prompt_ids, sampling, args.mode, args.gamma)

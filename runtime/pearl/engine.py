@@ -65,9 +65,12 @@ class GenerationStream:
         self.stats: RequestStats | None = None
 
     def __iter__(self) -> Iterator[list[int]]:
-        for chunk in self._chunks:
-            self.token_ids.extend(chunk)
-            yield chunk
+        try:
+            for chunk in self._chunks:
+                self.token_ids.extend(chunk)
+                yield chunk
+        finally:
+            self._chunks.close()  # a consumer that stops early still lets the request finish and the lock go
 
     def collect(self) -> "GenerationStream":
         for _ in self:

@@ -62,6 +62,8 @@ class RankState:
         keep = self.seq.apply_verdict(verdict)
         if self.seq.num_cached > keep:
             self.backend.truncate(self.seq, keep)
+            # Rollback invariant: after a rejection the cache holds exactly the accepted tokens.
+            assert self.backend.cache_length(self.seq) == self.seq.num_cached == keep
 
     def num_to_draft(self) -> int:
         return self.seq.num_to_draft(self.request.gamma, self.request.max_total_tokens)

@@ -1,0 +1,60 @@
+"""Greedy PEARL and SD output is token-identical to the target alone (AR), through the MPI world."""
+import pytest
+
+from pearl.params import SamplingParams
+
+PROMPTS = [[1, 2, 3], [5, 9, 11, 3, 4], [42]]
+GAMMAS = [1, 2, 3, 5]
+MAX_TOKENS = [1, 7, 40]
+
+
+def assert_lossless(engine, prompts=PROMPTS, gammas=GAMMAS, max_tokens=MAX_TOKENS):
+    """Check every combination; return the speculative runs' stats for further checks."""
+    runs = []
+    for prompt in prompts:
+        for n in max_tokens:
+            params = SamplingParams(max_tokens=n)
+            ref = engine.generate(prompt, params, mode="ar").collect()
+            assert len(ref.token_ids) == n or ref.finish_reason == "stop"
+            for mode in ("sd", "pearl"):
+                for gamma in gammas:
+                    out = engine.generate(prompt, params, mode=mode, gamma=gamma).collect()
+                    assert out.token_ids == ref.token_ids, (mode, gamma, prompt, n)
+                    assert out.finish_reason == ref.finish_reason
+                    assert out.stats.generated_tokens == len(ref.token_ids)
+                    runs.append(out.stats)
+    return runs
+
+
+@pytest.mark.parametrize("draft", ["close_draft", "random_draft"])
+def test_llama_pair(engine_factory, tiny, draft):
+    runs = assert_lossless(engine_factory(tiny[draft], tiny["target"]))
+    rates = [s.acceptance_rate for s in runs if s.draft_tokens]
+    assert min(rates) < 0.5  # rejections happen, so rollback paths are exercised
+    if draft == "close_draft":
+        assert max(rates) > 0.5  # and long accepted runs too
+
+
+def test_qwen2_pair(engine_factory, tiny):
+    assert_lossless(engine_factory(tiny["qwen_draft"], tiny["qwen_target"]), gammas=[2, 4])
+
+
+def test_draft_identical_to_target_accepts_everything(engine_factory, tiny):
+    engine = engine_factory(tiny["target"], tiny["target"])
+    runs = assert_lossless(engine, max_tokens=[40])
+    for stats in runs:
+        assert stats.accepted_runs <= 1  # no rejection at all: one run from start to end
+        assert stats.accepted_draft_tokens >= stats.generated_tokens - stats.rounds
+    pearl = engine.generate([1, 2, 3], SamplingParams(max_tokens=40), mode="pearl", gamma=4).collect()
+    assert pearl.stats.tokens_per_target_forward > 3  # post-verify keeps the window growing
+
+
+def test_stop_sequences_and_eos_agree_across_modes(engine_factory, tiny):
+    engine = engine_factory(tiny["close_draft"], tiny["target"])
+    free = engine.generate([5, 9], SamplingParams(max_tokens=30, ignore_eos=True), mode="ar").collect()
+    stop = tuple(free.token_ids[10:12])
+    params = SamplingParams(max_tokens=30, stop_token_ids=(stop,), ignore_eos=True)
+    outputs = {m: engine.generate([5, 9], params, mode=m, gamma=3).collect() for m in ("ar", "sd", "pearl")}
+    first = next(i for i in range(len(free.token_ids)) if tuple(free.token_ids[i:i + 2]) == stop)
+    for out in outputs.values():
+        assert out.token_ids == free.token_ids[:first + 2] and out.finish_reason == "stop"

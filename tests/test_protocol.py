@@ -1,0 +1,11 @@
+"""Request messages survive the trip to the ranks unchanged."""
+from pearl.dist.protocol import decode_request, encode_request
+from pearl.params import GenerationRequest, Mode, SamplingParams
+
+
+def test_request_round_trip():
+    sampling = SamplingParams(temperature=0.7, top_k=5, top_p=0.9, seed=2**40 + 3, max_tokens=17,
+                              stop_token_ids=((4, 5), (9,)), ignore_eos=True)
+    request = GenerationRequest(42, (1, 2, 3, 150000), sampling, Mode.SD, gamma=6)
+    ints, floats = encode_request(request)
+    assert decode_request(ints, floats) == request

@@ -1,0 +1,70 @@
+"""The torch backend: window forwards match one-token forwards, rollback leaves exactly the kept tokens."""
+import pytest
+import torch
+from transformers import AutoModelForCausalLM
+
+from pearl.backends.base import ModelSpec
+from pearl.backends.loading import ModelPathError, load_model, resolve
+from pearl.backends.torch_backend import TorchBackend
+from pearl.sampling import Verdict
+from pearl.sequence import Sequence
+
+
+@pytest.fixture(scope="module")
+def backend(tiny):
+    return TorchBackend.load(ModelSpec(str(tiny["target"])))
+
+
+def test_window_rows_match_token_by_token(backend):
+    tokens = [3, 14, 15, 9, 2, 6, 5]
+    one = Sequence(1, tokens[:3])
+    rows = [backend.forward([one], [1])[0][0]]
+    for t in tokens[3:]:
+        one.tokens.append(t)
+        rows.append(backend.forward([one], [1])[0][0])
+    window = Sequence(2, tokens[:3])
+    backend.forward([window], [1])
+    window.tokens += tokens[3:]
+    out = backend.forward([window], [len(tokens) - 3])[0]
+    assert torch.allclose(out, torch.stack(rows[1:]), atol=1e-5)
+    assert window.num_cached == len(tokens) == backend.cache_length(window)
+
+
+def test_rollback_leaves_exactly_the_accepted_tokens(backend):
+    seq = Sequence(3, [1, 2, 3, 4])
+    backend.forward([seq], [1])
+    seq.tokens += [5, 6, 7]  # three draft tokens; the target rejects the second
+    backend.forward([seq], [3])
+    keep = seq.apply_verdict(Verdict(1, 9))
+    backend.truncate(seq, keep)
+    assert backend.cache_length(seq) == seq.num_cached == 5  # prompt + the one accepted token
+    after = backend.forward([seq], [1])[0]  # feeds only the correction
+    fresh = Sequence(4, seq.tokens)
+    assert torch.allclose(after, backend.forward([fresh], [1])[0], atol=1e-5)
+
+
+def test_greedy_decoding_matches_transformers_generate(tiny, backend):
+    prompt = [5, 9, 11]
+    seq = Sequence(5, prompt)
+    for _ in range(12):
+        seq.tokens.append(int(backend.forward([seq], [1])[0][0].argmax()))
+    model = AutoModelForCausalLM.from_pretrained(tiny["target"])
+    expected = model.generate(torch.tensor([prompt]), max_new_tokens=12, min_new_tokens=12, do_sample=False)
+    assert seq.tokens == expected[0].tolist()
+
+
+def test_layer_truncated_draft(tiny):
+    model = load_model(ModelSpec(str(tiny["target"]), num_layers=1))
+    assert len(model.model.layers) == 1
+    with pytest.raises(ValueError, match="only 2 layers"):
+        load_model(ModelSpec(str(tiny["target"]), num_layers=5))
+
+
+def test_unloadable_paths_are_refused(tmp_path):
+    with pytest.raises(ModelPathError, match="does not exist"):
+        resolve(str(tmp_path / "missing"))
+    (tmp_path / "weights.bin").write_bytes(b"x")
+    with pytest.raises(ModelPathError, match="not a .gguf"):
+        resolve(str(tmp_path / "weights.bin"))
+    with pytest.raises(ModelPathError, match="no config.json"):
+        resolve(str(tmp_path))

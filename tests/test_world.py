@@ -1,0 +1,54 @@
+"""The MPI world: starts, serves requests in a row, refuses bad input and pairs, shuts down cleanly."""
+import pytest
+
+from conftest import start_engine
+from pearl.backends.loading import ModelPathError
+from pearl.dist.world import process_alive
+from pearl.engine import VocabularyMismatch
+from pearl.params import SamplingParams
+
+
+def test_serves_many_requests_then_leaves_no_process(tiny):
+    engine = start_engine(tiny["close_draft"], tiny["target"])
+    pids = [info.pid for info in engine.world.ranks.values()]
+    assert len(pids) == 2 and all(process_alive(p) for p in pids)
+    outputs = [engine.generate([i + 1, 2], SamplingParams(max_tokens=5), mode=m).collect().token_ids
+               for i in range(4) for m in ("ar", "sd", "pearl")]
+    assert all(len(o) == 5 or o for o in outputs)
+    assert engine.auto_gamma() >= 1
+    engine.close()
+    assert not any(process_alive(p) for p in pids)
+
+
+def test_bad_requests_get_clear_errors_and_the_engine_keeps_serving(engine_factory, tiny):
+    engine = engine_factory(tiny["close_draft"], tiny["target"])
+    with pytest.raises(ValueError, match="outside the vocabulary"):
+        engine.generate([1, 10_000], SamplingParams(max_tokens=4))
+    with pytest.raises(ValueError, match="exceeds the models' limit"):
+        engine.generate([1] * 500, SamplingParams(max_tokens=100))
+    with pytest.raises(ValueError, match="gamma must be >= 1"):
+        engine.generate([1, 2], SamplingParams(max_tokens=4), gamma=0)
+    with pytest.raises(ValueError, match="unknown mode"):
+        engine.generate([1, 2], SamplingParams(max_tokens=4), mode="beam")
+    with pytest.raises(ValueError, match="prompt is empty"):
+        engine.generate([], SamplingParams(max_tokens=4))
+    assert len(engine.generate([1, 2], SamplingParams(max_tokens=4)).collect().token_ids) == 4
+
+
+def test_abandoned_stream_does_not_disturb_the_next_request(engine_factory, tiny):
+    engine = engine_factory(tiny["close_draft"], tiny["target"])
+    expected = engine.generate([3, 4], SamplingParams(max_tokens=20), mode="ar").collect().token_ids
+    stream = iter(engine.generate([5, 6], SamplingParams(max_tokens=20), mode="pearl"))
+    next(stream)
+    stream.close()  # the consumer walks away mid-request
+    assert engine.generate([3, 4], SamplingParams(max_tokens=20), mode="pearl").collect().token_ids == expected
+
+
+def test_missing_model_is_refused_before_starting_ranks(tiny, tmp_path):
+    with pytest.raises(ModelPathError, match="does not exist"):
+        start_engine(tmp_path / "nope", tiny["target"])
+
+
+def test_mismatched_vocabularies_are_refused(tiny):
+    with pytest.raises(VocabularyMismatch, match="draft has 64 logits and target 80"):
+        start_engine(tiny["target"], tiny["other_vocab"])

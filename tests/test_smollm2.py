@@ -13,6 +13,7 @@ def engine(engine_factory, smollm2):
 
 
 def test_greedy_pearl_and_sd_match_ar(engine):
+    runs = []
     for text in PROMPTS:
         prompt = engine.tokenizer(text).input_ids
         params = SamplingParams(max_tokens=32)
@@ -20,7 +21,10 @@ def test_greedy_pearl_and_sd_match_ar(engine):
         for mode, gamma in (("sd", 3), ("pearl", 2), ("pearl", 4)):
             out = engine.generate(prompt, params, mode=mode, gamma=gamma).collect()
             assert out.token_ids == ref.token_ids, (text, mode, gamma)
-            assert 0 < out.stats.acceptance_rate < 1  # a real draft: some accepted, some rejected
+            runs.append(out.stats)
+    # A real but weak draft: some of its tokens are accepted, most are rejected (rollbacks happen).
+    accepted = sum(s.accepted_draft_tokens for s in runs)
+    assert 0 < accepted < sum(s.draft_tokens for s in runs)
 
 
 def test_sampling_runs_and_is_reproducible(engine):

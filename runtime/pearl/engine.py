@@ -13,7 +13,7 @@ from __future__ import annotations
 import itertools
 import threading
 import time
-from typing import Iterator
+from typing import Callable, Iterator
 
 from pearl.backends.loading import load_tokenizer, resolve
 from pearl.dist.config import WorldConfig
@@ -58,11 +58,11 @@ def shared_vocab_size(target_tokenizer, draft_logits: int, target_logits: int) -
 class GenerationStream:
     """Iterate for token chunks; afterwards ``token_ids``, ``finish_reason`` and ``stats`` are set."""
 
-    def __init__(self, chunks: Iterator[list[int]]) -> None:
-        self._chunks = chunks
+    def __init__(self, serve: Callable[["GenerationStream"], Iterator[list[int]]]) -> None:
         self.token_ids: list[int] = []
         self.finish_reason: str | None = None
         self.stats: RequestStats | None = None
+        self._chunks = serve(self)  # a generator: nothing runs until the stream is iterated
 
     def __iter__(self) -> Iterator[list[int]]:
         try:
@@ -124,9 +124,7 @@ class Engine:
         gamma = self.auto_gamma() if gamma == "auto" else int(gamma)
         request = GenerationRequest(next(self._ids), tuple(int(t) for t in prompt_ids), sampling, mode, gamma)
         self._check_fits(request)
-        stream = GenerationStream(iter(()))
-        stream._chunks = self._serve(request, stream)
-        return stream
+        return GenerationStream(lambda stream: self._serve(request, stream))
 
     def _check_fits(self, request: GenerationRequest) -> None:
         bad = [t for t in request.prompt_ids if t >= self.vocab_size]

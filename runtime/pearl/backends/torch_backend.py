@@ -4,7 +4,7 @@ from __future__ import annotations
 import torch
 from transformers import DynamicCache
 
-from pearl.backends.base import DTYPES, ModelSpec
+from pearl.backends.base import ModelSpec
 from pearl.backends.loading import load_model
 from pearl.sequence import Sequence
 
@@ -59,5 +59,3 @@ class TorchBackend:
         cache = self._caches.get(seq.request_id)
         return 0 if cache is None else cache.get_seq_length()
 
-
-__all__ = ["TorchBackend", "DTYPES"]

@@ -17,7 +17,7 @@ from pearl.backends import load_backend
 from pearl.decoding import RankState, TargetState, run_draft, run_target
 from pearl.dist.config import WorldConfig
 from pearl.dist.links import MpiDraftLink, MpiTargetLink
-from pearl.dist.protocol import (CONFIG, CONTROL, DRAFT_RANK, DRIVER_RANK, ERROR, OP_GENERATE, OP_PROFILE,
+from pearl.dist.protocol import (CONFIG, CONTROL, DRIVER_RANK, ERROR, OP_GENERATE, OP_PROFILE,
                                  OP_SHUTDOWN, OP_START, PROFILE, READY, SAMPLING, STATS, TARGET_RANK,
                                  decode_request, message_text, text_message)
 from pearl.dist.transport import Endpoint

@@ -6,6 +6,7 @@ workers started next to it by ``mpiexec -n 1 python -m pearl ... : -n 2 python -
 from __future__ import annotations
 
 import os
+import signal
 import sys
 import time
 from dataclasses import dataclass
@@ -57,6 +58,7 @@ class World:
         self.endpoint = Endpoint(intercomm)
         self.ranks: dict[int, RankInfo] = {}
         self.closed = False
+        self.failure: str | None = None  # set when a rank failed mid-request: its peer may be stuck
 
     @classmethod
     def start(cls, config: WorldConfig) -> "World":
@@ -106,6 +108,8 @@ class World:
         return seconds
 
     def submit(self, request: GenerationRequest) -> None:
+        if self.failure is not None:
+            raise WorldError(f"the worker ranks failed earlier and must be restarted: {self.failure}")
         ints, floats = encode_request(request)
         for rank in WORKER_RANKS:
             self.endpoint.send(ints, rank, CONTROL)
@@ -117,8 +121,8 @@ class World:
         while True:
             message, source, tag = self.endpoint.recv()
             if tag == ERROR:
-                raise WorldError(f"{ROLE_NAMES[source]} rank failed on request {request_id}:\n"
-                                 f"{message_text(message)}")
+                self.failure = f"{ROLE_NAMES[source]} rank failed on request {request_id}:\n{message_text(message)}"
+                raise WorldError(self.failure)
             if tag == TOKENS and int(message[0]) == request_id and not finished:
                 finished = int(message[1]) != 0
                 yield message[2:].tolist(), int(message[1])
@@ -127,17 +131,20 @@ class World:
                 return
 
     def close(self, timeout: float = 30.0) -> None:
-        """Shut the workers down and wait until their processes are gone."""
+        """Shut the workers down and wait until their processes are gone; kill any that hang."""
         if self.closed:
             return
         self.closed = True
         self._control([OP_SHUTDOWN])
-        if self.spawned:
-            self.intercomm.Disconnect()
+        if not self.spawned:
+            return  # mpiexec's workers finalize MPI together with this process, after it exits
+        self.intercomm.Disconnect()
         deadline = time.monotonic() + timeout
         for info in self.ranks.values():
             while process_alive(info.pid) and time.monotonic() < deadline:
                 time.sleep(0.05)
+            if process_alive(info.pid):  # e.g. stuck waiting for a peer that failed
+                os.kill(info.pid, signal.SIGKILL)
 
 
 def process_alive(pid: int) -> bool:

@@ -3,7 +3,7 @@ import pytest
 
 from conftest import start_engine
 from pearl.backends.loading import ModelPathError
-from pearl.dist.world import process_alive
+from pearl.dist.world import WorldError, process_alive
 from pearl.engine import VocabularyMismatch
 from pearl.params import SamplingParams
 
@@ -18,6 +18,8 @@ def test_serves_many_requests_then_leaves_no_process(tiny):
     assert engine.auto_gamma() >= 1
     engine.close()
     assert not any(process_alive(p) for p in pids)
+    with pytest.raises(WorldError, match="shut down"):
+        engine.generate([1, 2], SamplingParams(max_tokens=2)).collect()
 
 
 def test_bad_requests_get_clear_errors_and_the_engine_keeps_serving(engine_factory, tiny):

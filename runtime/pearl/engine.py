@@ -17,7 +17,8 @@ from typing import Callable, Iterator
 
 from pearl.backends.loading import load_tokenizer, resolve
 from pearl.dist.config import WorldConfig
-from pearl.dist.world import World, WorldError
+from pearl.dist.protocol import DRAFT_RANK, TARGET_RANK
+from pearl.dist.world import World
 from pearl.params import GenerationRequest, Mode, SamplingParams
 from pearl.profiling import recommended_gamma
 from pearl.stats import RequestStats
@@ -89,7 +90,7 @@ class Engine:
         check_tokenizers(draft_tokenizer, self.tokenizer)
         self.world = World.start(config)
         try:
-            draft, target = (self.world.ranks[r] for r in sorted(self.world.ranks))
+            draft, target = self.world.ranks[DRAFT_RANK], self.world.ranks[TARGET_RANK]
             self.vocab_size = shared_vocab_size(self.tokenizer, draft.vocab_size, target.vocab_size)
         except BaseException:
             self.world.close()
@@ -137,8 +138,6 @@ class Engine:
 
     def _serve(self, request: GenerationRequest, stream: GenerationStream) -> Iterator[list[int]]:
         with self._lock:
-            if self.world.closed:
-                raise WorldError("the engine is closed")
             start = time.perf_counter()
             self.world.submit(request)
             results = self.world.results(request.request_id)

@@ -108,6 +108,8 @@ class World:
         return seconds
 
     def submit(self, request: GenerationRequest) -> None:
+        if self.closed:
+            raise WorldError("the worker ranks are shut down (the engine is closed)")
         if self.failure is not None:
             raise WorldError(f"the worker ranks failed earlier and must be restarted: {self.failure}")
         ints, floats = encode_request(request)

@@ -29,8 +29,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="pearl", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
     g = sub.add_parser("generate", help="generate completions for prompts")
-    g.add_argument("--draft", required=True, help="draft model: HF folder (safetensors) or .gguf file")
-    g.add_argument("--target", required=True, help="target model: HF folder (safetensors) or .gguf file")
+    g.add_argument("--engines", type=Path, help="a pair's engine directory from `make engines` (engines/<pair>); "
+                   "sets the models, devices, dtype and what --gamma auto means")
+    g.add_argument("--draft", help="draft model: engine or HF folder (safetensors), or a .gguf file")
+    g.add_argument("--target", help="target model: engine or HF folder (safetensors), or a .gguf file")
     g.add_argument("--draft-layers", type=_positive_int, help="use only the first N layers of the draft")
     g.add_argument("--mode", choices=[m.name.lower() for m in Mode], default="pearl")
     g.add_argument("--gamma", type=_gamma, default="auto", help="draft window length, or 'auto' (speed ratio)")
@@ -79,6 +81,22 @@ def devices(choice: str) -> tuple[str, str]:
     return "cuda:0", "cuda:1" if torch.cuda.device_count() > 1 else "cuda:0"
 
 
+def start_engine(args: argparse.Namespace):
+    """An Engine over ``--engines`` or over ``--draft``/``--target``."""
+    from pearl.engine import Engine
+
+    if args.engines is not None:
+        if args.draft or args.target or args.draft_layers:
+            raise ValueError("--engines already names the models; drop --draft/--target/--draft-layers")
+        if args.device != "auto" or args.dtype != "auto":
+            raise ValueError("--engines runs where and in the dtype the engines were built for; "
+                             "drop --device/--dtype (or rebuild the engines)")
+        return Engine.from_engine_dir(args.engines)
+    if not (args.draft and args.target):
+        raise ValueError("give --engines DIR, or both --draft and --target")
+    return Engine(world_config(args))
+
+
 def world_config(args: argparse.Namespace):
     from pearl.backends.base import ModelSpec
     from pearl.dist.config import WorldConfig
@@ -104,7 +122,6 @@ def format_stats(stats, verbose: bool) -> str:
 
 
 def run_generate(args: argparse.Namespace) -> int:
-    from pearl.engine import Engine
     from pearl.params import SamplingParams
     from pearl.text import IncrementalDetokenizer, encode_prompt
 
@@ -112,10 +129,10 @@ def run_generate(args: argparse.Namespace) -> int:
     # Validated before any model loads; stop texts are added once the tokenizer is at hand.
     sampling = SamplingParams(temperature=args.temperature, top_k=args.top_k, top_p=args.top_p, seed=args.seed,
                               max_tokens=args.max_tokens, ignore_eos=args.ignore_eos)
-    with Engine(world_config(args)) as engine:
+    with start_engine(args) as engine:
         tokenizer = engine.tokenizer
         if tokenizer is None:
-            raise ValueError(f"{args.target} has no tokenizer; text prompts need one")
+            raise ValueError(f"{engine.config.target.path} has no tokenizer; text prompts need one")
         stops = tuple(tuple(tokenizer.encode(s, add_special_tokens=False)) for s in args.stop)
         sampling = replace(sampling, stop_token_ids=stops)
         for prompt in prompts:
@@ -147,10 +164,11 @@ def main(argv: list[str] | None = None) -> None:
     from pearl.backends.loading import ModelPathError
     from pearl.dist.world import WorldError
     from pearl.engine import VocabularyMismatch
+    from pearl.engine_files import EngineDirError
 
     try:
         sys.exit(run_generate(args))
-    except (ValueError, ModelPathError, VocabularyMismatch) as exc:
+    except (ValueError, ModelPathError, VocabularyMismatch, EngineDirError) as exc:
         print(f"pearl generate: error: {exc}", file=sys.stderr)
         sys.exit(2)
     except WorldError as exc:

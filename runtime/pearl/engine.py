@@ -13,9 +13,12 @@ from __future__ import annotations
 import itertools
 import threading
 import time
+from pathlib import Path
 from typing import Callable, Iterator
 
-from pearl.backends.loading import load_tokenizer, resolve
+from pearl.backends import check_model_path
+from pearl.backends.loading import load_tokenizer
+from pearl.engine_files import load_pair
 from pearl.dist.config import WorldConfig
 from pearl.dist.protocol import DRAFT_RANK, TARGET_RANK
 from pearl.dist.world import World
@@ -23,6 +26,8 @@ from pearl.params import GenerationRequest, Mode, SamplingParams
 from pearl.profiling import recommended_gamma
 from pearl.stats import RequestStats
 from pearl.stopping import FinishReason
+
+MAX_AUTO_GAMMA = 16
 
 
 class VocabularyMismatch(ValueError):
@@ -80,9 +85,11 @@ class GenerationStream:
 
 
 class Engine:
-    def __init__(self, config: WorldConfig) -> None:
+    """``recommended_gamma``: what ``gamma="auto"`` means; None measures the speed ratio at first use."""
+
+    def __init__(self, config: WorldConfig, recommended_gamma: int | None = None) -> None:
         for spec in (config.draft, config.target):
-            resolve(spec.path)  # a missing path fails here, before any process starts
+            check_model_path(spec)  # a missing path fails here, before any process starts
         self.config = config
         self.tokenizer = load_tokenizer(config.target.path)
         draft_tokenizer = (self.tokenizer if config.draft.path == config.target.path
@@ -100,7 +107,13 @@ class Engine:
         self.world.begin(self.vocab_size)
         self._lock = threading.Lock()
         self._ids = itertools.count(1)
-        self._auto_gamma: int | None = None
+        self._auto_gamma = recommended_gamma
+
+    @classmethod
+    def from_engine_dir(cls, folder: str | Path) -> "Engine":
+        """An engine over a pair built by ``make engines``; its measured gamma is ``gamma="auto"``."""
+        config, gamma = load_pair(folder)
+        return cls(config, recommended_gamma=gamma)
 
     def __enter__(self) -> "Engine":
         return self
@@ -112,11 +125,13 @@ class Engine:
         self.world.close()
 
     def auto_gamma(self) -> int:
-        """PEARL's gamma: the target/draft decode time ratio, measured once on the ranks."""
+        """PEARL's gamma: from the engine directory's profile, else the target/draft decode time ratio
+        measured once on the ranks (a verify then counts as costing one decode step)."""
         if self._auto_gamma is None:
             with self._lock:
-                seconds = self.world.profile()
-            self._auto_gamma = recommended_gamma(seconds["draft"], seconds["target"])
+                seconds = self.world.profile({"draft": 1, "target": 1})
+            draft_step, target_step = seconds["draft"][0], seconds["target"][0]
+            self._auto_gamma = recommended_gamma(draft_step, [target_step] * MAX_AUTO_GAMMA)
         return self._auto_gamma
 
     def generate(self, prompt_ids: list[int], sampling: SamplingParams = SamplingParams(),

@@ -1,4 +1,4 @@
-"""Measuring a backend's decode step, for ``gamma=auto`` (PEARL sets gamma to the target/draft speed ratio)."""
+"""Measuring a backend's forward cost, and PEARL's gamma from it (draft as much as one verify takes)."""
 from __future__ import annotations
 
 import statistics
@@ -10,20 +10,39 @@ from pearl.sequence import Sequence
 PROFILE_REQUEST_ID = -1  # never a real request's id
 
 
-def decode_step_seconds(backend: ModelBackend, steps: int = 8, prompt_len: int = 32) -> float:
-    """Median time of one single-token forward after a short prefill."""
+def forward_seconds(backend: ModelBackend, max_tokens: int, steps: int = 5, prompt_len: int = 32) -> list[float]:
+    """Median seconds of a forward that feeds k new tokens after a short prefill, for k = 1..max_tokens.
+
+    k = 1 is a decode step; k > 1 is the target verifying a window of k tokens (k rows of logits).
+    """
     seq = Sequence(PROFILE_REQUEST_ID, [i % backend.vocab_size for i in range(1, prompt_len + 1)])
     backend.forward([seq], [1])
-    times = []
-    for i in range(steps + 1):  # the first step warms up and is not counted
-        seq.tokens.append(i % backend.vocab_size)
-        start = time.perf_counter()
-        backend.forward([seq], [1])
-        times.append(time.perf_counter() - start)
+    seconds = []
+    for k in range(1, max_tokens + 1):
+        times = []
+        for step in range(steps + 1):  # the first call warms up and is not counted
+            seq.tokens.extend((step + j) % backend.vocab_size for j in range(k))
+            start = time.perf_counter()
+            backend.forward([seq], [k])
+            times.append(time.perf_counter() - start)
+            seq.tokens[prompt_len:] = []
+            backend.truncate(seq, prompt_len)
+        seconds.append(statistics.median(times[1:]))
     backend.release(seq)
-    return statistics.median(times[1:])
+    return seconds
 
 
-def recommended_gamma(draft_step_s: float, target_step_s: float, max_gamma: int = 16) -> int:
-    """PEARL's rule: draft as many tokens as fit in one target forward (at least 1)."""
-    return max(1, min(max_gamma, round(target_step_s / draft_step_s)))
+def recommended_gamma(draft_step_s: float, target_verify_s: list[float], max_gamma: int | None = None) -> int:
+    """PEARL's rule: the window the draft fills while the target verifies one, so neither waits.
+
+    ``target_verify_s[k-1]`` is the target's cost for k tokens. With a flat verify cost this is the
+    speed ratio c = target step / draft step; where verifying more tokens costs more (CPUs), the window
+    grows to match. The result is the k in 1..max_gamma that best balances k draft steps against it.
+    """
+    limit = len(target_verify_s) if max_gamma is None else min(max_gamma, len(target_verify_s))
+    ks = range(1, limit + 1)
+    return min(ks, key=lambda k: abs(k * draft_step_s - target_verify_s[k - 1]))
+
+
+def speed_ratio(draft_step_s: float, target_step_s: float) -> float:
+    return target_step_s / draft_step_s

@@ -1,12 +1,30 @@
 """Model backends behind one interface (``ModelBackend``): torch everywhere, TensorRT-LLM on GPU hosts."""
+from pathlib import Path
+
 from pearl.backends.base import ModelBackend, ModelSpec
+from pearl.backends.loading import ModelPathError, resolve
+
+BACKENDS = ("torch", "tensorrt_llm")
+
+
+def check_model_path(spec: ModelSpec) -> None:
+    """Fail early, in the driver, on a path the spec's backend cannot load (before any rank starts)."""
+    if spec.backend not in BACKENDS:
+        raise ValueError(f"unknown backend {spec.backend!r}; available: {', '.join(BACKENDS)}")
+    if spec.backend == "torch":
+        resolve(spec.path)
+    elif not (Path(spec.path) / "config.json").is_file() or not any(Path(spec.path).glob("rank*.engine")):
+        raise ModelPathError(f"{spec.path} is not a TensorRT-LLM engine folder (config.json + rank*.engine); "
+                             f"build it with `make engines`")
 
 
 def load_backend(spec: ModelSpec) -> ModelBackend:
-    if spec.backend == "torch":
-        from pearl.backends.torch_backend import TorchBackend
-        return TorchBackend.load(spec)
-    raise ValueError(f"unknown backend {spec.backend!r}; available: torch")
+    check_model_path(spec)
+    if spec.backend == "tensorrt_llm":
+        from pearl.backends.trtllm_backend import TrtllmBackend
+        return TrtllmBackend.load(spec)
+    from pearl.backends.torch_backend import TorchBackend
+    return TorchBackend.load(spec)
 
 
-__all__ = ["ModelBackend", "ModelSpec", "load_backend"]
+__all__ = ["BACKENDS", "ModelBackend", "ModelSpec", "check_model_path", "load_backend"]

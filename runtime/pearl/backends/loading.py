@@ -1,18 +1,15 @@
 """Loading transformers models and tokenizers from a local folder (safetensors) or a GGUF file.
 
-Nothing is ever fetched from a hub here: paths must exist, and folders are loaded with safetensors only
-(no pickle-based weights).
+Nothing is ever fetched from a hub here (``local_files_only``): paths must exist, and folders are loaded with
+safetensors only (no pickle-based weights). Fetching sources is the engine build's job (``pearl_build``).
 """
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import torch
 
 from pearl.backends.base import DTYPES, ModelSpec
-
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 
 class ModelPathError(ValueError):
@@ -40,7 +37,7 @@ def load_model(spec: ModelSpec) -> torch.nn.Module:
 
     folder, gguf_file = resolve(spec.path)
     kwargs = {"gguf_file": gguf_file} if gguf_file else {"use_safetensors": True}
-    model = AutoModelForCausalLM.from_pretrained(folder, dtype=DTYPES[spec.dtype], **kwargs)
+    model = AutoModelForCausalLM.from_pretrained(folder, dtype=DTYPES[spec.dtype], local_files_only=True, **kwargs)
     if spec.num_layers is not None:
         truncate_layers(model, spec.num_layers)
     return model.to(spec.device).eval()
@@ -58,12 +55,13 @@ def truncate_layers(model: torch.nn.Module, num_layers: int) -> None:
 
 
 def load_tokenizer(path: str):
-    """The tokenizer stored with a model (folder or GGUF), or None when the folder has none."""
+    """The tokenizer stored with a model (GGUF, or tokenizer files in a folder of any backend), or None."""
     from transformers import AutoTokenizer
 
-    folder, gguf_file = resolve(path)
-    if gguf_file:
-        return AutoTokenizer.from_pretrained(folder, gguf_file=gguf_file)
-    if not any((folder / name).exists() for name in ("tokenizer.json", "tokenizer_config.json")):
+    p = Path(path).expanduser()
+    if p.suffix == ".gguf":
+        folder, gguf_file = resolve(path)
+        return AutoTokenizer.from_pretrained(folder, gguf_file=gguf_file, local_files_only=True)
+    if not any((p / name).exists() for name in ("tokenizer.json", "tokenizer_config.json")):
         return None
-    return AutoTokenizer.from_pretrained(folder)
+    return AutoTokenizer.from_pretrained(p, local_files_only=True)

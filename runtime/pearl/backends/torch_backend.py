@@ -1,11 +1,14 @@
 """The torch backend: a transformers causal LM on CPU or CUDA, one ``DynamicCache`` per sequence."""
 from __future__ import annotations
 
+from pathlib import Path
+
 import torch
 from transformers import DynamicCache
 
 from pearl.backends.base import ModelSpec
 from pearl.backends.loading import load_model
+from pearl.engine_files import read_engine_json
 from pearl.sequence import Sequence
 
 
@@ -30,7 +33,11 @@ class TorchBackend:
 
     @classmethod
     def load(cls, spec: ModelSpec) -> "TorchBackend":
-        return cls(load_model(spec))
+        backend = cls(load_model(spec))
+        info = read_engine_json(spec.path) if Path(spec.path).is_dir() else None
+        if info is not None:  # an engine built for shorter sequences than the model's positions allow
+            backend.max_seq_len = min(backend.max_seq_len, int(info["max_seq_len"]))
+        return backend
 
     @torch.inference_mode()
     def forward(self, seqs: list[Sequence], num_logits: list[int]) -> list[torch.Tensor]:

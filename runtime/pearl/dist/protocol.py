@@ -14,14 +14,14 @@ Driver -> each worker
   CONTROL      int64    [OP_GENERATE, request_id, mode, gamma, max_tokens, top_k, seed, ignore_eos,
                          n_prompt, n_stops, prompt ids..., stop lengths..., stop ids...]
                         [OP_START, shared vocab size]  (once, after every worker is READY)
-                        [OP_PROFILE, steps]   [OP_SHUTDOWN]
+                        [OP_PROFILE, steps, max_tokens]   [OP_SHUTDOWN]
   SAMPLING     float64  [temperature, top_p]            (right after an OP_GENERATE CONTROL)
 Worker -> driver
   READY        int64    [pid, vocab_size, max_seq_len, eos ids...]  (once, after loading the model)
   ERROR        uint8    UTF-8 message (instead of READY, or ending a request)
   TOKENS       int64    [request_id, finish_reason, ids...]  (target; finish_reason 0 = more follow)
   STATS        float64  STATS_FIELDS, in that order          (target; right after the last TOKENS)
-  PROFILE      float64  [seconds per decode step]
+  PROFILE      float64  [seconds of a forward over k new tokens, for k = 1..max_tokens]
 Draft <-> target (peers), one DRAFT and one VERDICT per round, in lock step
   DRAFT        int64    [request_id, draft_forwards so far, new draft ids...]
   DRAFT_PROBS  float32  [n_new * vocab] the rows the draft sampled from (only when sampling)

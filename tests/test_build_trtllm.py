@@ -1,0 +1,86 @@
+"""TensorRT-LLM builds on hosts without it: the exact per-GPU plan (`make engines DRY_RUN=1`) for a 2-GPU and a
+1+4-GPU pair, and a clear refusal to build or load TRT-LLM engines."""
+from __future__ import annotations
+
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from conftest import REPO
+from pearl.backends import load_backend
+from pearl.backends.base import ModelSpec
+from pearl.backends.loading import ModelPathError
+from pearl_build.__main__ import main as make_engines
+from pearl_build.config import load_pair_config
+from pearl_build.plan import plan_pair
+
+
+def lane_commands(pair_name: str) -> tuple[object, dict[str, list]]:
+    pair = load_pair_config(pair_name)
+    plan = plan_pair(pair, Path("engines"), Path(".cache/pearl"))
+    return plan, {role: [step for step in steps if step.command] for role, steps in plan.lanes.items()}
+
+
+def flag(command: tuple[str, ...], name: str) -> str:
+    return command[command.index(name) + 1]
+
+
+def test_two_gpu_plan_pins_each_model_to_its_gpu():
+    plan, lanes = lane_commands("qwen2.5-coder-0.5b-1.5b-trtllm")
+    for role, gpu in (("draft", "0"), ("target", "1")):
+        convert, build = lanes[role]
+        assert convert.env == build.env == {"CUDA_VISIBLE_DEVICES": gpu}
+        assert convert.command[1:4] == ("-m", "pearl_build.trtllm", "convert")
+        assert flag(convert.command, "--role") == role
+        assert flag(convert.command, "--output-dir") == f"engines/qwen2.5-coder-0.5b-1.5b-trtllm/{role}.checkpoint"
+        assert build.command[0] == "trtllm-build"
+        assert flag(build.command, "--checkpoint_dir") == flag(convert.command, "--output-dir")
+        assert flag(build.command, "--output_dir") == f"engines/qwen2.5-coder-0.5b-1.5b-trtllm/{role}"
+        assert flag(build.command, "--kv_cache_type") == "paged"
+        assert flag(build.command, "--use_paged_context_fmha") == "enable"
+        assert "--gather_generation_logits" in build.command and "--gather_context_logits" not in build.command
+        assert flag(build.command, "--max_seq_len") == "8192" and flag(build.command, "--max_input_len") == "8191"
+        assert flag(build.command, "--workers") == "1"
+    target_build = lanes["target"][1].command
+    assert flag(target_build, "--speculative_decoding_mode") == "draft_tokens_external"
+    assert flag(target_build, "--max_draft_len") == "16"
+    assert "--speculative_decoding_mode" not in lanes["draft"][1].command
+
+
+def test_one_plus_four_gpu_plan_builds_the_target_tensor_parallel():
+    plan, lanes = lane_commands("llama-3.2-1b-3.1-70b")
+    assert lanes["draft"][0].env == {"CUDA_VISIBLE_DEVICES": "0"}
+    assert lanes["target"][0].env == lanes["target"][1].env == {"CUDA_VISIBLE_DEVICES": "1,2,3,4"}
+    assert flag(lanes["target"][1].command, "--workers") == "4"  # one rank per visible GPU, built in parallel
+    assert flag(lanes["draft"][1].command, "--workers") == "1"
+    text = plan.render()
+    assert "## target on GPU 1,2,3,4 (tp_size 4); source hf: meta-llama/Llama-3.1-70B-Instruct" in text
+    assert "CUDA_VISIBLE_DEVICES=1,2,3,4 trtllm-build --checkpoint_dir engines/llama-3.2-1b-3.1-70b/target.checkpoint" \
+        in text
+
+
+def test_make_engines_dry_run_prints_the_plan_and_builds_nothing(tmp_path):
+    result = subprocess.run(["make", "-s", "engines", "PAIR=llama-3.2-1b-3.1-70b", "DRY_RUN=1",
+                             f"ENGINES_DIR={tmp_path}"], cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    assert f"CUDA_VISIBLE_DEVICES=0 trtllm-build --checkpoint_dir {tmp_path}/llama-3.2-1b-3.1-70b/draft.checkpoint" \
+        in result.stdout
+    assert "--speculative_decoding_mode draft_tokens_external --max_draft_len 16" in result.stdout
+    assert not any(tmp_path.iterdir())
+
+
+def test_building_a_gpu_pair_without_tensorrt_llm_fails_clearly(tmp_path, capsys):
+    assert make_engines(["llama-3.2-1b-3.1-70b", "--engines-dir", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert "tensorrt_llm is not importable here" in err and "DRY_RUN=1" in err
+    assert not any(tmp_path.iterdir())
+
+
+def test_loading_a_trtllm_engine_without_tensorrt_llm_says_what_to_install(tmp_path):
+    with pytest.raises(ModelPathError, match="not a TensorRT-LLM engine folder"):
+        load_backend(ModelSpec(str(tmp_path), backend="tensorrt_llm"))
+    (tmp_path / "config.json").write_text("{}")
+    (tmp_path / "rank0.engine").write_bytes(b"")
+    with pytest.raises(ImportError, match="needs TensorRT-LLM"):
+        load_backend(ModelSpec(str(tmp_path), backend="tensorrt_llm"))

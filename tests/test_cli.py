@@ -46,9 +46,9 @@ def test_text_mode_streams_then_prints_statistics(smol_args):
     assert "round overhead" in result.stdout
 
 
-def test_workers_launched_by_mpiexec(smol_args, smollm2):
+def test_workers_launched_by_mpiexec(smollm2_engines):
     mpiexec = Path(sys.executable).parent / "mpiexec"  # MPICH's, installed in the venv
-    command = [str(mpiexec), "-n", "1", sys.executable, "-m", "pearl", "generate", *map(str, smol_args),
+    command = [str(mpiexec), "-n", "1", sys.executable, "-m", "pearl", "generate", "--engines", str(smollm2_engines),
                "--max-tokens", "8", "--json", "--prompt", "Hello", ":", "-n", "2", sys.executable, "-m",
                "pearl.dist.worker"]
     result = subprocess.run(command, capture_output=True, text=True, timeout=300)
@@ -79,3 +79,23 @@ def test_mismatched_vocabularies(tiny):
     result = pearl("--draft", tiny["target"], "--target", tiny["other_vocab"], "--prompt", "x")
     assert result.returncode == 2 and "vocabularies must be equal" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+@pytest.mark.parametrize("extra, message", [
+    (["--draft", "x"], "--engines already names the models"),
+    (["--device", "cpu"], "drop --device/--dtype"),
+])
+def test_engines_conflicts(smollm2_engines, extra, message):
+    result = pearl("--engines", smollm2_engines, "--prompt", "x", *extra)
+    assert result.returncode == 2 and message in result.stderr
+
+
+def test_engines_that_are_not_a_pair(tmp_path):
+    result = pearl("--engines", tmp_path, "--prompt", "x")
+    assert result.returncode == 2 and "is not a pair's engine directory" in result.stderr
+    assert "make engines" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_neither_engines_nor_models():
+    result = pearl("--prompt", "x")
+    assert result.returncode == 2 and "give --engines DIR, or both --draft and --target" in result.stderr

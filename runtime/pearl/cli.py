@@ -43,7 +43,8 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--seed", type=int, default=0)
     g.add_argument("--stop", action="append", default=[], help="stop text (repeatable); output ends with it")
     g.add_argument("--ignore-eos", action="store_true")
-    g.add_argument("--threads-per-rank", type=_positive_int, default=1, help="torch threads in each rank")
+    g.add_argument("--threads-per-rank", type=_positive_int,
+                   help="torch threads in each rank (default: the engines' setting, else 1)")
     g.add_argument("--device", default="auto", help="auto, cpu or cuda: draft on GPU 0, target on GPU 1 if any")
     g.add_argument("--dtype", default="auto", help="auto (float32 on CPU, bfloat16 on GPU), float32, ...")
     g.add_argument("--prompt", action="append", default=[], help="prompt text (repeatable)")
@@ -84,6 +85,7 @@ def devices(choice: str) -> tuple[str, str]:
 def start_engine(args: argparse.Namespace):
     """An Engine over ``--engines`` or over ``--draft``/``--target``."""
     from pearl.engine import Engine
+    from pearl.engine_files import load_pair
 
     if args.engines is not None:
         if args.draft or args.target or args.draft_layers:
@@ -91,7 +93,10 @@ def start_engine(args: argparse.Namespace):
         if args.device != "auto" or args.dtype != "auto":
             raise ValueError("--engines runs where and in the dtype the engines were built for; "
                              "drop --device/--dtype (or rebuild the engines)")
-        return Engine.from_engine_dir(args.engines)
+        config, gamma = load_pair(args.engines)
+        if args.threads_per_rank is not None:  # the profiled gamma was measured with the engine's threads
+            config = replace(config, threads_per_rank=args.threads_per_rank)
+        return Engine(config, recommended_gamma=gamma)
     if not (args.draft and args.target):
         raise ValueError("give --engines DIR, or both --draft and --target")
     return Engine(world_config(args))
@@ -105,7 +110,7 @@ def world_config(args: argparse.Namespace):
     dtype = args.dtype if args.dtype != "auto" else ("float32" if target_device == "cpu" else "bfloat16")
     return WorldConfig(draft=ModelSpec(args.draft, draft_device, dtype, args.draft_layers),
                        target=ModelSpec(args.target, target_device, dtype),
-                       threads_per_rank=args.threads_per_rank)
+                       threads_per_rank=args.threads_per_rank or 1)
 
 
 def format_stats(stats, verbose: bool) -> str:

@@ -13,6 +13,22 @@ def encode_prompt(tokenizer, text: str, chat: bool = False) -> list[int]:
     return tokenizer(text).input_ids
 
 
+def text_delta(tokenizer, token_ids: list[int], num_previous: int, final: bool,
+               skip_special_tokens: bool = True) -> str:
+    """The text that ``token_ids`` adds to what ``token_ids[:num_previous]`` already produced, statelessly.
+
+    For servers whose postprocessing sees each streamed response alone: earlier responses emitted the
+    stable text of their prefix (decoded text minus a trailing incomplete character); this one emits the
+    rest of its own stable text, or everything when it is the final response.
+    """
+    def decode(ids: list[int]) -> str:
+        return tokenizer.decode(ids, skip_special_tokens=skip_special_tokens)
+
+    before = decode(token_ids[:num_previous]).rstrip(REPLACEMENT) if num_previous else ""
+    now = decode(token_ids)
+    return now[len(before):] if final else now.rstrip(REPLACEMENT)[len(before):]
+
+
 class IncrementalDetokenizer:
     """Turns a growing list of token ids into text pieces without ever splitting a UTF-8 character.
 

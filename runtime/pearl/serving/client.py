@@ -1,0 +1,125 @@
+"""Calling the ``ensemble`` model the ways Triton users do: gRPC streaming (tritonclient) and HTTP's
+``generate`` / ``generate_stream`` (server-sent events). Each call yields ``Chunk``s as they arrive.
+
+Any ensemble input can be passed by name (``max_tokens=64, temperature=0.7, stop_words=["\\n\\n"]``); the
+last chunk carries the request's statistics.
+"""
+from __future__ import annotations
+
+import json
+import queue
+import urllib.error
+import urllib.request
+from dataclasses import dataclass, field
+from typing import Iterator
+
+import numpy as np
+
+MODEL = "ensemble"
+STATS = ("total_draft_tokens", "total_accepted_draft_tokens", "acceptance_rate", "target_forwards",
+         "mean_accepted_length")
+# Triton datatypes of the ensemble's inputs (triton_repo/ensemble/config.pbtxt).
+INPUT_TYPES = {
+    "text_input": "BYTES", "max_tokens": "INT32", "bad_words": "BYTES", "stop_words": "BYTES", "end_id": "INT32",
+    "pad_id": "INT32", "stream": "BOOL", "exclude_input_in_output": "BOOL", "temperature": "FP32",
+    "top_k": "INT32", "top_p": "FP32", "seed": "UINT64", "num_draft_tokens": "INT32", "decoding_mode": "BYTES",
+    "beam_width": "INT32", "num_return_sequences": "INT32", "length_penalty": "FP32",
+    "repetition_penalty": "FP32", "presence_penalty": "FP32", "frequency_penalty": "FP32", "min_tokens": "INT32",
+    "return_log_probs": "BOOL", "return_context_logits": "BOOL", "return_generation_logits": "BOOL",
+    "lora_task_id": "UINT64", "prompt_vocab_size": "INT32",
+}
+NUMPY_TYPES = {"BYTES": np.object_, "INT32": np.int32, "BOOL": np.bool_, "FP32": np.float32, "UINT64": np.uint64}
+
+
+class RequestFailed(RuntimeError):
+    """The server answered with an error (bad input, or a failure while generating)."""
+
+
+@dataclass
+class Chunk:
+    text: str
+    stats: dict[str, float] = field(default_factory=dict)  # set on the last chunk
+
+
+def to_array(name: str, value) -> np.ndarray:
+    """One request's value as a [1, ...] tensor of the input's Triton type."""
+    dtype = NUMPY_TYPES[INPUT_TYPES[name]]
+    values = value if isinstance(value, (list, tuple)) else [value]
+    if dtype is np.object_:
+        values = [v.encode("utf-8") if isinstance(v, str) else v for v in values]
+    return np.array([values], dtype=dtype)
+
+
+def grpc_generate(url: str, text: str, stream: bool = True, timeout: float = 600.0, **inputs) -> Iterator[Chunk]:
+    """Stream over gRPC (``ModelStreamInfer``): one Chunk per response, the last with statistics."""
+    import tritonclient.grpc as grpcclient
+
+    tensors = []
+    for name, value in {"text_input": text, "stream": stream, **inputs}.items():
+        array = to_array(name, value)
+        tensor = grpcclient.InferInput(name, list(array.shape), INPUT_TYPES[name])
+        tensor.set_data_from_numpy(array)
+        tensors.append(tensor)
+    responses: queue.Queue = queue.Queue()
+    client = grpcclient.InferenceServerClient(url)
+    try:
+        client.start_stream(callback=lambda result, error: responses.put((result, error)))
+        client.async_stream_infer(MODEL, tensors, enable_empty_final_response=True)
+        while True:
+            result, error = responses.get(timeout=timeout)
+            if error is not None:
+                raise RequestFailed(str(error))
+            response = result.get_response()
+            final = response.parameters["triton_final_response"].bool_param
+            if response.outputs:
+                yield grpc_chunk(result, final)
+            if final:
+                return
+    finally:
+        client.stop_stream()
+        client.close()
+
+
+def grpc_chunk(result, final: bool) -> Chunk:
+    text = result.as_numpy("text_output").reshape(-1)[0].decode("utf-8")
+    stats = {name: result.as_numpy(name).reshape(-1)[0].item() for name in STATS} if final else {}
+    return Chunk(text, stats)
+
+
+def http_generate(url: str, text: str, timeout: float = 600.0, **inputs) -> Chunk:
+    """``POST /v2/models/ensemble/generate``: the whole answer in one JSON response."""
+    body = _post(url, "generate", {"text_input": text, **inputs}, timeout)
+    return _http_chunk(json.loads(body.read()), final=True)
+
+
+def http_generate_stream(url: str, text: str, timeout: float = 600.0, **inputs) -> Iterator[Chunk]:
+    """``POST /v2/models/ensemble/generate_stream``: server-sent events, one per response."""
+    events = []
+    with _post(url, "generate_stream", {"text_input": text, "stream": True, **inputs}, timeout) as body:
+        for line in body:
+            line = line.decode("utf-8").strip()
+            if line.startswith("data: "):
+                events.append(json.loads(line[len("data: "):]))
+                if "error" in events[-1]:
+                    raise RequestFailed(events[-1]["error"])
+                if len(events) > 1:  # the last event is known only when the stream ends
+                    yield _http_chunk(events[-2], final=False)
+    if events:
+        yield _http_chunk(events[-1], final=True)
+
+
+def _post(url: str, endpoint: str, payload: dict, timeout: float):
+    request = urllib.request.Request(f"http://{url}/v2/models/{MODEL}/{endpoint}", method="POST",
+                                     data=json.dumps(payload).encode(), headers={"Content-Type": "application/json"})
+    try:
+        return urllib.request.urlopen(request, timeout=timeout)
+    except urllib.error.HTTPError as exc:
+        try:
+            message = json.loads(exc.read()).get("error", exc.reason)
+        except ValueError:
+            message = exc.reason
+        raise RequestFailed(f"HTTP {exc.code}: {message}") from None
+
+
+def _http_chunk(event: dict, final: bool) -> Chunk:
+    return Chunk(event["text_output"], {name: event[name] for name in STATS} if final else {})

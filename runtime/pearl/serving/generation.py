@@ -1,0 +1,96 @@
+"""The ``pearl`` model's work: it owns the Engine (and so the MPI world), runs accepted requests one at a
+time in arrival order on a worker thread, and streams each one's output through callbacks.
+
+Every response carries the whole output so far (postprocessing detokenizes statelessly, see
+postprocessing.py) and the statistics outputs; those are zero until the final response, which has the
+request's totals.
+"""
+from __future__ import annotations
+
+import queue
+import threading
+import traceback
+from dataclasses import dataclass
+from typing import Callable
+
+import numpy as np
+
+from pearl.engine import Engine, GenerationStream
+from pearl.serving.inputs import RequestError, ServingRequest, parse_request
+from pearl.stats import RequestStats
+
+# output name -> (numpy dtype, how the final value comes from RequestStats)
+STATS_OUTPUTS: dict[str, tuple[type, Callable[[RequestStats], float]]] = {
+    "total_draft_tokens": (np.int32, lambda s: s.draft_tokens),
+    "total_accepted_draft_tokens": (np.int32, lambda s: s.accepted_draft_tokens),
+    "acceptance_rate": (np.float32, lambda s: s.acceptance_rate),
+    "target_forwards": (np.int32, lambda s: s.target_forwards),
+    "mean_accepted_length": (np.float32, lambda s: s.mean_accepted_length),
+}
+
+Send = Callable[[dict[str, np.ndarray], bool], None]  # (outputs, final)
+Fail = Callable[[str], None]
+
+
+@dataclass
+class Job:
+    request: ServingRequest
+    stream: GenerationStream
+    send: Send
+    fail: Fail
+
+
+def response_tensors(tokens: list[int], previous: int, final: bool, stats: RequestStats | None) -> dict:
+    outputs = {
+        "output_ids": np.array([tokens], dtype=np.int32).reshape(1, -1),
+        "sequence_length": np.array([[len(tokens)]], dtype=np.int32),
+        "previous_length": np.array([[previous]], dtype=np.int32),
+        "is_final": np.array([[final]], dtype=bool),
+    }
+    for name, (dtype, value) in STATS_OUTPUTS.items():
+        outputs[name] = np.array([[value(stats) if stats is not None else 0]], dtype=dtype)
+    return outputs
+
+
+class GenerationService:
+    def __init__(self, engine: Engine, on_finished: Callable[[RequestStats], None] | None = None) -> None:
+        self.engine = engine
+        self.on_finished = on_finished
+        self._jobs: queue.Queue[Job | None] = queue.Queue()
+        self._worker = threading.Thread(target=self._run, name="pearl-generation", daemon=True)
+        self._worker.start()
+
+    def submit(self, inputs: dict[str, np.ndarray], send: Send, fail: Fail) -> None:
+        """Validate and queue a request; a bad one raises RequestError before anything is queued."""
+        request = parse_request(inputs, self.engine.eos_token_ids)
+        try:
+            stream = self.engine.generate(request.prompt_ids, request.sampling, request.mode, request.gamma)
+        except ValueError as exc:  # too long for the engine, ids outside the vocabulary, ...
+            raise RequestError(str(exc)) from None
+        self._jobs.put(Job(request, stream, send, fail))
+
+    def close(self) -> None:
+        self._jobs.put(None)
+        self._worker.join()
+        self.engine.close()
+
+    def _run(self) -> None:
+        while (job := self._jobs.get()) is not None:
+            try:
+                self._serve(job)
+            except Exception as exc:  # the client gets the error; the worker keeps serving the queue
+                job.fail(f"generation failed: {exc}\n{traceback.format_exc(limit=3)}")
+
+    def _serve(self, job: Job) -> None:
+        prefix = [] if job.request.exclude_input or job.request.stream else list(job.request.prompt_ids)
+        emitted = 0
+        for _ in job.stream:
+            if job.request.stream:
+                tokens = job.stream.token_ids
+                job.send(response_tensors(tokens, emitted, False, None), False)
+                emitted = len(tokens)
+        stats = job.stream.stats
+        job.send(response_tensors(prefix + job.stream.token_ids, emitted if job.request.stream else 0, True, stats),
+                 True)
+        if self.on_finished is not None:
+            self.on_finished(stats)

@@ -1,0 +1,60 @@
+"""The Triton model repository: ``triton_repo/`` holds templates, filled from an engine directory.
+
+Placeholders are ``${name}`` (as in TensorRT-LLM's all_models and its tools/fill_template.py); unlike that
+tool, a repository is refused while any placeholder is left unfilled, so a typo cannot reach the server.
+"""
+from __future__ import annotations
+
+import re
+import shutil
+from pathlib import Path
+from string import Template
+
+from pearl.engine_files import load_pair
+
+PLACEHOLDER = re.compile(r"\$\{(\w+)\}")
+DEFAULTS = {
+    "triton_max_batch_size": "64",  # requests Triton may hand a model at once (each still holds one prompt)
+    "preprocessing_instance_count": "1",
+    "postprocessing_instance_count": "1",
+    "add_special_tokens": "true",
+    "skip_special_tokens": "true",
+    "apply_chat_template": "false",  # true: text_input is a user message, wrapped in the chat template
+    "threads_per_rank": "",  # empty: the engine directory's setting
+}
+
+
+class RepositoryError(ValueError):
+    """A template that cannot be filled (unknown or missing values)."""
+
+
+def values_for_engines(engine_dir: str | Path, **overrides: str) -> dict[str, str]:
+    """Every placeholder's value for a pair built by ``make engines``."""
+    engine_dir = Path(engine_dir).resolve()
+    config, _ = load_pair(engine_dir)  # refuses a folder that is not a built pair
+    values = dict(DEFAULTS, engine_dir=str(engine_dir), tokenizer_dir=str(Path(config.target.path).resolve()))
+    unknown = set(overrides) - set(values)
+    if unknown:
+        raise RepositoryError(f"unknown template values {sorted(unknown)}; known: {sorted(values)}")
+    values.update(overrides)
+    return values
+
+
+def fill_text(text: str, values: dict[str, str], where: str) -> str:
+    filled = Template(text).safe_substitute(values)
+    missing = sorted(set(PLACEHOLDER.findall(filled)))
+    if missing:
+        raise RepositoryError(f"{where}: no value for {', '.join(missing)}")
+    return filled
+
+
+def build_repository(templates: Path, out: Path, values: dict[str, str]) -> Path:
+    """Copy the template repository to ``out`` (replacing it) with every config.pbtxt filled."""
+    staging = out.with_name(out.name + ".partial")
+    shutil.rmtree(staging, ignore_errors=True)
+    shutil.copytree(templates, staging, ignore=shutil.ignore_patterns("__pycache__", ".gitkeep"))
+    for config in staging.glob("*/config.pbtxt"):
+        config.write_text(fill_text(config.read_text(), values, str(config.relative_to(staging))))
+    shutil.rmtree(out, ignore_errors=True)
+    staging.replace(out)
+    return out

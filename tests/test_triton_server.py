@@ -1,0 +1,179 @@
+"""A real Triton server on loopback serving the SmolLM2 pair: the ensemble over gRPC and HTTP, streamed and
+not, equal to the runtime's `ar` output; requests in a row and at once; every bad input refused while the
+server keeps serving; metrics; a clean stop."""
+from __future__ import annotations
+
+import json
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from concurrent.futures import ThreadPoolExecutor
+
+import pytest
+
+from conftest import CACHE_DIR, REPO
+from pearl.dist.world import process_alive
+from pearl.serving.client import RequestFailed, grpc_generate, http_generate, http_generate_stream
+from pearl.serving.repository import build_repository, values_for_engines
+from pearl.serving.server import TritonServer
+
+PROMPTS = ["def quicksort(arr):", "The capital of France is", "import numpy as np\n"]
+MAX_TOKENS = 16
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def server(smollm2_engines, tmp_path_factory):
+    repository = build_repository(REPO / "triton_repo", tmp_path_factory.mktemp("triton") / "repo",
+                                  values_for_engines(smollm2_engines))
+    server = TritonServer(repository, CACHE_DIR, http_port=free_port(), grpc_port=free_port(),
+                          metrics_port=free_port(), log_file=tmp_path_factory.mktemp("log") / "server.log")
+    with server:
+        yield server
+    assert server.process.poll() is not None
+
+
+@pytest.fixture(scope="module")
+def expected(smollm2_engines) -> dict[str, str]:
+    """The runtime's own greedy `ar` text for each prompt (the target alone)."""
+    out = {}
+    for prompt in PROMPTS:
+        result = subprocess.run([sys.executable, "-m", "pearl", "generate", "--engines", str(smollm2_engines),
+                                 "--mode", "ar", "--max-tokens", str(MAX_TOKENS), "--json", "--prompt", prompt],
+                                capture_output=True, text=True, timeout=600)
+        assert result.returncode == 0, result.stderr
+        out[prompt] = json.loads(result.stdout)["text"]
+    return out
+
+
+def check_stats(stats: dict) -> None:
+    assert 0 <= stats["total_accepted_draft_tokens"] <= stats["total_draft_tokens"]
+    assert stats["total_draft_tokens"] > 0 and 1 <= stats["target_forwards"] <= MAX_TOKENS
+    assert stats["acceptance_rate"] == pytest.approx(stats["total_accepted_draft_tokens"] /
+                                                     stats["total_draft_tokens"], rel=1e-5)
+
+
+@pytest.mark.parametrize("protocol", ["grpc-stream", "grpc", "http", "http-stream"])
+def test_ensemble_greedy_text_equals_the_runtime_ar_output(server, expected, protocol):
+    prompt = PROMPTS[0]
+    args = dict(max_tokens=MAX_TOKENS, exclude_input_in_output=True)
+    if protocol.startswith("grpc"):
+        chunks = list(grpc_generate(server.grpc_url, prompt, stream=protocol == "grpc-stream", **args))
+    elif protocol == "http":
+        chunks = [http_generate(server.http_url, prompt, **args)]
+    else:
+        chunks = list(http_generate_stream(server.http_url, prompt, **args))
+    assert "".join(c.text for c in chunks) == expected[prompt]
+    if protocol.endswith("stream"):
+        assert len(chunks) > 2  # text arrived piece by piece
+    check_stats(chunks[-1].stats)
+
+
+def test_output_includes_the_prompt_unless_excluded(server, expected):
+    prompt = PROMPTS[1]
+    assert http_generate(server.http_url, prompt, max_tokens=MAX_TOKENS).text == prompt + expected[prompt]
+
+
+def test_requests_in_a_row_and_at_once_are_all_answered(server, expected):
+    for prompt in PROMPTS:  # in a row, alternating protocols
+        assert http_generate(server.http_url, prompt, max_tokens=MAX_TOKENS, exclude_input_in_output=True).text \
+            == expected[prompt]
+
+    def grpc_text(prompt):
+        return "".join(c.text for c in grpc_generate(server.grpc_url, prompt, max_tokens=MAX_TOKENS,
+                                                     exclude_input_in_output=True))
+
+    with ThreadPoolExecutor(max_workers=4) as pool:  # queued on the one engine, none lost
+        texts = list(pool.map(grpc_text, PROMPTS + PROMPTS[:1]))
+    assert texts == [expected[p] for p in PROMPTS + PROMPTS[:1]]
+
+
+BAD_INPUTS = [
+    ({"text_input": ""}, "text_input is empty"),
+    ({"max_tokens": 0}, "max_tokens must be >= 1"),
+    ({"max_tokens": -3}, "max_tokens must be >= 1"),
+    ({"max_tokens": 100000}, "exceeds the models' limit"),
+    ({"text_input": "word " * 3000}, "exceeds the models' limit"),
+    ({"temperature": -1.0}, "temperature must be a finite number >= 0"),
+    ({"temperature": float("nan")}, "temperature must be a finite number"),
+    ({"top_p": 0.0}, r"top_p must be in (0, 1]"),
+    ({"top_p": 1.5}, r"top_p must be in (0, 1]"),
+    ({"beam_width": 2}, "'beam_width'=2 is not supported"),
+    ({"return_generation_logits": True}, "is not supported"),
+    ({"bad_words": ["foo"]}, "bad_words is not supported"),
+    ({"decoding_mode": "beam"}, "unknown mode 'beam'"),
+]
+
+
+@pytest.mark.parametrize("inputs, message", [(i, m) for i, m in BAD_INPUTS if i.get("temperature") == i.get("temperature")])
+def test_bad_input_gets_a_clear_error_over_http(server, inputs, message):  # (JSON has no NaN: gRPC covers it)
+    request = {"text_input": "hello", "max_tokens": 4, **inputs}
+    with pytest.raises(RequestFailed) as error:
+        http_generate(server.http_url, request.pop("text_input"), **request)
+    assert message in str(error.value)
+
+
+@pytest.mark.parametrize("inputs, message", BAD_INPUTS)
+def test_bad_input_gets_a_clear_error_over_grpc(server, inputs, message):
+    request = {"text_input": "hello", "max_tokens": 4, **inputs}
+    with pytest.raises(RequestFailed) as error:
+        list(grpc_generate(server.grpc_url, request.pop("text_input"), **request))
+    assert message in str(error.value)
+
+
+def test_malformed_tensors_are_refused_by_triton(server):
+    import numpy as np
+    import tritonclient.grpc as grpcclient
+
+    client = grpcclient.InferenceServerClient(server.grpc_url)
+    text = grpcclient.InferInput("text_input", [1, 1], "BYTES")
+    text.set_data_from_numpy(np.array([[b"\xff\xfe not utf-8"]], dtype=object))
+    wrong_type = grpcclient.InferInput("max_tokens", [1, 1], "FP32")
+    wrong_type.set_data_from_numpy(np.array([[4.0]], dtype=np.float32))
+    wrong_shape = grpcclient.InferInput("max_tokens", [1, 2], "INT32")
+    wrong_shape.set_data_from_numpy(np.array([[4, 5]], dtype=np.int32))
+    for inputs, message in (([wrong_type], "max_tokens"), ([wrong_shape], "unexpected shape for input 'max_tokens'")):
+        errors = []
+        client.start_stream(callback=lambda result, error: errors.append(error))
+        client.async_stream_infer("ensemble", [text, *inputs])
+        client.stop_stream()
+        assert errors and errors[0] is not None and message in str(errors[0])
+    with pytest.raises(RequestFailed, match="not valid UTF-8"):
+        list(grpc_generate(server.grpc_url, b"\xff\xfe not utf-8", max_tokens=4))
+
+
+def test_server_is_healthy_after_bad_input_and_reports_metrics(server, expected):
+    with pytest.raises(RequestFailed):
+        http_generate(server.http_url, "", max_tokens=4)
+    assert server.ready()
+    prompt = PROMPTS[2]
+    assert http_generate(server.http_url, prompt, max_tokens=MAX_TOKENS, exclude_input_in_output=True).text \
+        == expected[prompt]
+    metrics = urllib.request.urlopen(f"http://127.0.0.1:{server.metrics_port}/metrics").read().decode()
+    values = {line.split("{")[0]: float(line.rsplit(" ", 1)[1]) for line in metrics.splitlines()
+              if line.startswith("pearl_")}
+    assert values["pearl_requests_total"] >= 1 and values["pearl_generated_tokens_total"] >= MAX_TOKENS
+    assert values["pearl_draft_tokens_total"] >= values["pearl_accepted_draft_tokens_total"]
+    assert values["pearl_target_forwards_total"] >= 1 and values["pearl_tokens_per_second"] > 0
+
+
+def test_stopping_the_server_leaves_no_processes(smollm2_engines, tmp_path):
+    repository = build_repository(REPO / "triton_repo", tmp_path / "repo", values_for_engines(smollm2_engines))
+    server = TritonServer(repository, CACHE_DIR, http_port=free_port(), grpc_port=free_port(),
+                          metrics_port=free_port(), log_file=tmp_path / "server.log")
+    with server:
+        assert http_generate(server.http_url, "Hi", max_tokens=2).text
+        group = server.process.pid
+    assert not process_alive(group)
+    deadline = time.monotonic() + 15  # exited ranks are reaped by MPI's proxy as it exits, just after
+    for pattern in (str(repository), "pearl.dist.worker"):  # python backend stubs, MPI ranks
+        while subprocess.run(["pgrep", "-f", pattern], capture_output=True).stdout and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert subprocess.run(["pgrep", "-f", pattern], capture_output=True, text=True).stdout.split() == []

@@ -1,0 +1,77 @@
+"""Triton adapter for pearl.serving.generation: the decoupled model that owns the PEARL engine.
+
+Loading the model starts the MPI world (draft and target ranks) from the engine directory; unloading it
+shuts the world down. Each request streams responses from the generation thread and always ends with
+Triton's final flag, errors included. Counters go to Triton's metrics endpoint.
+"""
+import json
+from dataclasses import replace
+
+import triton_python_backend_utils as pb_utils
+
+from pearl.engine import Engine
+from pearl.engine_files import load_pair
+from pearl.serving.generation import GenerationService
+from pearl.serving.inputs import RequestError
+
+FINAL = pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL
+
+
+def parameter(args, key: str) -> str:
+    return json.loads(args["model_config"])["parameters"][key]["string_value"]
+
+
+class Metrics:
+    """Custom Prometheus metrics (pb_utils.MetricFamily), exported on Triton's metrics port."""
+
+    def __init__(self):
+        counter, gauge = pb_utils.MetricFamily.COUNTER, pb_utils.MetricFamily.GAUGE
+        self.families = [
+            pb_utils.MetricFamily("pearl_generated_tokens_total", "Output tokens generated", counter),
+            pb_utils.MetricFamily("pearl_draft_tokens_total", "Draft tokens proposed", counter),
+            pb_utils.MetricFamily("pearl_accepted_draft_tokens_total", "Draft tokens accepted", counter),
+            pb_utils.MetricFamily("pearl_target_forwards_total", "Target model forward passes", counter),
+            pb_utils.MetricFamily("pearl_requests_total", "Requests completed", counter),
+            pb_utils.MetricFamily("pearl_tokens_per_second", "Output tokens/s of the last request", gauge),
+        ]
+        self.metrics = [family.Metric(labels={"model": "pearl"}) for family in self.families]
+
+    def record(self, stats):
+        generated, draft, accepted, forwards, requests, rate = self.metrics
+        generated.increment(stats.generated_tokens)
+        draft.increment(stats.draft_tokens)
+        accepted.increment(stats.accepted_draft_tokens)
+        forwards.increment(stats.target_forwards)
+        requests.increment(1)
+        rate.set(stats.tokens_per_s)
+
+
+class TritonPythonModel:
+    def initialize(self, args):
+        config, gamma = load_pair(parameter(args, "engine_dir"))
+        threads = parameter(args, "threads_per_rank")
+        if threads.isdigit():
+            config = replace(config, threads_per_rank=int(threads))
+        self.metrics = Metrics()
+        self.service = GenerationService(Engine(config, recommended_gamma=gamma), on_finished=self.metrics.record)
+
+    def execute(self, requests):
+        for request in requests:
+            sender = request.get_response_sender()
+
+            def send(outputs, final, sender=sender):
+                response = pb_utils.InferenceResponse([pb_utils.Tensor(k, v) for k, v in outputs.items()])
+                sender.send(response, flags=FINAL if final else 0)
+
+            def fail(message, sender=sender):
+                sender.send(pb_utils.InferenceResponse(error=pb_utils.TritonError(message)), flags=FINAL)
+
+            try:
+                self.service.submit({t.name(): t.as_numpy() for t in request.inputs()}, send, fail)
+            except RequestError as exc:
+                sender.send(pb_utils.InferenceResponse(
+                    error=pb_utils.TritonError(str(exc), pb_utils.TritonError.INVALID_ARG)), flags=FINAL)
+        return None
+
+    def finalize(self):
+        self.service.close()

@@ -1,0 +1,25 @@
+"""Triton adapter for pearl.serving.postprocessing: token ids -> text, never splitting a UTF-8 character."""
+import json
+
+import triton_python_backend_utils as pb_utils
+
+from pearl.backends.loading import load_tokenizer
+from pearl.serving.postprocessing import Postprocessor
+
+
+def parameter(args, key: str) -> str:
+    return json.loads(args["model_config"])["parameters"][key]["string_value"]
+
+
+class TritonPythonModel:
+    def initialize(self, args):
+        self.postprocess = Postprocessor(load_tokenizer(parameter(args, "tokenizer_dir")),
+                                         skip_special_tokens=parameter(args, "skip_special_tokens") == "true")
+
+    def execute(self, requests):
+        responses = []
+        for request in requests:
+            outputs = self.postprocess({t.name(): t.as_numpy() for t in request.inputs()})
+            responses.append(pb_utils.InferenceResponse(
+                [pb_utils.Tensor(name, value) for name, value in outputs.items()]))
+        return responses

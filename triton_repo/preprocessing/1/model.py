@@ -1,0 +1,32 @@
+"""Triton adapter for pearl.serving.preprocessing: text_input -> token ids with the engine's tokenizer."""
+import json
+
+import numpy as np
+import triton_python_backend_utils as pb_utils
+
+from pearl.backends.loading import load_tokenizer
+from pearl.serving.inputs import RequestError
+from pearl.serving.preprocessing import Preprocessor
+
+
+def parameter(args, key: str) -> str:
+    return json.loads(args["model_config"])["parameters"][key]["string_value"]
+
+
+class TritonPythonModel:
+    def initialize(self, args):
+        self.preprocess = Preprocessor(load_tokenizer(parameter(args, "tokenizer_dir")),
+                                       apply_chat_template=parameter(args, "apply_chat_template") == "true",
+                                       add_special_tokens=parameter(args, "add_special_tokens") == "true")
+
+    def execute(self, requests):
+        responses = []
+        for request in requests:
+            try:
+                outputs = self.preprocess({t.name(): t.as_numpy() for t in request.inputs()})
+                responses.append(pb_utils.InferenceResponse(
+                    [pb_utils.Tensor(name, np.ascontiguousarray(value)) for name, value in outputs.items()]))
+            except RequestError as exc:
+                responses.append(pb_utils.InferenceResponse(
+                    error=pb_utils.TritonError(str(exc), pb_utils.TritonError.INVALID_ARG)))
+        return responses

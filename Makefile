@@ -6,8 +6,13 @@ PIP := $(PY) -m pip --disable-pip-version-check
 
 PAIR ?= qwen2.5-coder-0.5b-1.5b
 ENGINES_DIR ?= engines
+HOST ?= 127.0.0.1
+HTTP_PORT ?= 8000
+GRPC_PORT ?= 8001
+METRICS_PORT ?= 8002
+PORTS = --http-port $(HTTP_PORT) --grpc-port $(GRPC_PORT) --metrics-port $(METRICS_PORT)
 
-.PHONY: help setup test engines clean
+.PHONY: help setup test engines serve demo bench perf clean
 
 help:
 	@echo "make setup   create $(VENV) with the pinned dependencies and the pearl package"
@@ -15,6 +20,13 @@ help:
 	@echo "make engines [PAIR=name] [DRY_RUN=1] [FORCE=1]"
 	@echo "             build a pair's engines into $(ENGINES_DIR)/<pair> (pairs: build/configs/*.yaml;"
 	@echo "             default $(PAIR)); DRY_RUN=1 prints the per-device build plan only"
+	@echo "make serve [PAIR=name] [HOST=127.0.0.1] [HTTP_PORT=8000 GRPC_PORT=8001 METRICS_PORT=8002]"
+	@echo "             run Triton with the pair's ensemble until Ctrl-C (builds the engines first)"
+	@echo "make demo    setup, engines, server, one streamed request with statistics, stop"
+	@echo "make bench [PAIR=name] [BENCH_ARGS='--prompts 10 ...']"
+	@echo "             ar / sd / pearl / assisted generation on HumanEval -> results/bench/<pair>"
+	@echo "make perf [PAIR=name] [PERF_ARGS='--concurrency 1,2,4,8 ...']"
+	@echo "             perf_analyzer against the served ensemble -> results/perf/<pair>"
 	@echo "make clean   remove the venv and caches"
 
 setup: $(VENV)/.installed
@@ -30,6 +42,18 @@ test: setup
 
 engines: setup
 	$(PY) -m pearl_build $(PAIR) --engines-dir $(ENGINES_DIR) $(if $(DRY_RUN),--dry-run) $(if $(FORCE),--force)
+
+serve: engines
+	$(PY) scripts/serve.py --engines $(ENGINES_DIR)/$(PAIR) --host $(HOST) $(PORTS)
+
+demo: engines
+	$(PY) scripts/demo.py --engines $(ENGINES_DIR)/$(PAIR) $(PORTS)
+
+bench: engines
+	$(PY) scripts/bench.py --engines $(ENGINES_DIR)/$(PAIR) $(BENCH_ARGS)
+
+perf: engines
+	$(PY) scripts/perf.py --engines $(ENGINES_DIR)/$(PAIR) $(PORTS) $(PERF_ARGS)
 
 clean:
 	rm -rf $(VENV) .pytest_cache

@@ -1,6 +1,7 @@
 """Shared fixtures: tiny random models, the real SmolLM2 weights, and engines (MPI worlds) over them."""
 from __future__ import annotations
 
+import socket
 from pathlib import Path
 
 import pytest
@@ -57,6 +58,13 @@ def smollm2_gguf(smollm2_engines) -> Path:
 def smollm2(smollm2_engines) -> Path:
     """SmolLM2-135M-Instruct as a safetensors folder (the pair's target engine)."""
     return smollm2_engines / "target"
+
+
+def free_port() -> int:
+    """A loopback TCP port nobody listens on right now."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
 
 
 def start_engine(draft: Path, target: Path, draft_layers: int | None = None):

@@ -4,16 +4,16 @@ server keeps serving; metrics; a clean stop."""
 from __future__ import annotations
 
 import json
-import socket
 import subprocess
 import sys
 import time
 import urllib.request
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 import pytest
 
-from conftest import CACHE_DIR, REPO
+from conftest import CACHE_DIR, REPO, free_port
 from pearl.dist.world import process_alive
 from pearl.serving.client import RequestFailed, grpc_generate, http_generate, http_generate_stream
 from pearl.serving.repository import build_repository, values_for_engines
@@ -21,12 +21,6 @@ from pearl.serving.server import TritonServer
 
 PROMPTS = ["def quicksort(arr):", "The capital of France is", "import numpy as np\n"]
 MAX_TOKENS = 16
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture(scope="module")
@@ -50,6 +44,7 @@ def expected(smollm2_engines) -> dict[str, str]:
                                 capture_output=True, text=True, timeout=600)
         assert result.returncode == 0, result.stderr
         out[prompt] = json.loads(result.stdout)["text"]
+        out[prompt, "ids"] = json.loads(result.stdout)["token_ids"]
     return out
 
 
@@ -79,6 +74,22 @@ def test_ensemble_greedy_text_equals_the_runtime_ar_output(server, expected, pro
 def test_output_includes_the_prompt_unless_excluded(server, expected):
     prompt = PROMPTS[1]
     assert http_generate(server.http_url, prompt, max_tokens=MAX_TOKENS).text == prompt + expected[prompt]
+
+
+def test_stop_words_end_the_output_and_are_included(server, expected, smollm2_engines):
+    from pearl.backends.loading import load_tokenizer
+
+    tokenizer = load_tokenizer(str(smollm2_engines / "target"))
+    prompt = PROMPTS[0]
+    ids = expected[prompt, "ids"]
+    # a token whose text encodes back to that one token, so the stop word matches it exactly
+    position = next(i for i in range(2, len(ids)) if tokenizer.encode(tokenizer.decode([ids[i]]),
+                                                                       add_special_tokens=False) == [ids[i]])
+    stop = tokenizer.decode([ids[position]])
+    cut = ids[:ids.index(ids[position]) + 1]
+    got = http_generate(server.http_url, prompt, max_tokens=MAX_TOKENS, exclude_input_in_output=True,
+                        stop_words=[stop])
+    assert got.text == tokenizer.decode(cut, skip_special_tokens=True) and got.text.endswith(stop)
 
 
 def test_requests_in_a_row_and_at_once_are_all_answered(server, expected):
@@ -112,8 +123,11 @@ BAD_INPUTS = [
 ]
 
 
-@pytest.mark.parametrize("inputs, message", [(i, m) for i, m in BAD_INPUTS if i.get("temperature") == i.get("temperature")])
-def test_bad_input_gets_a_clear_error_over_http(server, inputs, message):  # (JSON has no NaN: gRPC covers it)
+JSON_BAD_INPUTS = [(i, m) for i, m in BAD_INPUTS if i.get("temperature") == i.get("temperature")]  # no NaN in JSON
+
+
+@pytest.mark.parametrize("inputs, message", JSON_BAD_INPUTS)
+def test_bad_input_gets_a_clear_error_over_http(server, inputs, message):
     request = {"text_input": "hello", "max_tokens": 4, **inputs}
     with pytest.raises(RequestFailed) as error:
         http_generate(server.http_url, request.pop("text_input"), **request)
@@ -164,16 +178,32 @@ def test_server_is_healthy_after_bad_input_and_reports_metrics(server, expected)
     assert values["pearl_target_forwards_total"] >= 1 and values["pearl_tokens_per_second"] > 0
 
 
+def descendants(pid: int) -> set[int]:
+    """Every process below ``pid`` (from /proc): stubs, MPI process managers, ranks."""
+    children: dict[int, list[int]] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        children.setdefault(int(fields[1]), []).append(int(stat.parent.name))
+    found, todo = set(), [pid]
+    while todo:
+        for child in children.get(todo.pop(), []):
+            found.add(child)
+            todo.append(child)
+    return found
+
+
 def test_stopping_the_server_leaves_no_processes(smollm2_engines, tmp_path):
     repository = build_repository(REPO / "triton_repo", tmp_path / "repo", values_for_engines(smollm2_engines))
     server = TritonServer(repository, CACHE_DIR, http_port=free_port(), grpc_port=free_port(),
                           metrics_port=free_port(), log_file=tmp_path / "server.log")
     with server:
         assert http_generate(server.http_url, "Hi", max_tokens=2).text
-        group = server.process.pid
-    assert not process_alive(group)
+        processes = descendants(server.process.pid) | {server.process.pid}
+        assert len(processes) >= 6  # server, 3 stubs, MPI's process manager and proxy, 2 ranks
     deadline = time.monotonic() + 15  # exited ranks are reaped by MPI's proxy as it exits, just after
-    for pattern in (str(repository), "pearl.dist.worker"):  # python backend stubs, MPI ranks
-        while subprocess.run(["pgrep", "-f", pattern], capture_output=True).stdout and time.monotonic() < deadline:
-            time.sleep(0.2)
-        assert subprocess.run(["pgrep", "-f", pattern], capture_output=True, text=True).stdout.split() == []
+    while any(process_alive(pid) for pid in processes) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert [pid for pid in processes if process_alive(pid)] == []

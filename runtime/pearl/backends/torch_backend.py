@@ -12,7 +12,8 @@ from pearl.engine_files import read_engine_json
 from pearl.sequence import Sequence
 
 
-def _eos_ids(model) -> tuple[int, ...]:
+def eos_token_ids(model) -> tuple[int, ...]:
+    """Every EOS id the model's config and generation config name."""
     ids: set[int] = set()
     for source in (model.config, getattr(model, "generation_config", None)):
         value = getattr(source, "eos_token_id", None)
@@ -27,7 +28,7 @@ class TorchBackend:
         self.device = next(model.parameters()).device
         self.dtype = next(model.parameters()).dtype
         self.vocab_size = model.get_output_embeddings().weight.shape[0]
-        self.eos_token_ids = _eos_ids(model)
+        self.eos_token_ids = eos_token_ids(model)
         self.max_seq_len = int(model.config.max_position_embeddings)
         self._caches: dict[int, DynamicCache] = {}
 

@@ -1,0 +1,72 @@
+"""`make bench` and `make perf` in short runs on the SmolLM2 pair: files are produced, numbers parse, PEARL and
+SD outputs equal ar's, an interrupted bench resumes without redoing work, perf_analyzer measures the server."""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from conftest import CACHE_DIR, REPO, free_port
+
+
+def run_script(name: str, *args: str, timeout: int = 900) -> subprocess.CompletedProcess:
+    result = subprocess.run([sys.executable, str(REPO / "scripts" / name), *args], capture_output=True, text=True,
+                            timeout=timeout, cwd=REPO)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    return result
+
+
+@pytest.fixture(scope="module")
+def bench(smollm2_engines, tmp_path_factory):
+    out = tmp_path_factory.mktemp("bench")
+    args = ("--engines", str(smollm2_engines), "--prompts", "2", "--max-tokens", "16", "--gammas", "2,3",
+            "--sweep-prompts", "1", "--out", str(out))
+    run_script("bench.py", *args)
+    return out, args
+
+
+def test_bench_writes_records_summary_and_charts(bench):
+    out, _ = bench
+    for name in ("records.jsonl", "summary.json", "summary.md", "speedup.png", "accepted_lengths.png"):
+        assert (out / name).stat().st_size > 0, name
+    summary = json.loads((out / "summary.json").read_text())
+    assert set(summary["settings"]) == {"one-core-per-model", "equal-cores"}
+    for setting, data in summary["settings"].items():
+        methods = data["methods"]
+        assert {"ar", "pearl(gamma=auto)", "assisted"} <= set(methods)
+        assert any(k.startswith("sd(gamma=") for k in methods) and any(k.startswith("pearl(gamma=") and
+                                                                      k != "pearl(gamma=auto)" for k in methods)
+        assert methods["ar"]["speedup_vs_ar"] == pytest.approx(1.0)
+        for label, values in methods.items():
+            assert values["tokens_per_s"] > 0 and values["tokens"] > 0, label
+            if label.startswith(("sd", "pearl")):
+                assert values["identical_to_ar"] == "2/2", (setting, label, values["divergences"])
+                assert values["target_forwards"] > 0 and values["draft_forwards"] > 0
+                assert 0 <= values["acceptance_rate"] <= 1
+        assert set(data["sweeps"]) >= {"sd(gamma=2)", "sd(gamma=3)"}
+    assert "## one-core-per-model" in (out / "summary.md").read_text()
+
+
+def test_bench_resumes_without_redoing_finished_runs(bench):
+    out, args = bench
+    before = (out / "records.jsonl").read_text()
+    result = run_script("bench.py", *args)
+    assert (out / "records.jsonl").read_text() == before  # nothing ran again
+    assert "Against the targets" in result.stdout or "pearl" in result.stdout
+
+
+def test_perf_analyzer_against_the_server(smollm2_engines, tmp_path):
+    out = tmp_path / "perf"
+    run_script("perf.py", "--engines", str(smollm2_engines), "--prompts", "2", "--max-tokens", "16",
+               "--concurrency", "1,2", "--requests-per-point", "2", "--out", str(out), "--cache-dir", str(CACHE_DIR),
+               "--http-port", str(free_port()), "--grpc-port", str(free_port()), "--metrics-port", str(free_port()))
+    summary = json.loads((out / "summary.json").read_text())
+    points = {(p["stream"], p["concurrency"]): p for p in summary["points"]}
+    assert set(points) == {(False, 1), (False, 2), (True, 1), (True, 2)}
+    for point in points.values():
+        assert point["requests_per_s"] > 0 and 0 < point["p50_ms"] <= point["p99_ms"]
+    assert points[True, 1]["time_to_first_token_ms"] > 0 and points[True, 1]["inter_token_latency_ms"] > 0
+    for name in ("summary.md", "latency_throughput.png", "perf_stream_c2.csv", "profile_nostream_c1.json"):
+        assert (out / name).stat().st_size > 0, name

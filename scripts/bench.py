@@ -15,16 +15,19 @@ from pearl.bench.runner import BenchConfig, BenchRun
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--engines", type=Path, required=True, help="a pair's engine directory")
-    parser.add_argument("--prompts", type=int, default=3, help="the first N HumanEval problems (default 3)")
+    parser.add_argument("--prompts", type=int, default=2, help="the first N HumanEval problems (default 2)")
     parser.add_argument("--full", action="store_true", help="all 164 HumanEval problems")
     parser.add_argument("--prompts-file", type=Path, help="a JSONL file of {\"prompt\": ...} instead")
-    parser.add_argument("--max-tokens", type=int, default=64)
-    parser.add_argument("--gammas", default="2,3,5", help="the sd/pearl gamma sweep")
-    parser.add_argument("--sweep-prompts", type=int, default=2, help="prompts the sweep runs on")
+    parser.add_argument("--max-tokens", type=int, default=48)
+    parser.add_argument("--gammas", default="2,3,4", help="the sd/pearl gamma sweep")
+    parser.add_argument("--sweep-prompts", type=int, default=1, help="prompts the sweep runs on")
     parser.add_argument("--settings", default=",".join(SETTINGS), help=f"of {', '.join(SETTINGS)}")
     parser.add_argument("--out", type=Path, help="results folder (default results/bench/<pair>)")
     parser.add_argument("--fresh", action="store_true", help="discard earlier records instead of resuming")
     args = parser.parse_args()
+    import transformers
+
+    transformers.logging.set_verbosity_error()  # 4.57's false "incorrect regex pattern" warning on local folders
     limit = None if args.full else args.prompts
     prompts = from_jsonl(args.prompts_file, limit) if args.prompts_file else humaneval(limit)
     out = args.out or Path("results") / "bench" / args.engines.resolve().name

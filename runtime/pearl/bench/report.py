@@ -114,14 +114,15 @@ def markdown(summary: dict, title: str) -> str:
     columns = ["method", "tokens/s", "vs ar", "vs sd", "mean accepted", "acceptance", "target fwd",
                "draft fwd", "overhead", "identical to ar"]
     fmt = lambda v, spec: "" if v is None else format(v, spec)  # noqa: E731
+    drafted = lambda label, v, key, spec: fmt(v.get(key), spec) if label != "ar" else ""  # noqa: E731
     for setting, data in summary["settings"].items():
         lines += [f"## {setting}", "", "| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
         for label, v in data["methods"].items():
             lines.append("| " + " | ".join([
                 label, fmt(v["tokens_per_s"], ".2f"), fmt(v["speedup_vs_ar"], ".2f") + "x",
-                fmt(v["speedup_vs_sd"], ".2f") + "x", fmt(v.get("mean_accepted_length"), ".2f"),
-                fmt(v.get("acceptance_rate"), ".2f"), fmt(v.get("target_forwards"), "d"),
-                fmt(v.get("draft_forwards"), "d"), fmt(100 * v["round_overhead"], ".1f") + "%"
+                fmt(v["speedup_vs_sd"], ".2f") + "x", drafted(label, v, "mean_accepted_length", ".2f"),
+                drafted(label, v, "acceptance_rate", ".2f"), fmt(v.get("target_forwards"), "d"),
+                drafted(label, v, "draft_forwards", "d"), fmt(100 * v["round_overhead"], ".1f") + "%"
                 if "round_overhead" in v else "", v["identical_to_ar"]]) + " |")
         divergences = [(label, d) for label, v in data["methods"].items() for d in v["divergences"]]
         if divergences:

@@ -24,9 +24,9 @@ from pearl.engine_files import load_pair
 class BenchConfig:
     engine_dir: Path
     out_dir: Path
-    max_tokens: int = 64
-    gammas: tuple[int, ...] = (2, 3, 5)
-    sweep_prompts: int = 2
+    max_tokens: int = 48
+    gammas: tuple[int, ...] = (2, 3, 4)
+    sweep_prompts: int = 1
     settings: tuple[str, ...] = tuple(SETTINGS)
 
 

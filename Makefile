@@ -12,7 +12,7 @@ GRPC_PORT ?= 8001
 METRICS_PORT ?= 8002
 PORTS = --http-port $(HTTP_PORT) --grpc-port $(GRPC_PORT) --metrics-port $(METRICS_PORT)
 
-.PHONY: help setup test engines serve demo bench perf clean
+.PHONY: help setup test engines serve demo bench perf soak clean
 
 help:
 	@echo "make setup   create $(VENV) with the pinned dependencies and the pearl package"
@@ -27,6 +27,8 @@ help:
 	@echo "             ar / sd / pearl / assisted generation on HumanEval -> results/bench/<pair>"
 	@echo "make perf [PAIR=name] [PERF_ARGS='--concurrency 1,2,4,8 ...']"
 	@echo "             perf_analyzer against the served ensemble -> results/perf/<pair>"
+	@echo "make soak [PAIR=name] [SOAK_ARGS='--minutes 10 --concurrency 8']"
+	@echo "             long perf_analyzer load: errors, tokens/s and memory over time -> results/soak/<pair>"
 	@echo "make clean   remove the venv and caches"
 
 setup: $(VENV)/.installed
@@ -54,6 +56,9 @@ bench: engines
 
 perf: engines
 	$(PY) scripts/perf.py --engines $(ENGINES_DIR)/$(PAIR) $(PORTS) $(PERF_ARGS)
+
+soak: engines
+	$(PY) scripts/soak.py --engines $(ENGINES_DIR)/$(PAIR) $(PORTS) $(SOAK_ARGS)
 
 clean:
 	rm -rf $(VENV) .pytest_cache

@@ -9,7 +9,7 @@ from pathlib import Path
 
 from pearl.serving.client import grpc_generate
 from pearl.serving.repository import build_repository, values_for_engines
-from pearl.serving.server import TritonServer
+from pearl.serving.server import TritonServer, add_server_arguments
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -19,10 +19,7 @@ def main() -> int:
     parser.add_argument("--engines", type=Path, required=True)
     parser.add_argument("--prompt", default="Write a Python function that returns the n-th Fibonacci number.")
     parser.add_argument("--max-tokens", type=int, default=128)
-    parser.add_argument("--http-port", type=int, default=8000)
-    parser.add_argument("--grpc-port", type=int, default=8001)
-    parser.add_argument("--metrics-port", type=int, default=8002)
-    parser.add_argument("--cache-dir", type=Path, default=REPO / ".cache" / "pearl")
+    add_server_arguments(parser, REPO / ".cache" / "pearl")
     args = parser.parse_args()
     repository = args.cache_dir / "triton_repo" / f"{args.engines.resolve().name}-chat"
     build_repository(REPO / "triton_repo", repository, values_for_engines(args.engines, apply_chat_template="true"))

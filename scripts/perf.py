@@ -9,7 +9,7 @@ from pathlib import Path
 from pearl.bench.perf import run_point, token_latencies, write_report
 from pearl.bench.prompts import humaneval
 from pearl.serving.repository import build_repository, values_for_engines
-from pearl.serving.server import TritonServer
+from pearl.serving.server import TritonServer, add_server_arguments
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -23,10 +23,7 @@ def main() -> int:
     parser.add_argument("--requests-per-point", type=int, default=0,
                         help="requests measured per point (default 2 x concurrency, at least 4)")
     parser.add_argument("--out", type=Path, help="results folder (default results/perf/<pair>)")
-    parser.add_argument("--cache-dir", type=Path, default=REPO / ".cache" / "pearl")
-    parser.add_argument("--grpc-port", type=int, default=8001)
-    parser.add_argument("--http-port", type=int, default=8000)
-    parser.add_argument("--metrics-port", type=int, default=8002)
+    add_server_arguments(parser, REPO / ".cache" / "pearl")
     args = parser.parse_args()
     out = args.out or REPO / "results" / "perf" / args.engines.resolve().name
     out.mkdir(parents=True, exist_ok=True)

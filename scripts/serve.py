@@ -10,7 +10,7 @@ import threading
 from pathlib import Path
 
 from pearl.serving.repository import build_repository, values_for_engines
-from pearl.serving.server import LOOPBACK, TritonServer
+from pearl.serving.server import LOOPBACK, TritonServer, add_server_arguments
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -19,14 +19,11 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--engines", type=Path, required=True, help="a pair's engine directory (engines/<pair>)")
     parser.add_argument("--host", default=LOOPBACK, help="address to bind (default loopback only)")
-    parser.add_argument("--http-port", type=int, default=8000)
-    parser.add_argument("--grpc-port", type=int, default=8001)
-    parser.add_argument("--metrics-port", type=int, default=8002)
-    parser.add_argument("--cache-dir", type=Path, default=REPO / ".cache" / "pearl")
     parser.add_argument("--repository", type=Path, help="where the filled repository goes "
                         "(default <cache-dir>/triton_repo/<pair>)")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                         help="template value, e.g. apply_chat_template=true (repeatable)")
+    add_server_arguments(parser, REPO / ".cache" / "pearl")
     args = parser.parse_args()
     overrides = dict(item.split("=", 1) for item in args.set)
     repository = args.repository or args.cache_dir / "triton_repo" / args.engines.resolve().name

@@ -70,3 +70,15 @@ def test_perf_analyzer_against_the_server(smollm2_engines, tmp_path):
     assert points[True, 1]["time_to_first_token_ms"] > 0 and points[True, 1]["inter_token_latency_ms"] > 0
     for name in ("summary.md", "latency_throughput.png", "perf_stream_c2.csv", "profile_nostream_c1.json"):
         assert (out / name).stat().st_size > 0, name
+
+
+def test_soak_reports_errors_throughput_and_memory(smollm2_engines, tmp_path):
+    out = tmp_path / "soak"
+    run_script("soak.py", "--engines", str(smollm2_engines), "--minutes", "0", "--concurrency", "2",
+               "--max-tokens", "8", "--prompts", "2", "--requests-per-window", "2", "--out", str(out),
+               "--http-port", str(free_port()), "--grpc-port", str(free_port()), "--metrics-port", str(free_port()))
+    summary = json.loads((out / "soak.json").read_text())
+    assert summary["errors"] == 0 and len(summary["windows"]) == 2
+    assert all(w["tokens_per_s"] > 0 and w["server_ready"] for w in summary["windows"])
+    assert summary["memory"] and all(m["rss_bytes"] > 100 * 2**20 for m in summary["memory"])
+    assert (out / "soak.png").stat().st_size > 0 and "memory growth" in (out / "soak.md").read_text()

@@ -9,11 +9,13 @@ import sys
 import time
 import urllib.request
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from conftest import CACHE_DIR, REPO, free_port
+from pearl.bench.soak import process_tree
 from pearl.dist.world import process_alive
 from pearl.serving.client import RequestFailed, grpc_generate, http_generate, http_generate_stream
 from pearl.serving.repository import build_repository, values_for_engines
@@ -178,32 +180,54 @@ def test_server_is_healthy_after_bad_input_and_reports_metrics(server, expected)
     assert values["pearl_target_forwards_total"] >= 1 and values["pearl_tokens_per_second"] > 0
 
 
-def descendants(pid: int) -> set[int]:
-    """Every process below ``pid`` (from /proc): stubs, MPI process managers, ranks."""
-    children: dict[int, list[int]] = {}
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            fields = stat.read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        children.setdefault(int(fields[1]), []).append(int(stat.parent.name))
-    found, todo = set(), [pid]
-    while todo:
-        for child in children.get(todo.pop(), []):
-            found.add(child)
-            todo.append(child)
-    return found
-
-
 def test_stopping_the_server_leaves_no_processes(smollm2_engines, tmp_path):
     repository = build_repository(REPO / "triton_repo", tmp_path / "repo", values_for_engines(smollm2_engines))
     server = TritonServer(repository, CACHE_DIR, http_port=free_port(), grpc_port=free_port(),
                           metrics_port=free_port(), log_file=tmp_path / "server.log")
     with server:
         assert http_generate(server.http_url, "Hi", max_tokens=2).text
-        processes = descendants(server.process.pid) | {server.process.pid}
+        processes = process_tree(server.process.pid)
         assert len(processes) >= 6  # server, 3 stubs, MPI's process manager and proxy, 2 ranks
     deadline = time.monotonic() + 15  # exited ranks are reaped by MPI's proxy as it exits, just after
     while any(process_alive(pid) for pid in processes) and time.monotonic() < deadline:
         time.sleep(0.2)
     assert [pid for pid in processes if process_alive(pid)] == []
+
+
+FUZZ_SETTINGS = dict(max_examples=20, deadline=None, suppress_health_check=list(HealthCheck))
+SHORT_OR_INVALID = st.one_of(st.integers(-10, 6), st.integers(2048, 2**31 - 1))  # valid ones stay short
+
+
+def answered_or_refused(call) -> None:
+    """A response is a generation or a clear error; nothing else (no hang, no crash)."""
+    try:
+        chunks = call()
+        assert all(isinstance(c.text, str) for c in chunks)
+    except RequestFailed as exc:
+        assert str(exc).strip()
+
+
+@settings(**FUZZ_SETTINGS)
+@given(text=st.text(st.characters(blacklist_categories=("Cs",)), max_size=40), max_tokens=SHORT_OR_INVALID,
+       temperature=st.floats(-2, 5, width=32), top_p=st.floats(-1, 2, width=32), top_k=st.integers(-5, 2**31 - 1),
+       seed=st.integers(0, 2**64 - 1), stream=st.booleans())
+def test_fuzzed_http_requests_get_an_answer_or_a_clear_error(server, text, max_tokens, temperature, top_p, top_k,
+                                                              seed, stream):
+    args = dict(max_tokens=max_tokens, temperature=temperature, top_p=top_p, top_k=top_k, seed=seed)
+    if stream:
+        answered_or_refused(lambda: list(http_generate_stream(server.http_url, text, **args)))
+    else:
+        answered_or_refused(lambda: [http_generate(server.http_url, text, **args)])
+    assert server.ready()
+
+
+@settings(**FUZZ_SETTINGS)
+@given(text=st.binary(max_size=40), max_tokens=SHORT_OR_INVALID,
+       temperature=st.floats(width=32), top_p=st.floats(width=32), stream=st.booleans(),
+       mode=st.sampled_from(["pearl", "sd", "ar", "", "beam"]), gamma=st.integers(-3, 40))
+def test_fuzzed_grpc_requests_get_an_answer_or_a_clear_error(server, text, max_tokens, temperature, top_p, stream,
+                                                              mode, gamma):
+    args = dict(max_tokens=max_tokens, temperature=temperature, top_p=top_p, decoding_mode=mode,
+                num_draft_tokens=gamma)
+    answered_or_refused(lambda: list(grpc_generate(server.grpc_url, text, stream=stream, **args)))
+    assert server.ready()

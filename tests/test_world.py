@@ -54,3 +54,17 @@ def test_missing_model_is_refused_before_starting_ranks(tiny, tmp_path):
 def test_mismatched_vocabularies_are_refused(tiny):
     with pytest.raises(VocabularyMismatch, match="draft has 64 logits and target 80"):
         start_engine(tiny["target"], tiny["other_vocab"])
+
+
+@pytest.mark.parametrize("mode", ["ar", "sd", "pearl"])
+def test_cancel_ends_the_request_after_a_round_and_the_next_one_is_unaffected(engine_factory, tiny, mode):
+    engine = engine_factory(tiny["close_draft"], tiny["target"])
+    stream = engine.generate([1, 2, 3], SamplingParams(max_tokens=400, ignore_eos=True), mode=mode, gamma=3)
+    for i, _ in enumerate(stream):
+        if i == 1:
+            stream.cancel()
+    assert stream.finish_reason == "cancelled" and len(stream.token_ids) < 60 and stream.stats is not None
+    sampling = SamplingParams(max_tokens=20, ignore_eos=True)
+    after = engine.generate([4, 5, 6], sampling, mode=mode, gamma=3).collect()
+    assert after.token_ids == engine.generate([4, 5, 6], sampling, mode="ar").collect().token_ids
+    assert after.finish_reason == "length"

@@ -64,13 +64,23 @@ def shared_vocab_size(target_tokenizer, draft_logits: int, target_logits: int) -
 class GenerationStream:
     """Iterate for token chunks; afterwards ``token_ids``, ``finish_reason`` and ``stats`` are set."""
 
-    def __init__(self, serve: Callable[["GenerationStream"], Iterator[list[int]]]) -> None:
+    def __init__(self, serve: Callable[["GenerationStream"], Iterator[list[int]]],
+                 cancel: Callable[[], None]) -> None:
         self.token_ids: list[int] = []
         self.finish_reason: str | None = None
         self.stats: RequestStats | None = None
         self._chunks = serve(self)  # a generator: nothing runs until the stream is iterated
+        self._cancel = cancel
+        self.started = False
+
+    def cancel(self) -> None:
+        """End the request after the ranks' current round; keep iterating to get the rest and the stats.
+        A stream never iterated has not reached the ranks: there is nothing to cancel."""
+        if self.started:
+            self._cancel()
 
     def __iter__(self) -> Iterator[list[int]]:
+        self.started = True
         try:
             for chunk in self._chunks:
                 self.token_ids.extend(chunk)
@@ -140,7 +150,8 @@ class Engine:
         gamma = self.auto_gamma() if gamma == "auto" else int(gamma)
         request = GenerationRequest(next(self._ids), tuple(int(t) for t in prompt_ids), sampling, mode, gamma)
         self._check_fits(request)
-        return GenerationStream(lambda stream: self._serve(request, stream))
+        return GenerationStream(lambda stream: self._serve(request, stream),
+                                cancel=lambda: self.world.cancel(request.request_id))
 
     def _check_fits(self, request: GenerationRequest) -> None:
         bad = [t for t in request.prompt_ids if t >= self.vocab_size]

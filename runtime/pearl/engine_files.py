@@ -46,6 +46,27 @@ def model_device(info: dict) -> str:
     return "cpu" if devices == ["cpu"] else f"cuda:{devices[0]}"
 
 
+def check_engine_files(folder: str | Path) -> None:
+    """Every file each model's engine.json lists is present with its recorded size (a cheap integrity check;
+    the sha256s are in the manifest too, for a full check)."""
+    folder = Path(folder)
+    pair = read_engine_json(folder)
+    if pair is None or "models" not in pair:
+        raise EngineDirError(f"{folder} is not a pair's engine directory (no {ENGINE_JSON} with 'models')")
+    for role in ROLES:
+        model_dir = folder / pair["models"][role]
+        info = read_engine_json(model_dir)
+        if info is None:
+            raise EngineDirError(f"{model_dir} has no {ENGINE_JSON}: the build did not finish")
+        for name, entry in info.get("files", {}).items():
+            path = model_dir / name
+            if not path.is_file():
+                raise EngineDirError(f"{path} is missing")
+            if path.stat().st_size != entry["bytes"]:
+                raise EngineDirError(f"{path} has {path.stat().st_size} bytes, the build wrote {entry['bytes']}: "
+                                     f"the engine is damaged or was changed")
+
+
 def load_pair(folder: str | Path):
     """(WorldConfig, recommended gamma or None) for a pair's engine directory."""
     from pearl.backends.base import ModelSpec

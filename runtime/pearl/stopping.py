@@ -4,7 +4,8 @@ The target rank (the one that decides) owns an ``OutputTracker`` per request. Af
 over the newly verified tokens one at a time, in order, so every decoder stops at exactly the same token:
 - an EOS token ends the request and is not output (unless ``ignore_eos``);
 - a stop sequence ends the request and is output (as TensorRT-LLM's stop_words do);
-- ``max_tokens`` output tokens end it with reason "length".
+- ``max_tokens`` output tokens end it with reason "length";
+- a cancellation from the driver ends it after the current round with reason "cancelled".
 """
 from __future__ import annotations
 
@@ -18,6 +19,7 @@ class FinishReason(enum.IntEnum):
     NONE = 0
     STOP = 1
     LENGTH = 2
+    CANCELLED = 3
 
     @property
     def label(self) -> str | None:
@@ -36,6 +38,11 @@ class OutputTracker:
     @property
     def finished(self) -> bool:
         return self.finish_reason is not FinishReason.NONE
+
+    def cancel(self) -> None:
+        """End the request now (the client went away); what was already verified stays output."""
+        if not self.finished:
+            self.finish_reason = FinishReason.CANCELLED
 
     def advance(self) -> list[int]:
         """Scan tokens verified since the last call; return the ones to output (may end the request)."""

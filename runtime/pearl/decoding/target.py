@@ -63,6 +63,8 @@ def serve_target(state: TargetState, link: TargetLink, step: Step, uses_draft: b
         state.apply(verdict)
         state.record(verdict, num_checked)
         new_tokens = tracker.advance()
+        if not tracker.finished and link.cancelled():  # after the round, so draft and target stay in step
+            tracker.cancel()
         if uses_draft:
             link.send_verdict(verdict, tracker.finished)
         if new_tokens or tracker.finished:

@@ -4,7 +4,8 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from pearl.dist.protocol import DRAFT, DRAFT_PROBS, DRAFT_RANK, DRIVER_RANK, TARGET_RANK, TOKENS, VERDICT
+from pearl.dist.protocol import (CANCEL, DRAFT, DRAFT_PROBS, DRAFT_RANK, DRIVER_RANK, TARGET_RANK, TOKENS,
+                                 VERDICT)
 from pearl.dist.transport import Endpoint
 from pearl.sampling import Verdict
 
@@ -53,6 +54,13 @@ class MpiTargetLink:
     def send_verdict(self, verdict: Verdict, finished: bool) -> None:
         message = np.array([self.request_id, verdict.num_accepted, verdict.next_token, int(finished)])
         self.peers.send(message, DRAFT_RANK, VERDICT)
+
+    def cancelled(self) -> bool:
+        """Whether the driver cancelled this request (stale cancellations of earlier requests are dropped)."""
+        found = False
+        while (message := self.driver.poll(DRIVER_RANK, CANCEL)) is not None:
+            found = found or int(message[0]) == self.request_id
+        return found
 
     def emit(self, tokens: list[int], finish_reason: int) -> None:
         self.driver.send(np.array([self.request_id, finish_reason, *tokens]), DRIVER_RANK, TOKENS)

@@ -16,6 +16,8 @@ Driver -> each worker
                         [OP_START, shared vocab size]  (once, after every worker is READY)
                         [OP_PROFILE, steps, max_tokens]   [OP_SHUTDOWN]
   SAMPLING     float64  [temperature, top_p]            (right after an OP_GENERATE CONTROL)
+  CANCEL       int64    [request_id]  (target only, any time; it ends that request after the current round
+                        with finish_reason CANCELLED; a CANCEL for a request no longer served is dropped)
 Worker -> driver
   READY        int64    [pid, vocab_size, max_seq_len, eos ids...]  (once, after loading the model)
   ERROR        uint8    UTF-8 message (instead of READY, or ending a request)
@@ -36,11 +38,11 @@ from pearl.params import GenerationRequest, Mode, SamplingParams
 DRAFT_RANK, TARGET_RANK = 0, 1
 DRIVER_RANK = 0
 
-CONFIG, CONTROL, SAMPLING, READY, ERROR, TOKENS, STATS, PROFILE, DRAFT, DRAFT_PROBS, VERDICT = range(1, 12)
+CONFIG, CONTROL, SAMPLING, READY, ERROR, TOKENS, STATS, PROFILE, DRAFT, DRAFT_PROBS, VERDICT, CANCEL = range(1, 13)
 TAG_DTYPES = {
     CONFIG: np.uint8, CONTROL: np.int64, SAMPLING: np.float64, READY: np.int64, ERROR: np.uint8,
     TOKENS: np.int64, STATS: np.float64, PROFILE: np.float64, DRAFT: np.int64, DRAFT_PROBS: np.float32,
-    VERDICT: np.int64,
+    VERDICT: np.int64, CANCEL: np.int64,
 }
 
 OP_GENERATE, OP_PROFILE, OP_SHUTDOWN, OP_START = 1, 2, 3, 4

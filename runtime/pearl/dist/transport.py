@@ -38,10 +38,21 @@ class Endpoint:
                 raise TimeoutError(f"no message (source {source}, tag {tag}) within {timeout} s")
             time.sleep(sleep)
             sleep = min(sleep * 2, MAX_SLEEP_S)
-        dtype = TAG_DTYPES[status.Get_tag()]
-        array = np.empty(status.Get_count(MPI.BYTE) // np.dtype(dtype).itemsize, dtype=dtype)
-        message.Recv(array)
-        return array, status.Get_source(), status.Get_tag()
+        return _receive(message, status), status.Get_source(), status.Get_tag()
+
+    def poll(self, source: int, tag: int) -> np.ndarray | None:
+        """The next such message if one has arrived, else None (never waits)."""
+        status = MPI.Status()
+        message = self.comm.Improbe(source, tag, status)
+        return None if message is None else _receive(message, status)
 
     def recv_from(self, source: int, tag: int, timeout: float | None = None) -> np.ndarray:
         return self.recv(source, tag, timeout)[0]
+
+
+def _receive(message: MPI.Message, status: MPI.Status) -> np.ndarray:
+    """Receive a probed message into an array of its tag's dtype."""
+    dtype = TAG_DTYPES[status.Get_tag()]
+    array = np.empty(status.Get_count(MPI.BYTE) // np.dtype(dtype).itemsize, dtype=dtype)
+    message.Recv(array)
+    return array

@@ -27,7 +27,7 @@ _put_mpiexec_on_path()
 from mpi4py import MPI  # noqa: E402  (after PATH is set)
 
 from pearl.dist.config import WorldConfig  # noqa: E402
-from pearl.dist.protocol import (CONFIG, CONTROL, DRAFT_RANK, ERROR, OP_GENERATE, OP_PROFILE,  # noqa: E402
+from pearl.dist.protocol import (CANCEL, CONFIG, CONTROL, DRAFT_RANK, ERROR, OP_GENERATE, OP_PROFILE,  # noqa: E402
                                  OP_SHUTDOWN, OP_START, PROFILE, READY, SAMPLING, STATS, TARGET_RANK, TOKENS,
                                  encode_request, message_text, text_message)
 from pearl.dist.transport import Endpoint  # noqa: E402
@@ -118,6 +118,11 @@ class World:
         for rank in WORKER_RANKS:
             self.endpoint.send(ints, rank, CONTROL)
             self.endpoint.send(floats, rank, SAMPLING)
+
+    def cancel(self, request_id: int) -> None:
+        """Ask the target to end the request after its current round (it then finishes as usual)."""
+        if not self.closed and self.failure is None:
+            self.endpoint.send(np.array([request_id], dtype=np.int64), TARGET_RANK, CANCEL)
 
     def results(self, request_id: int) -> Iterator[tuple[list[int], int] | np.ndarray]:
         """Yield (tokens, finish_reason) chunks from the target, then the STATS array, then stop."""

@@ -1,6 +1,11 @@
 """The ``pearl`` model's work: it owns the Engine (and so the MPI world), runs accepted requests one at a
 time in arrival order on a worker thread, and streams each one's output through callbacks.
 
+Limits: at most ``max_queue`` requests wait (more are refused at once); a request that is not finished
+``timeout_s`` after it arrived ends with an error (0: no limit). A cancelled request (the client went
+away) stops after the ranks' current round. Closing the service ends every queued request with an error
+and lets the running one finish.
+
 Every response carries the whole output so far (postprocessing detokenizes statelessly, see
 postprocessing.py) and the statistics outputs; those are zero until the final response, which has the
 request's totals.
@@ -9,6 +14,7 @@ from __future__ import annotations
 
 import queue
 import threading
+import time
 import traceback
 from dataclasses import dataclass
 from typing import Callable
@@ -29,7 +35,11 @@ STATS_OUTPUTS: dict[str, tuple[type, Callable[[RequestStats], float]]] = {
 }
 
 Send = Callable[[dict[str, np.ndarray], bool], None]  # (outputs, final)
-Fail = Callable[[str], None]
+Fail = Callable[[str, str], None]  # (message, kind): kind is "error", "cancelled" or "timeout"
+
+
+class QueueFull(RequestError):
+    """More requests are waiting than the service accepts; the client should retry later."""
 
 
 @dataclass
@@ -38,6 +48,8 @@ class Job:
     stream: GenerationStream
     send: Send
     fail: Fail
+    cancelled: Callable[[], bool]
+    deadline: float | None  # time.monotonic() by which it must be done
 
 
 def response_tensors(tokens: list[int], previous: int, final: bool, stats: RequestStats | None) -> dict:
@@ -53,23 +65,42 @@ def response_tensors(tokens: list[int], previous: int, final: bool, stats: Reque
 
 
 class GenerationService:
-    def __init__(self, engine: Engine, on_finished: Callable[[RequestStats], None] | None = None) -> None:
+    def __init__(self, engine: Engine, on_finished: Callable[[RequestStats], None] | None = None,
+                 max_queue: int = 64, timeout_s: float = 0.0) -> None:
         self.engine = engine
         self.on_finished = on_finished
+        self.max_queue, self.timeout_s = max_queue, timeout_s
         self._jobs: queue.Queue[Job | None] = queue.Queue()
+        self._closing = False
         self._worker = threading.Thread(target=self._run, name="pearl-generation", daemon=True)
         self._worker.start()
 
-    def submit(self, inputs: dict[str, np.ndarray], send: Send, fail: Fail) -> None:
+    def submit(self, inputs: dict[str, np.ndarray], send: Send, fail: Fail,
+               cancelled: Callable[[], bool] = lambda: False) -> None:
         """Validate and queue a request; a bad one raises RequestError before anything is queued."""
+        if self._closing:
+            raise QueueFull("the server is shutting down")
+        if self._jobs.qsize() >= self.max_queue:
+            raise QueueFull(f"{self._jobs.qsize()} requests are already waiting (max_queue_size "
+                            f"{self.max_queue}); retry later")
         request = parse_request(inputs, self.engine.eos_token_ids)
         try:
             stream = self.engine.generate(request.prompt_ids, request.sampling, request.mode, request.gamma)
         except ValueError as exc:  # too long for the engine, ids outside the vocabulary, ...
             raise RequestError(str(exc)) from None
-        self._jobs.put(Job(request, stream, send, fail))
+        deadline = time.monotonic() + self.timeout_s if self.timeout_s > 0 else None
+        self._jobs.put(Job(request, stream, send, fail, cancelled, deadline))
 
     def close(self) -> None:
+        """Refuse new requests, end the queued ones with an error, finish the running one, stop the world."""
+        self._closing = True
+        while True:
+            try:
+                job = self._jobs.get_nowait()
+            except queue.Empty:
+                break
+            if job is not None:
+                job.fail("the server is shutting down; the request was not started", "error")
         self._jobs.put(None)
         self._worker.join()
         self.engine.close()
@@ -79,16 +110,34 @@ class GenerationService:
             try:
                 self._serve(job)
             except Exception as exc:  # the client gets the error; the worker keeps serving the queue
-                job.fail(f"generation failed: {exc}\n{traceback.format_exc(limit=3)}")
+                job.fail(f"generation failed: {exc}\n{traceback.format_exc(limit=3)}", "error")
+
+    def _ended(self, job: Job) -> tuple[str, str] | None:
+        """(message, kind) when the request must stop early: cancelled by the client, or out of time."""
+        if job.cancelled():
+            return "the request was cancelled", "cancelled"
+        if job.deadline is not None and time.monotonic() > job.deadline:
+            return f"the request did not finish within {self.timeout_s:g} s (request_timeout_s)", "timeout"
+        return None
 
     def _serve(self, job: Job) -> None:
+        if (ended := self._ended(job)) is not None:  # still queued: never reaches the ranks
+            job.fail(*ended)
+            return
         prefix = [] if job.request.exclude_input or job.request.stream else list(job.request.prompt_ids)
-        emitted = 0
+        emitted, ended = 0, None
         for _ in job.stream:
+            if ended is None and (ended := self._ended(job)) is not None:
+                job.stream.cancel()  # the ranks stop after this round; the loop drains what is left
+            if ended is not None:
+                continue
             if job.request.stream:
                 tokens = job.stream.token_ids
                 job.send(response_tensors(tokens, emitted, False, None), False)
                 emitted = len(tokens)
+        if ended is not None:
+            job.fail(*ended)
+            return
         stats = job.stream.stats
         job.send(response_tensors(prefix + job.stream.token_ids, emitted if job.request.stream else 0, True, stats),
                  True)

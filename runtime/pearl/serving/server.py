@@ -10,6 +10,7 @@ this venv's ``bin`` first on PATH (else the stub runs without our packages), and
 from __future__ import annotations
 
 import importlib.util
+import json
 import os
 import shutil
 import signal
@@ -23,6 +24,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 LOOPBACK = "127.0.0.1"
+
+
+def add_server_arguments(parser, cache_dir: Path) -> None:
+    """The command-line options every script that starts a server shares."""
+    parser.add_argument("--http-port", type=int, default=8000)
+    parser.add_argument("--grpc-port", type=int, default=8001)
+    parser.add_argument("--metrics-port", type=int, default=8002)
+    parser.add_argument("--cache-dir", type=Path, default=cache_dir, help="server log, backends, filled repositories")
 
 
 class ServerError(RuntimeError):
@@ -94,7 +103,9 @@ class TritonServer:
         argv = [cmd.binary, "--model-repository", str(self.repository.resolve()), *cmd.args,
                 "--http-address", self.host, "--grpc-address", self.host, "--metrics-address", self.host,
                 "--http-port", str(self.http_port), "--grpc-port", str(self.grpc_port),
-                "--metrics-port", str(self.metrics_port), "--exit-on-error", "true"]
+                "--metrics-port", str(self.metrics_port),
+                # keep serving when a model fails to load: readiness and the repository index say why
+                "--exit-on-error", "false"]
         return argv, {**os.environ, **cmd.env}
 
     def start(self, timeout: float = 600.0) -> "TritonServer":
@@ -115,6 +126,11 @@ class TritonServer:
                                   f"{self.log_tail()}")
             if self.ready():
                 return
+            failed = {m["name"]: m.get("reason", "") for m in self.model_states() if m.get("state") == "UNAVAILABLE"}
+            if failed:
+                self.stop()
+                raise ServerError("models failed to load:\n" + "\n".join(f"- {name}: {reason}"
+                                                                          for name, reason in failed.items()))
             time.sleep(0.5)
         self.stop()
         raise ServerError(f"tritonserver was not ready within {timeout:.0f} s:\n{self.log_tail()}")
@@ -125,6 +141,15 @@ class TritonServer:
                 return response.status == 200
         except (urllib.error.URLError, ConnectionError, TimeoutError):
             return False
+
+    def model_states(self) -> list[dict]:
+        """Triton's repository index: each model's name, state (READY, LOADING, UNAVAILABLE) and reason."""
+        request = urllib.request.Request(f"http://{self.http_url}/v2/repository/index", data=b"{}", method="POST")
+        try:
+            with urllib.request.urlopen(request, timeout=2) as response:
+                return json.loads(response.read())
+        except (urllib.error.URLError, ConnectionError, TimeoutError, ValueError):
+            return []
 
     def log_tail(self, lines: int = 40) -> str:
         try:

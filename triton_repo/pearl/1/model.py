@@ -1,8 +1,9 @@
 """Triton adapter for pearl.serving.generation: the decoupled model that owns the PEARL engine.
 
-Loading the model starts the MPI world (draft and target ranks) from the engine directory; unloading it
-shuts the world down. Each request streams responses from the generation thread and always ends with
-Triton's final flag, errors included. Counters go to Triton's metrics endpoint.
+Loading the model checks the engine directory and starts the MPI world (draft and target ranks); a
+problem fails the load with what is wrong and how to fix it. Unloading it shuts the world down. Each
+request streams responses from the generation thread and always ends with Triton's final flag, errors
+included. Counters go to Triton's metrics endpoint.
 """
 import json
 from dataclasses import replace
@@ -10,11 +11,19 @@ from dataclasses import replace
 import triton_python_backend_utils as pb_utils
 
 from pearl.engine import Engine
-from pearl.engine_files import load_pair
-from pearl.serving.generation import GenerationService
+from pearl.engine_files import check_engine_files, load_pair
+from pearl.serving.generation import GenerationService, QueueFull
 from pearl.serving.inputs import RequestError
 
 FINAL = pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL
+
+
+def error(message: str, kind: str = "error"):
+    """A Triton error response. (TritonError's codes exist only once the stub runs, not at import.)"""
+    codes = {"error": pb_utils.TritonError.INTERNAL, "cancelled": pb_utils.TritonError.CANCELLED,
+             "timeout": pb_utils.TritonError.UNAVAILABLE, "invalid": pb_utils.TritonError.INVALID_ARG,
+             "unavailable": pb_utils.TritonError.UNAVAILABLE}
+    return pb_utils.InferenceResponse(error=pb_utils.TritonError(message, codes[kind]))
 
 
 def parameter(args, key: str) -> str:
@@ -48,12 +57,22 @@ class Metrics:
 
 class TritonPythonModel:
     def initialize(self, args):
-        config, gamma = load_pair(parameter(args, "engine_dir"))
-        threads = parameter(args, "threads_per_rank")
-        if threads.isdigit():
-            config = replace(config, threads_per_rank=int(threads))
+        engine_dir = parameter(args, "engine_dir")
+        try:
+            check_engine_files(engine_dir)
+            config, gamma = load_pair(engine_dir)
+            threads = parameter(args, "threads_per_rank")
+            if threads.isdigit():
+                config = replace(config, threads_per_rank=int(threads))
+            engine = Engine(config, recommended_gamma=gamma)
+        except Exception as exc:  # Triton marks the model UNAVAILABLE with this message as the reason
+            raise pb_utils.TritonModelException(
+                f"cannot load the PEARL engines in {engine_dir}: {exc}. Fix: rebuild them with "
+                f"`make engines PAIR=<pair>` and restart the server") from None
         self.metrics = Metrics()
-        self.service = GenerationService(Engine(config, recommended_gamma=gamma), on_finished=self.metrics.record)
+        self.service = GenerationService(engine, on_finished=self.metrics.record,
+                                         max_queue=int(parameter(args, "max_queue_size")),
+                                         timeout_s=float(parameter(args, "request_timeout_s")))
 
     def execute(self, requests):
         for request in requests:
@@ -63,14 +82,17 @@ class TritonPythonModel:
                 response = pb_utils.InferenceResponse([pb_utils.Tensor(k, v) for k, v in outputs.items()])
                 sender.send(response, flags=FINAL if final else 0)
 
-            def fail(message, sender=sender):
-                sender.send(pb_utils.InferenceResponse(error=pb_utils.TritonError(message)), flags=FINAL)
+            def fail(message, kind, sender=sender):
+                sender.send(error(message, kind), flags=FINAL)
 
             try:
-                self.service.submit({t.name(): t.as_numpy() for t in request.inputs()}, send, fail)
+                self.service.submit({t.name(): t.as_numpy() for t in request.inputs()}, send, fail,
+                                    cancelled=lambda request=request, sender=sender:
+                                    request.is_cancelled() or sender.is_cancelled())
+            except QueueFull as exc:
+                sender.send(error(str(exc), "unavailable"), flags=FINAL)
             except RequestError as exc:
-                sender.send(pb_utils.InferenceResponse(
-                    error=pb_utils.TritonError(str(exc), pb_utils.TritonError.INVALID_ARG)), flags=FINAL)
+                sender.send(error(str(exc), "invalid"), flags=FINAL)
         return None
 
     def finalize(self):

@@ -1,0 +1,90 @@
+"""The pearl model's GenerationService without Triton: queue limit, per-request timeout, client cancellation
+and shutdown, on a real engine over tiny models."""
+from __future__ import annotations
+
+import threading
+
+import numpy as np
+import pytest
+
+from conftest import start_engine
+from pearl.serving.generation import GenerationService, QueueFull
+
+
+def inputs(max_tokens: int, **extra) -> dict[str, np.ndarray]:
+    tensors = {"input_ids": np.array([[1, 2, 3]], dtype=np.int32),
+               "request_output_len": np.array([[max_tokens]], dtype=np.int32)}
+    tensors.update({k: np.array([[v]]) for k, v in extra.items()})
+    return tensors
+
+
+class Client:
+    """Collects one request's responses the way the Triton adapter's callbacks would deliver them."""
+
+    def __init__(self, cancel_after: int | None = None) -> None:
+        self.responses, self.error, self.done = [], None, threading.Event()
+        self.cancel_after = cancel_after
+
+    def send(self, outputs, final):
+        self.responses.append(outputs)
+        if final:
+            self.done.set()
+
+    def fail(self, message, kind):
+        self.error = (message, kind)
+        self.done.set()
+
+    def cancelled(self):
+        return self.cancel_after is not None and len(self.responses) >= self.cancel_after
+
+
+@pytest.fixture()
+def service(tiny):
+    service = GenerationService(start_engine(tiny["close_draft"], tiny["target"]), max_queue=2, timeout_s=3.0)
+    yield service
+    service.close()
+
+
+def test_a_request_streams_then_ends_with_statistics(service):
+    client = Client()
+    service.submit(inputs(12, streaming=True), client.send, client.fail)
+    assert client.done.wait(60) and client.error is None
+    final = client.responses[-1]
+    assert final["is_final"][0, 0] and final["sequence_length"][0, 0] == len(final["output_ids"][0])
+    assert final["total_draft_tokens"][0, 0] >= final["total_accepted_draft_tokens"][0, 0]
+
+
+def test_cancelled_request_stops_and_reports_cancelled(service):
+    client = Client(cancel_after=2)
+    service.submit(inputs(400, streaming=True), client.send, client.fail, cancelled=client.cancelled)
+    assert client.done.wait(60)
+    assert client.error is not None and client.error[1] == "cancelled"
+    assert len(client.responses) < 50  # stopped after a round, not after 400 tokens
+    follow = Client()
+    service.submit(inputs(5), follow.send, follow.fail)
+    assert follow.done.wait(60) and follow.error is None
+
+
+def test_a_request_past_its_timeout_ends_with_an_error(tiny):
+    service = GenerationService(start_engine(tiny["close_draft"], tiny["target"]), timeout_s=0.3)
+    client = Client()
+    service.submit(inputs(400, streaming=True), client.send, client.fail)
+    assert client.done.wait(60)
+    service.close()
+    assert client.error is not None and client.error[1] == "timeout" and "within 0.3 s" in client.error[0]
+
+
+def test_queue_limit_refuses_extra_requests_and_close_fails_the_queued(tiny):
+    service = GenerationService(start_engine(tiny["close_draft"], tiny["target"]), max_queue=1)
+    running, queued = Client(), Client()
+    service.submit(inputs(300, streaming=True), running.send, running.fail)
+    while not running.responses:  # the first one is being served
+        running.done.wait(0.01)
+    service.submit(inputs(5), queued.send, queued.fail)
+    with pytest.raises(QueueFull, match="max_queue_size 1"):
+        service.submit(inputs(5), Client().send, Client().fail)
+    service.close()
+    assert running.done.is_set() and running.error is None  # the running request finished
+    assert queued.error is not None and "shutting down" in queued.error[0]
+    with pytest.raises(QueueFull, match="shutting down"):
+        service.submit(inputs(5), Client().send, Client().fail)

@@ -37,16 +37,17 @@ def server(smollm2_engines, tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def expected(smollm2_engines) -> dict[str, str]:
-    """The runtime's own greedy `ar` text for each prompt (the target alone)."""
+def expected(smollm2_engines) -> dict:
+    """The runtime's own greedy `ar` text (and ids, under (prompt, "ids")) for each prompt: the target alone."""
     out = {}
-    for prompt in PROMPTS:
-        result = subprocess.run([sys.executable, "-m", "pearl", "generate", "--engines", str(smollm2_engines),
-                                 "--mode", "ar", "--max-tokens", str(MAX_TOKENS), "--json", "--prompt", prompt],
-                                capture_output=True, text=True, timeout=600)
-        assert result.returncode == 0, result.stderr
-        out[prompt] = json.loads(result.stdout)["text"]
-        out[prompt, "ids"] = json.loads(result.stdout)["token_ids"]
+    prompts = [arg for prompt in PROMPTS for arg in ("--prompt", prompt)]
+    result = subprocess.run([sys.executable, "-m", "pearl", "generate", "--engines", str(smollm2_engines),
+                             "--mode", "ar", "--max-tokens", str(MAX_TOKENS), "--json", *prompts],
+                            capture_output=True, text=True, timeout=600)  # one process: the models load once
+    assert result.returncode == 0, result.stderr
+    for line in result.stdout.splitlines():
+        record = json.loads(line)
+        out[record["prompt"]], out[record["prompt"], "ids"] = record["text"], record["token_ids"]
     return out
 
 

@@ -21,11 +21,12 @@ from pathlib import Path
 
 import yaml
 
+from pearl.backends import BACKENDS
+from pearl.backends.base import DTYPES as RUNTIME_DTYPES
 from pearl_build.sources import Source
 
 CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs"
-BACKENDS = ("torch", "tensorrt_llm")
-DTYPES = ("float32", "bfloat16", "float16")
+DTYPES = tuple(RUNTIME_DTYPES)  # what the runtime can load
 
 
 class ConfigError(ValueError):

@@ -85,7 +85,6 @@ def devices(choice: str) -> tuple[str, str]:
 def start_engine(args: argparse.Namespace):
     """An Engine over ``--engines`` or over ``--draft``/``--target``."""
     from pearl.engine import Engine
-    from pearl.engine_files import load_pair
 
     if args.engines is not None:
         if args.draft or args.target or args.draft_layers:
@@ -93,10 +92,7 @@ def start_engine(args: argparse.Namespace):
         if args.device != "auto" or args.dtype != "auto":
             raise ValueError("--engines runs where and in the dtype the engines were built for; "
                              "drop --device/--dtype (or rebuild the engines)")
-        config, gamma = load_pair(args.engines)
-        if args.threads_per_rank is not None:  # the profiled gamma was measured with the engine's threads
-            config = replace(config, threads_per_rank=args.threads_per_rank)
-        return Engine(config, recommended_gamma=gamma)
+        return Engine.from_engine_dir(args.engines, args.threads_per_rank)
     if not (args.draft and args.target):
         raise ValueError("give --engines DIR, or both --draft and --target")
     return Engine(world_config(args))

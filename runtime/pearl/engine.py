@@ -13,6 +13,7 @@ from __future__ import annotations
 import itertools
 import threading
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Callable, Iterator
 
@@ -120,9 +121,12 @@ class Engine:
         self._auto_gamma = recommended_gamma
 
     @classmethod
-    def from_engine_dir(cls, folder: str | Path) -> "Engine":
-        """An engine over a pair built by ``make engines``; its measured gamma is ``gamma="auto"``."""
+    def from_engine_dir(cls, folder: str | Path, threads_per_rank: int | None = None) -> "Engine":
+        """An engine over a pair built by ``make engines``; its measured gamma is ``gamma="auto"``.
+        ``threads_per_rank`` overrides the pair's setting (the gamma was profiled with the pair's)."""
         config, gamma = load_pair(folder)
+        if threads_per_rank is not None:
+            config = replace(config, threads_per_rank=threads_per_rank)
         return cls(config, recommended_gamma=gamma)
 
     def __enter__(self) -> "Engine":

@@ -46,44 +46,40 @@ def model_device(info: dict) -> str:
     return "cpu" if devices == ["cpu"] else f"cuda:{devices[0]}"
 
 
-def check_engine_files(folder: str | Path) -> None:
-    """Every file each model's engine.json lists is present with its recorded size (a cheap integrity check;
-    the sha256s are in the manifest too, for a full check)."""
+def pair_models(folder: str | Path, check_files: bool = True) -> dict[str, tuple[Path, dict]]:
+    """Each role's (model folder, engine.json) in a pair's engine directory; ``check_files``: every file the
+    model's manifest lists is present at its recorded size (a cheap integrity check; the manifest has
+    sha256s too)."""
     folder = Path(folder)
     pair = read_engine_json(folder)
     if pair is None or "models" not in pair:
-        raise EngineDirError(f"{folder} is not a pair's engine directory (no {ENGINE_JSON} with 'models')")
+        raise EngineDirError(f"{folder} is not a pair's engine directory (no {ENGINE_JSON} with 'models'); "
+                             f"build one with `make engines PAIR=<name>`")
+    models = {}
     for role in ROLES:
         model_dir = folder / pair["models"][role]
         info = read_engine_json(model_dir)
         if info is None:
-            raise EngineDirError(f"{model_dir} has no {ENGINE_JSON}: the build did not finish")
-        for name, entry in info.get("files", {}).items():
+            raise EngineDirError(f"{model_dir} has no {ENGINE_JSON}: the build did not finish; rerun `make engines`")
+        for name, entry in (info.get("files", {}) if check_files else {}).items():
             path = model_dir / name
             if not path.is_file():
                 raise EngineDirError(f"{path} is missing")
             if path.stat().st_size != entry["bytes"]:
                 raise EngineDirError(f"{path} has {path.stat().st_size} bytes, the build wrote {entry['bytes']}: "
                                      f"the engine is damaged or was changed")
+        models[role] = model_dir, info
+    return models
 
 
-def load_pair(folder: str | Path):
-    """(WorldConfig, recommended gamma or None) for a pair's engine directory."""
+def load_pair(folder: str | Path, check_files: bool = True):
+    """(WorldConfig, recommended gamma or None) for a pair's engine directory (checked by ``pair_models``)."""
     from pearl.backends.base import ModelSpec
     from pearl.dist.config import WorldConfig
 
-    folder = Path(folder)
+    specs = {role: ModelSpec(str(model_dir), model_device(info), info["dtype"], backend=info["backend"])
+             for role, (model_dir, info) in pair_models(folder, check_files).items()}
     pair = read_engine_json(folder)
-    if pair is None or "models" not in pair:
-        raise EngineDirError(f"{folder} is not a pair's engine directory (no {ENGINE_JSON} with 'models'); "
-                             f"build one with `make engines PAIR=<name>`")
-    specs = {}
-    for role in ROLES:
-        model_dir = folder / pair["models"][role]
-        info = read_engine_json(model_dir)
-        if info is None:
-            raise EngineDirError(f"{model_dir} has no {ENGINE_JSON}: the build did not finish; rerun `make engines`")
-        specs[role] = ModelSpec(str(model_dir), model_device(info), info["dtype"], backend=info["backend"])
     profile = pair.get("profile") or {}
     config = WorldConfig(draft=specs["draft"], target=specs["target"],
                          threads_per_rank=int(pair.get("threads_per_rank", 1)))

@@ -32,15 +32,14 @@ def forward_seconds(backend: ModelBackend, max_tokens: int, steps: int = 5, prom
     return seconds
 
 
-def recommended_gamma(draft_step_s: float, target_verify_s: list[float], max_gamma: int | None = None) -> int:
+def recommended_gamma(draft_step_s: float, target_verify_s: list[float]) -> int:
     """PEARL's rule: the window the draft fills while the target verifies one, so neither waits.
 
     ``target_verify_s[k-1]`` is the target's cost for k tokens. With a flat verify cost this is the
     speed ratio c = target step / draft step; where verifying more tokens costs more (CPUs), the window
-    grows to match. The result is the k in 1..max_gamma that best balances k draft steps against it.
+    grows to match. The result is the k in 1..len(target_verify_s) that best balances k draft steps against it.
     """
-    limit = len(target_verify_s) if max_gamma is None else min(max_gamma, len(target_verify_s))
-    ks = range(1, limit + 1)
+    ks = range(1, len(target_verify_s) + 1)
     return min(ks, key=lambda k: abs(k * draft_step_s - target_verify_s[k - 1]))
 
 

@@ -5,6 +5,7 @@ tool, a repository is refused while any placeholder is left unfilled, so a typo 
 """
 from __future__ import annotations
 
+import json
 import re
 import shutil
 from pathlib import Path
@@ -30,10 +31,16 @@ class RepositoryError(ValueError):
     """A template that cannot be filled (unknown or missing values)."""
 
 
+def model_parameter(args: dict, key: str) -> str:
+    """A filled ``parameters`` value, as a Triton python model's ``initialize(args)`` receives it."""
+    return json.loads(args["model_config"])["parameters"][key]["string_value"]
+
+
 def values_for_engines(engine_dir: str | Path, **overrides: str) -> dict[str, str]:
     """Every placeholder's value for a pair built by ``make engines``."""
     engine_dir = Path(engine_dir).resolve()
-    config, _ = load_pair(engine_dir)  # refuses a folder that is not a built pair
+    # refuses a folder that is not a built pair; its files are checked when the pearl model loads it
+    config, _ = load_pair(engine_dir, check_files=False)
     values = dict(DEFAULTS, engine_dir=str(engine_dir), tokenizer_dir=str(Path(config.target.path).resolve()))
     unknown = set(overrides) - set(values)
     if unknown:

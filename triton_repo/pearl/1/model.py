@@ -5,15 +5,12 @@ problem fails the load with what is wrong and how to fix it. Unloading it shuts 
 request streams responses from the generation thread and always ends with Triton's final flag, errors
 included. Counters go to Triton's metrics endpoint.
 """
-import json
-from dataclasses import replace
-
 import triton_python_backend_utils as pb_utils
 
 from pearl.engine import Engine
-from pearl.engine_files import check_engine_files, load_pair
 from pearl.serving.generation import GenerationService, QueueFull
 from pearl.serving.inputs import RequestError
+from pearl.serving.repository import model_parameter
 
 FINAL = pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL
 
@@ -24,10 +21,6 @@ def error(message: str, kind: str = "error"):
              "timeout": pb_utils.TritonError.UNAVAILABLE, "invalid": pb_utils.TritonError.INVALID_ARG,
              "unavailable": pb_utils.TritonError.UNAVAILABLE}
     return pb_utils.InferenceResponse(error=pb_utils.TritonError(message, codes[kind]))
-
-
-def parameter(args, key: str) -> str:
-    return json.loads(args["model_config"])["parameters"][key]["string_value"]
 
 
 class Metrics:
@@ -57,22 +50,18 @@ class Metrics:
 
 class TritonPythonModel:
     def initialize(self, args):
-        engine_dir = parameter(args, "engine_dir")
+        engine_dir = model_parameter(args, "engine_dir")
+        threads = model_parameter(args, "threads_per_rank")  # empty: the engine directory's setting
         try:
-            check_engine_files(engine_dir)
-            config, gamma = load_pair(engine_dir)
-            threads = parameter(args, "threads_per_rank")
-            if threads.isdigit():
-                config = replace(config, threads_per_rank=int(threads))
-            engine = Engine(config, recommended_gamma=gamma)
+            engine = Engine.from_engine_dir(engine_dir, int(threads) if threads.isdigit() else None)
         except Exception as exc:  # Triton marks the model UNAVAILABLE with this message as the reason
             raise pb_utils.TritonModelException(
                 f"cannot load the PEARL engines in {engine_dir}: {exc}. Fix: rebuild them with "
                 f"`make engines PAIR=<pair>` and restart the server") from None
         self.metrics = Metrics()
         self.service = GenerationService(engine, on_finished=self.metrics.record,
-                                         max_queue=int(parameter(args, "max_queue_size")),
-                                         timeout_s=float(parameter(args, "request_timeout_s")))
+                                         max_queue=int(model_parameter(args, "max_queue_size")),
+                                         timeout_s=float(model_parameter(args, "request_timeout_s")))
 
     def execute(self, requests):
         for request in requests:

@@ -1,20 +1,15 @@
 """Triton adapter for pearl.serving.postprocessing: token ids -> text, never splitting a UTF-8 character."""
-import json
-
 import triton_python_backend_utils as pb_utils
 
 from pearl.backends.loading import load_tokenizer
 from pearl.serving.postprocessing import Postprocessor
-
-
-def parameter(args, key: str) -> str:
-    return json.loads(args["model_config"])["parameters"][key]["string_value"]
+from pearl.serving.repository import model_parameter
 
 
 class TritonPythonModel:
     def initialize(self, args):
-        self.postprocess = Postprocessor(load_tokenizer(parameter(args, "tokenizer_dir")),
-                                         skip_special_tokens=parameter(args, "skip_special_tokens") == "true")
+        self.postprocess = Postprocessor(load_tokenizer(model_parameter(args, "tokenizer_dir")),
+                                         skip_special_tokens=model_parameter(args, "skip_special_tokens") == "true")
 
     def execute(self, requests):
         responses = []

@@ -1,23 +1,18 @@
 """Triton adapter for pearl.serving.preprocessing: text_input -> token ids with the engine's tokenizer."""
-import json
-
 import numpy as np
 import triton_python_backend_utils as pb_utils
 
 from pearl.backends.loading import load_tokenizer
 from pearl.serving.inputs import RequestError
 from pearl.serving.preprocessing import Preprocessor
-
-
-def parameter(args, key: str) -> str:
-    return json.loads(args["model_config"])["parameters"][key]["string_value"]
+from pearl.serving.repository import model_parameter
 
 
 class TritonPythonModel:
     def initialize(self, args):
-        self.preprocess = Preprocessor(load_tokenizer(parameter(args, "tokenizer_dir")),
-                                       apply_chat_template=parameter(args, "apply_chat_template") == "true",
-                                       add_special_tokens=parameter(args, "add_special_tokens") == "true")
+        self.preprocess = Preprocessor(load_tokenizer(model_parameter(args, "tokenizer_dir")),
+                                       apply_chat_template=model_parameter(args, "apply_chat_template") == "true",
+                                       add_special_tokens=model_parameter(args, "add_special_tokens") == "true")
 
     def execute(self, requests):
         responses = []

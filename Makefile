@@ -2,6 +2,8 @@
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
+GENAI_VENV ?= .venv-genai
+GENAI_PERF := $(GENAI_VENV)/bin/genai-perf
 PIP := $(PY) -m pip --disable-pip-version-check
 
 PAIR ?= qwen2.5-coder-0.5b-1.5b
@@ -12,11 +14,13 @@ GRPC_PORT ?= 8001
 METRICS_PORT ?= 8002
 PORTS = --http-port $(HTTP_PORT) --grpc-port $(GRPC_PORT) --metrics-port $(METRICS_PORT)
 
-.PHONY: help setup test engines serve demo bench perf soak clean
+.PHONY: help setup genai-perf test engines serve demo bench perf soak clean
 
 help:
 	@echo "make setup   create $(VENV) with the pinned dependencies and the pearl package"
-	@echo "make test    run the test suite"
+	@echo "make genai-perf"
+	@echo "             create $(GENAI_VENV) with genai-perf (its own pins: requirements-genai-perf.txt)"
+	@echo "make test    run the test suite (sets up both venvs)"
 	@echo "make engines [PAIR=name] [DRY_RUN=1] [FORCE=1]"
 	@echo "             build a pair's engines into $(ENGINES_DIR)/<pair> (pairs: build/configs/*.yaml;"
 	@echo "             default $(PAIR)); DRY_RUN=1 prints the per-device build plan only"
@@ -26,7 +30,7 @@ help:
 	@echo "make bench [PAIR=name] [BENCH_ARGS='--prompts 10 ...']"
 	@echo "             ar / sd / pearl / assisted generation on HumanEval -> results/bench/<pair>"
 	@echo "make perf [PAIR=name] [PERF_ARGS='--concurrency 1,2,4,8 ...']"
-	@echo "             perf_analyzer against the served ensemble -> results/perf/<pair>"
+	@echo "             perf_analyzer and genai-perf against the served ensemble -> results/perf/<pair>"
 	@echo "make soak [PAIR=name] [SOAK_ARGS='--minutes 10 --concurrency 8']"
 	@echo "             long perf_analyzer load: errors, tokens/s and memory over time -> results/soak/<pair>"
 	@echo "make clean   remove the venv and caches"
@@ -39,8 +43,15 @@ $(VENV)/.installed: requirements.txt pyproject.toml
 	$(PIP) install -q --no-deps -e .
 	touch $@
 
-test: setup
-	$(PY) -m pytest tests
+genai-perf: $(GENAI_VENV)/.installed
+
+$(GENAI_VENV)/.installed: requirements-genai-perf.txt
+	$(PYTHON) -m venv $(GENAI_VENV)
+	$(GENAI_VENV)/bin/python -m pip --disable-pip-version-check install -q -r requirements-genai-perf.txt
+	touch $@
+
+test: setup genai-perf
+	PEARL_GENAI_PERF=$(GENAI_PERF) $(PY) -m pytest tests
 
 engines: setup
 	$(PY) -m pearl_build $(PAIR) --engines-dir $(ENGINES_DIR) $(if $(DRY_RUN),--dry-run) $(if $(FORCE),--force)
@@ -54,12 +65,12 @@ demo: engines
 bench: engines
 	$(PY) scripts/bench.py --engines $(ENGINES_DIR)/$(PAIR) $(BENCH_ARGS)
 
-perf: engines
-	$(PY) scripts/perf.py --engines $(ENGINES_DIR)/$(PAIR) $(PORTS) $(PERF_ARGS)
+perf: engines genai-perf
+	$(PY) scripts/perf.py --engines $(ENGINES_DIR)/$(PAIR) $(PORTS) --genai-perf $(GENAI_PERF) $(PERF_ARGS)
 
 soak: engines
 	$(PY) scripts/soak.py --engines $(ENGINES_DIR)/$(PAIR) $(PORTS) $(SOAK_ARGS)
 
 clean:
-	rm -rf $(VENV) .pytest_cache
+	rm -rf $(VENV) $(GENAI_VENV) .pytest_cache
 	find . -name __pycache__ -prune -exec rm -rf {} +

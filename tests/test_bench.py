@@ -1,8 +1,10 @@
 """`make bench` and `make perf` in short runs on the SmolLM2 pair: files are produced, numbers parse, PEARL and
-SD outputs equal ar's, an interrupted bench resumes without redoing work, perf_analyzer measures the server."""
+SD outputs equal ar's, an interrupted bench resumes without redoing work, perf_analyzer and genai-perf measure the
+server."""
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 
@@ -57,10 +59,15 @@ def test_bench_resumes_without_redoing_finished_runs(bench):
     assert "Against the targets" in result.stdout or "pearl" in result.stdout
 
 
-def test_perf_analyzer_against_the_server(smollm2_engines, tmp_path):
+# `make test` names the genai-perf that `make genai-perf` installs into its own venv
+GENAI_PERF = os.environ.get("PEARL_GENAI_PERF", str(REPO / ".venv-genai" / "bin" / "genai-perf"))
+
+
+def test_perf_analyzer_and_genai_perf_against_the_server(smollm2_engines, tmp_path):
     out = tmp_path / "perf"
     run_script("perf.py", "--engines", str(smollm2_engines), "--prompts", "2", "--max-tokens", "16",
                "--concurrency", "1,2", "--requests-per-point", "2", "--out", str(out), "--cache-dir", str(CACHE_DIR),
+               "--genai-perf", GENAI_PERF,
                "--http-port", str(free_port()), "--grpc-port", str(free_port()), "--metrics-port", str(free_port()))
     summary = json.loads((out / "summary.json").read_text())
     points = {(p["stream"], p["concurrency"]): p for p in summary["points"]}
@@ -70,6 +77,13 @@ def test_perf_analyzer_against_the_server(smollm2_engines, tmp_path):
     assert points[True, 1]["time_to_first_token_ms"] > 0 and points[True, 1]["inter_token_latency_ms"] > 0
     for name in ("summary.md", "latency_throughput.png", "perf_stream_c2.csv", "profile_nostream_c1.json"):
         assert (out / name).stat().st_size > 0, name
+    genai = {g["concurrency"]: g for g in summary["genai_perf"]}
+    assert set(genai) == {1, 2}
+    for g in genai.values():
+        assert 0 < g["time_to_first_token_ms"] < g["request_latency_ms"] and g["inter_token_latency_ms"] > 0
+        assert g["output_tokens_per_s"] > 0 and 0 < g["output_tokens_mean"] <= 20  # re-tokenized text
+    assert list((out / "genai_perf" / "c2").glob("*/profile_export_genai_perf.csv"))
+    assert "output tokens/s/user" in (out / "summary.md").read_text()
 
 
 def test_soak_reports_errors_throughput_and_memory(smollm2_engines, tmp_path):

@@ -138,8 +138,8 @@ def chart(points: list[dict], path: Path) -> None:
 def write_report(summary: dict, out: Path, title: str) -> None:
     """summary.json, summary.md (a table) and latency_throughput.png."""
     (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
-    lines = [f"# {title}", "", f"ensemble over gRPC, {summary['prompts']} HumanEval prompts, "
-             f"max_tokens {summary['max_tokens']}", "",
+    lines = [f"# {title}", "", f"perf_analyzer: ensemble over gRPC, {summary['prompts']} HumanEval prompts, "
+             f"max_tokens {summary['max_tokens']}; TTFT and ITL here are per response (one PEARL round)", "",
              "| stream | concurrency | requests/s | p50 ms | p90 ms | p99 ms | TTFT ms | ITL ms |",
              "|---|---|---|---|---|---|---|---|"]
     for p in summary["points"]:
@@ -147,5 +147,13 @@ def write_report(summary: dict, out: Path, title: str) -> None:
         lines.append(f"| {p['stream']} | {p['concurrency']} | {p['requests_per_s']:.3f} | {p['p50_ms']:.0f} | "
                      f"{p['p90_ms']:.0f} | {p['p99_ms']:.0f} | {'' if ttft is None else f'{ttft:.0f}'} | "
                      f"{'' if itl is None else f'{itl:.0f}'} |")
+    if summary.get("genai_perf"):
+        lines += ["", "genai-perf (streamed, tokens counted with the target's tokenizer; averages)", "",
+                  "| concurrency | TTFT ms | ITL ms | request latency ms | output tokens/s | output tokens/s/user "
+                  "| output tokens/request |", "|---|---|---|---|---|---|---|"]
+        lines += [f"| {g['concurrency']} | {g['time_to_first_token_ms']:.0f} | {g['inter_token_latency_ms']:.0f} | "
+                  f"{g['request_latency_ms']:.0f} | {g['output_tokens_per_s']:.2f} | "
+                  f"{g['output_tokens_per_s_per_user']:.2f} | {g['output_tokens_mean']:.1f} |"
+                  for g in summary["genai_perf"]]
     (out / "summary.md").write_text("\n".join(lines) + "\n")
     chart(summary["points"], out / "latency_throughput.png")

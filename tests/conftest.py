@@ -60,6 +60,11 @@ def smollm2(smollm2_engines) -> Path:
     return smollm2_engines / "target"
 
 
+def mpich_shared_memory() -> set[str]:
+    """MPICH's shared-memory segments now in /dev/shm (a world that ends badly can leave them there)."""
+    return {p.name for p in Path("/dev/shm").glob("mpich_shm_*")}
+
+
 def free_port() -> int:
     """A loopback TCP port nobody listens on right now."""
     with socket.socket() as s:

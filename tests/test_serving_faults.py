@@ -1,16 +1,25 @@
-"""Engine problems at load time on a real server: the pearl model fails to load with a message that says
-what is wrong and how to fix it, and the server is not ready."""
+"""Faults on a real server. Engine problems at load time: the pearl model fails to load with a message that
+says what is wrong and how to fix it, and the server is not ready. A worker rank killed mid-request: the
+request ends with a clear error within 5 s, the MPI world restarts by itself, the next request succeeds,
+and nothing of either world is left once the server stops."""
 from __future__ import annotations
 
+import os
 import shutil
+import signal
+import threading
+import time
+from pathlib import Path
 
 import pytest
 
-from conftest import CACHE_DIR, REPO, free_port
+from conftest import CACHE_DIR, REPO, free_port, mpich_shared_memory
 from pearl.engine_files import read_engine_json, write_engine_json
 from pearl_build.artifacts import file_manifest
 from pearl_build.config import parse_pair
 from pearl_build.pipeline import build_pair
+from pearl.processes import process_alive, process_tree
+from pearl.serving.client import RequestFailed, grpc_generate, http_generate
 from pearl.serving.repository import build_repository, values_for_engines
 from pearl.serving.server import ServerError, TritonServer
 from tiny_models import make_tiny_model, save_tiny_tokenizer
@@ -57,3 +66,43 @@ def test_mismatched_tokenizers_fail_the_load(tiny_engines, tmp_path):
     server = start(engines, tmp_path)
     with pytest.raises(ServerError, match="tokenizers differ"):
         server.start(timeout=300)
+
+
+def worker_ranks(server) -> list[int]:
+    return sorted(pid for pid in process_tree(server.process.pid)
+                  if b"pearl.dist.worker" in Path(f"/proc/{pid}/cmdline").read_bytes())
+
+
+def test_a_killed_rank_fails_its_request_and_the_world_restarts(smollm2_engines, tmp_path):
+    shared_memory = mpich_shared_memory()
+    with start(smollm2_engines, tmp_path) as server:
+        old_ranks = worker_ranks(server)
+        assert len(old_ranks) == 2
+        killed_at, outcome = [], {}
+
+        def long_request():
+            try:
+                for i, _ in enumerate(grpc_generate(server.grpc_url, "def fibonacci(n):", max_tokens=400,
+                                                    exclude_input_in_output=True, stream=True)):
+                    if i == 1:
+                        os.kill(old_ranks[1], signal.SIGKILL)
+                        killed_at.append(time.monotonic())
+                outcome["done"] = True
+            except RequestFailed as exc:
+                outcome["error"], outcome["at"] = str(exc), time.monotonic()
+
+        client = threading.Thread(target=long_request)
+        client.start()
+        client.join(timeout=120)
+        assert killed_at and "worker rank died" in outcome.get("error", ""), outcome
+        assert outcome["at"] - killed_at[0] < 5
+        assert http_generate(server.http_url, "Hello", max_tokens=4).text  # waits for the new world
+        new_ranks = worker_ranks(server)
+        assert len(new_ranks) == 2 and not set(new_ranks) & set(old_ranks)
+        assert not any(process_alive(pid) for pid in old_ranks)
+        processes = process_tree(server.process.pid)
+    deadline = time.monotonic() + 15
+    while any(process_alive(pid) for pid in processes) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert [pid for pid in processes if process_alive(pid)] == []
+    assert mpich_shared_memory() - shared_memory == set()

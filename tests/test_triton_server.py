@@ -14,9 +14,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from conftest import CACHE_DIR, REPO, free_port
-from pearl.bench.soak import process_tree
-from pearl.dist.world import process_alive
+from conftest import CACHE_DIR, REPO, free_port, mpich_shared_memory
+from pearl.processes import process_alive, process_tree
 from pearl.serving.client import RequestFailed, grpc_generate, http_generate, http_generate_stream
 from pearl.serving.repository import build_repository, values_for_engines
 from pearl.serving.server import TritonServer
@@ -185,14 +184,16 @@ def test_stopping_the_server_leaves_no_processes(smollm2_engines, tmp_path):
     repository = build_repository(REPO / "triton_repo", tmp_path / "repo", values_for_engines(smollm2_engines))
     server = TritonServer(repository, CACHE_DIR, http_port=free_port(), grpc_port=free_port(),
                           metrics_port=free_port(), log_file=tmp_path / "server.log")
+    shared_memory = mpich_shared_memory()
     with server:
         assert http_generate(server.http_url, "Hi", max_tokens=2).text
         processes = process_tree(server.process.pid)
-        assert len(processes) >= 6  # server, 3 stubs, MPI's process manager and proxy, 2 ranks
+        assert len(processes) >= 7  # server, 3 stubs, engine host, MPI's process manager and proxy, 2 ranks
     deadline = time.monotonic() + 15  # exited ranks are reaped by MPI's proxy as it exits, just after
     while any(process_alive(pid) for pid in processes) and time.monotonic() < deadline:
         time.sleep(0.2)
     assert [pid for pid in processes if process_alive(pid)] == []
+    assert mpich_shared_memory() - shared_memory == set()
 
 
 FUZZ_SETTINGS = dict(max_examples=20, deadline=None, suppress_health_check=list(HealthCheck))

@@ -3,8 +3,9 @@ import pytest
 
 from conftest import start_engine
 from pearl.backends.loading import ModelPathError
-from pearl.dist.world import WorldError, process_alive
+from pearl.dist.world import WorldError
 from pearl.engine import VocabularyMismatch
+from pearl.processes import process_alive
 from pearl.params import SamplingParams
 
 

@@ -15,7 +15,7 @@ import threading
 import time
 from dataclasses import replace
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import Iterator
 
 from pearl.backends import check_model_path
 from pearl.backends.loading import load_tokenizer
@@ -27,6 +27,7 @@ from pearl.params import GenerationRequest, Mode, SamplingParams
 from pearl.profiling import recommended_gamma
 from pearl.stats import RequestStats
 from pearl.stopping import FinishReason
+from pearl.streams import GenerationStream, check_fits
 
 MAX_AUTO_GAMMA = 16
 
@@ -60,39 +61,6 @@ def shared_vocab_size(target_tokenizer, draft_logits: int, target_logits: int) -
         raise VocabularyMismatch(f"the tokenizer has {len(target_tokenizer)} tokens but a model has only "
                                  f"{size} logits")
     return size
-
-
-class GenerationStream:
-    """Iterate for token chunks; afterwards ``token_ids``, ``finish_reason`` and ``stats`` are set."""
-
-    def __init__(self, serve: Callable[["GenerationStream"], Iterator[list[int]]],
-                 cancel: Callable[[], None]) -> None:
-        self.token_ids: list[int] = []
-        self.finish_reason: str | None = None
-        self.stats: RequestStats | None = None
-        self._chunks = serve(self)  # a generator: nothing runs until the stream is iterated
-        self._cancel = cancel
-        self.started = False
-
-    def cancel(self) -> None:
-        """End the request after the ranks' current round; keep iterating to get the rest and the stats.
-        A stream never iterated has not reached the ranks: there is nothing to cancel."""
-        if self.started:
-            self._cancel()
-
-    def __iter__(self) -> Iterator[list[int]]:
-        self.started = True
-        try:
-            for chunk in self._chunks:
-                self.token_ids.extend(chunk)
-                yield chunk
-        finally:
-            self._chunks.close()  # a consumer that stops early still lets the request finish and the lock go
-
-    def collect(self) -> "GenerationStream":
-        for _ in self:
-            pass
-        return self
 
 
 class Engine:
@@ -153,18 +121,9 @@ class Engine:
         mode = Mode.parse(mode) if isinstance(mode, str) else mode
         gamma = self.auto_gamma() if gamma == "auto" else int(gamma)
         request = GenerationRequest(next(self._ids), tuple(int(t) for t in prompt_ids), sampling, mode, gamma)
-        self._check_fits(request)
+        check_fits(request, self.vocab_size, self.max_seq_len)
         return GenerationStream(lambda stream: self._serve(request, stream),
                                 cancel=lambda: self.world.cancel(request.request_id))
-
-    def _check_fits(self, request: GenerationRequest) -> None:
-        bad = [t for t in request.prompt_ids if t >= self.vocab_size]
-        if bad:
-            raise ValueError(f"prompt token id {bad[0]} is outside the vocabulary (size {self.vocab_size})")
-        if request.max_total_tokens > self.max_seq_len:
-            raise ValueError(f"prompt ({len(request.prompt_ids)} tokens) + max_tokens "
-                             f"({request.sampling.max_tokens}) exceeds the models' limit of "
-                             f"{self.max_seq_len - 1} tokens")
 
     def _serve(self, request: GenerationRequest, stream: GenerationStream) -> Iterator[list[int]]:
         with self._lock:

@@ -16,25 +16,9 @@ from pathlib import Path
 
 from pearl.bench.perf import PerfError, run_point
 from pearl.bench.prompts import Prompt
+from pearl.processes import process_tree
 
 GROWTH_TARGET = 0.05
-
-
-def process_tree(pid: int) -> set[int]:
-    """``pid`` and every process below it (from /proc)."""
-    children: dict[int, list[int]] = {}
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            fields = stat.read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        children.setdefault(int(fields[1]), []).append(int(stat.parent.name))
-    found, todo = {pid}, [pid]
-    while todo:
-        for child in children.get(todo.pop(), []):
-            found.add(child)
-            todo.append(child)
-    return found
 
 
 def tree_rss_bytes(pid: int) -> int:

@@ -6,7 +6,6 @@ workers started next to it by ``mpiexec -n 1 python -m pearl ... : -n 2 python -
 from __future__ import annotations
 
 import os
-import signal
 import sys
 import time
 from dataclasses import dataclass
@@ -33,6 +32,7 @@ from pearl.dist.protocol import (CANCEL, CONFIG, CONTROL, DRAFT_RANK, ERROR, OP_
 from pearl.dist.transport import Endpoint  # noqa: E402
 from pearl.dist.worker import INTERCOMM_TAG  # noqa: E402
 from pearl.params import GenerationRequest  # noqa: E402
+from pearl.processes import kill_if_alive, process_alive  # noqa: E402
 
 WORKER_RANKS = (DRAFT_RANK, TARGET_RANK)
 ROLE_NAMES = {DRAFT_RANK: "draft", TARGET_RANK: "target"}
@@ -152,20 +152,4 @@ class World:
         for info in self.ranks.values():
             while process_alive(info.pid) and time.monotonic() < deadline:
                 time.sleep(0.05)
-            if process_alive(info.pid):  # e.g. stuck waiting for a peer that failed
-                os.kill(info.pid, signal.SIGKILL)
-
-
-def process_alive(pid: int) -> bool:
-    """True while the process runs. An exited worker stays a zombie until MPI's proxy reaps it: not alive."""
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
-    except FileNotFoundError:
-        return False
-    except OSError:  # no /proc: fall back to a signal probe
-        try:
-            os.kill(pid, 0)
-        except ProcessLookupError:
-            return False
-        return True
+            kill_if_alive(info.pid)  # e.g. stuck waiting for a peer that failed

@@ -1,5 +1,6 @@
-"""The ``pearl`` model's work: it owns the Engine (and so the MPI world), runs accepted requests one at a
-time in arrival order on a worker thread, and streams each one's output through callbacks.
+"""The ``pearl`` model's work: it owns the engine (an EngineProcess in the server, so the MPI world lives in a
+child process that is restarted if a rank dies), runs accepted requests one at a time in arrival order on
+a worker thread, and streams each one's output through callbacks.
 
 Limits: at most ``max_queue`` requests wait (more are refused at once); a request that is not finished
 ``timeout_s`` after it arrived ends with an error (0: no limit). A cancelled request (the client went
@@ -17,11 +18,13 @@ import threading
 import time
 import traceback
 from dataclasses import dataclass
-from typing import Callable
+from typing import Callable, Protocol
 
 import numpy as np
 
-from pearl.engine import Engine, GenerationStream
+from pearl.streams import GenerationStream
+from pearl.params import Mode, SamplingParams
+from pearl.serving.engine_process import EngineDied, EngineStartError
 from pearl.serving.inputs import RequestError, ServingRequest, parse_request
 from pearl.stats import RequestStats
 
@@ -35,7 +38,19 @@ STATS_OUTPUTS: dict[str, tuple[type, Callable[[RequestStats], float]]] = {
 }
 
 Send = Callable[[dict[str, np.ndarray], bool], None]  # (outputs, final)
-Fail = Callable[[str, str], None]  # (message, kind): kind is "error", "cancelled" or "timeout"
+Fail = Callable[[str, str], None]  # (message, kind): "error", "cancelled", "timeout", "unavailable"
+
+
+class ServingEngine(Protocol):
+    """What the service needs: pearl.engine.Engine, or pearl.serving.engine_process.EngineProcess."""
+
+    @property
+    def eos_token_ids(self) -> tuple[int, ...]: ...
+
+    def generate(self, prompt_ids: list[int], sampling: SamplingParams, mode: Mode | str,
+                 gamma: int | str) -> GenerationStream: ...
+
+    def close(self) -> None: ...
 
 
 class QueueFull(RequestError):
@@ -65,7 +80,7 @@ def response_tensors(tokens: list[int], previous: int, final: bool, stats: Reque
 
 
 class GenerationService:
-    def __init__(self, engine: Engine, on_finished: Callable[[RequestStats], None] | None = None,
+    def __init__(self, engine: ServingEngine, on_finished: Callable[[RequestStats], None] | None = None,
                  max_queue: int = 64, timeout_s: float = 0.0) -> None:
         self.engine = engine
         self.on_finished = on_finished
@@ -109,6 +124,8 @@ class GenerationService:
         while (job := self._jobs.get()) is not None:
             try:
                 self._serve(job)
+            except (EngineDied, EngineStartError) as exc:  # the world died mid-request; a new one is starting
+                job.fail(f"generation failed: {exc}", "unavailable")
             except Exception as exc:  # the client gets the error; the worker keeps serving the queue
                 job.fail(f"generation failed: {exc}\n{traceback.format_exc(limit=3)}", "error")
 

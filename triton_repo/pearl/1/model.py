@@ -1,13 +1,14 @@
 """Triton adapter for pearl.serving.generation: the decoupled model that owns the PEARL engine.
 
-Loading the model checks the engine directory and starts the MPI world (draft and target ranks); a
-problem fails the load with what is wrong and how to fix it. Unloading it shuts the world down. Each
-request streams responses from the generation thread and always ends with Triton's final flag, errors
-included. Counters go to Triton's metrics endpoint.
+Loading the model checks the engine directory and starts the engine host, a child process that runs the
+MPI world (draft and target ranks); a problem fails the load with what is wrong and how to fix it. If a
+rank dies, the request it served fails at once and a new world starts by itself. Unloading the model
+shuts the world down. Each request streams responses from the generation thread and always ends with
+Triton's final flag, errors included. Counters go to Triton's metrics endpoint.
 """
 import triton_python_backend_utils as pb_utils
 
-from pearl.engine import Engine
+from pearl.serving.engine_process import EngineProcess
 from pearl.serving.generation import GenerationService, QueueFull
 from pearl.serving.inputs import RequestError
 from pearl.serving.repository import model_parameter
@@ -53,7 +54,7 @@ class TritonPythonModel:
         engine_dir = model_parameter(args, "engine_dir")
         threads = model_parameter(args, "threads_per_rank")  # empty: the engine directory's setting
         try:
-            engine = Engine.from_engine_dir(engine_dir, int(threads) if threads.isdigit() else None)
+            engine = EngineProcess(engine_dir, int(threads) if threads.isdigit() else None)
         except Exception as exc:  # Triton marks the model UNAVAILABLE with this message as the reason
             raise pb_utils.TritonModelException(
                 f"cannot load the PEARL engines in {engine_dir}: {exc}. Fix: rebuild them with "

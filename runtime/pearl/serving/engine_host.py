@@ -1,0 +1,157 @@
+"""The engine host: a process of its own that owns one Engine (the MPI driver and its worker ranks) and
+serves it to its parent, :class:`pearl.serving.engine_process.EngineProcess`, over a pipe.
+
+Why a process of its own: when a worker rank dies, MPICH's process manager kills the process that spawned
+the ranks. Here that is this host, not the Triton model that owns it, so the model survives, fails the
+requests that were running and starts a new host.
+
+Protocol: one JSON object per line. The parent writes to the host's stdin, the host answers on its stdout
+(stdin and stdout are moved away from fds 0 and 1 first, so the MPI process manager, which forwards
+stdin to the ranks, and anything that prints cannot touch them).
+
+    parent -> host  {"op": "generate", "id": n, "prompt_ids": [...], "sampling": {SamplingParams fields},
+                     "mode": "pearl" | "sd" | "ar", "gamma": g}
+                    {"op": "cancel", "id": n}           end request n after the ranks' current round
+                    {"op": "close"}                     shut the world down and exit (so does EOF)
+    host -> parent  {"event": "ready", "eos_token_ids": [...], "vocab_size": v, "max_seq_len": m,
+                     "auto_gamma": g, "ranks": {"draft": pid, "target": pid},
+                     "helpers": [pids of the MPI process manager], "shm": [/dev/shm files the world maps]}
+                    {"event": "start_failed", "message": "..."}   then the host exits
+                    {"event": "tokens", "id": n, "tokens": [...]}
+                    {"event": "done", "id": n, "finish_reason": "stop" | ..., "stats": {RequestStats fields}}
+                    {"event": "failed", "id": n, "message": "..."}
+
+Requests run one at a time in arrival order.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import queue
+import sys
+import threading
+import traceback
+from dataclasses import asdict
+from pathlib import Path
+from typing import IO
+
+from pearl.dist.world import ROLE_NAMES
+from pearl.engine import Engine
+from pearl.processes import parent_pid
+from pearl.params import SamplingParams
+
+
+def take_protocol_streams() -> tuple[IO[str], IO[str]]:
+    """Private copies of stdin/stdout for the protocol; fd 0 becomes /dev/null and fd 1 stderr, which is
+    what the MPI process manager and the ranks inherit."""
+    protocol_in = os.fdopen(os.dup(0), "r", encoding="utf-8")
+    protocol_out = os.fdopen(os.dup(1), "w", encoding="utf-8")
+    null = os.open(os.devnull, os.O_RDONLY)
+    os.dup2(null, 0)
+    os.close(null)
+    os.dup2(2, 1)
+    sys.stdin, sys.stdout = open(os.devnull), sys.stderr
+    return protocol_in, protocol_out
+
+
+def process_manager_pids(rank_pids: list[int]) -> list[int]:
+    """MPICH's mpiexec (this host's child) and its proxy (the ranks' parent). The proxy and the ranks run in
+    sessions of their own, so a signal to the host's process group misses them: the parent kills them by pid."""
+    children = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit() and parent_pid(int(entry.name)) == os.getpid():
+            children.append(int(entry.name))
+    proxies = {parent_pid(pid) for pid in rank_pids} - {None, os.getpid()}
+    return sorted(set(children) | proxies)
+
+
+def shared_memory_of(pids: list[int]) -> list[str]:
+    """The /dev/shm files these processes map (MPICH's segments): a killed world leaves them behind."""
+    paths = set()
+    for pid in pids:
+        try:
+            with open(f"/proc/{pid}/maps") as maps:
+                paths.update(line.split()[-1] for line in maps if " /dev/shm/" in line
+                             and not line.rstrip().endswith("(deleted)"))
+        except OSError:
+            pass
+    return sorted(paths)
+
+
+class Host:
+    def __init__(self, engine: Engine, out: IO[str]) -> None:
+        self.engine, self.out = engine, out
+        self.requests: queue.Queue[dict | None] = queue.Queue()
+        self.cancelled: set[int] = set()
+        self._write_lock = threading.Lock()
+
+    def send(self, message: dict) -> None:
+        with self._write_lock:
+            self.out.write(json.dumps(message) + "\n")
+            self.out.flush()
+
+    def read(self, protocol_in: IO[str]) -> None:
+        """Reader thread: cancels take effect at once; everything else queues for the main loop."""
+        for line in protocol_in:
+            message = json.loads(line)
+            if message["op"] == "cancel":
+                self.cancelled.add(message["id"])
+            elif message["op"] == "close":
+                break
+            else:
+                self.requests.put(message)
+        self.requests.put(None)  # close, or the parent is gone
+
+    def serve(self) -> None:
+        while (message := self.requests.get()) is not None:
+            request_id = message["id"]
+            try:
+                self.generate(request_id, message)
+            except Exception:
+                self.send({"event": "failed", "id": request_id, "message": traceback.format_exc(limit=4)})
+            self.cancelled.discard(request_id)
+
+    def generate(self, request_id: int, message: dict) -> None:
+        sampling = message["sampling"]
+        sampling = SamplingParams(**{**sampling, "stop_token_ids": tuple(map(tuple, sampling["stop_token_ids"]))})
+        stream = self.engine.generate(message["prompt_ids"], sampling, message["mode"], message["gamma"])
+        cancelling = False
+        for chunk in stream:
+            self.send({"event": "tokens", "id": request_id, "tokens": chunk})
+            if request_id in self.cancelled and not cancelling:
+                stream.cancel()  # the ranks end it after this round; the rest still drains
+                cancelling = True
+        self.send({"event": "done", "id": request_id, "finish_reason": stream.finish_reason,
+                   "stats": asdict(stream.stats)})
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--engines", type=Path, required=True)
+    parser.add_argument("--threads-per-rank", type=int)
+    args = parser.parse_args()
+    protocol_in, protocol_out = take_protocol_streams()
+    try:
+        engine = Engine.from_engine_dir(args.engines, args.threads_per_rank)
+        auto_gamma = engine.auto_gamma()
+    except Exception as exc:
+        protocol_out.write(json.dumps({"event": "start_failed", "message": str(exc)}) + "\n")
+        protocol_out.flush()
+        return 1
+    ranks = {ROLE_NAMES[rank]: info.pid for rank, info in engine.world.ranks.items()}
+    host = Host(engine, protocol_out)
+    host.send({"event": "ready", "eos_token_ids": list(engine.eos_token_ids), "vocab_size": engine.vocab_size,
+               "max_seq_len": engine.max_seq_len, "auto_gamma": auto_gamma, "ranks": ranks,
+               "helpers": process_manager_pids(list(ranks.values())),
+               "shm": shared_memory_of([os.getpid(), *ranks.values()])})
+    threading.Thread(target=host.read, args=(protocol_in,), daemon=True).start()
+    try:
+        host.serve()
+    finally:
+        engine.close()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,5 +1,5 @@
-"""The pearl model's GenerationService without Triton: queue limit, per-request timeout, client cancellation
-and shutdown, on a real engine over tiny models."""
+"""The pearl model's GenerationService without Triton: queue limit, per-request timeout, client cancellation,
+stop requests by request id, and shutdown, on a real engine over tiny models."""
 from __future__ import annotations
 
 import threading
@@ -9,6 +9,7 @@ import pytest
 
 from conftest import start_engine
 from pearl.serving.generation import GenerationService, QueueFull
+from pearl.serving.inputs import RequestError
 
 
 def inputs(max_tokens: int, **extra) -> dict[str, np.ndarray]:
@@ -63,6 +64,26 @@ def test_cancelled_request_stops_and_reports_cancelled(service):
     follow = Client()
     service.submit(inputs(5), follow.send, follow.fail)
     assert follow.done.wait(60) and follow.error is None
+
+
+def test_a_stop_request_ends_the_running_and_queued_requests_with_its_id(tiny):
+    failures = []
+    service = GenerationService(start_engine(tiny["close_draft"], tiny["target"]), on_failed=failures.append)
+    running, queued, other, stop = Client(), Client(), Client(), Client()
+    service.submit(inputs(400, streaming=True), running.send, running.fail, request_id="a")
+    service.submit(inputs(400, streaming=True), queued.send, queued.fail, request_id="a")
+    service.submit(inputs(6), other.send, other.fail, request_id="b")
+    while not running.responses:
+        running.done.wait(0.01)
+    service.submit(inputs(1, stop=True), stop.send, stop.fail, request_id="a")
+    assert stop.done.is_set() and stop.responses == [{}]  # answered at once, empty
+    assert other.done.wait(60) and other.error is None  # the other id is untouched
+    service.close()
+    assert running.error[1] == "cancelled" and len(running.responses) < 50
+    assert queued.error[1] == "cancelled" and not queued.responses  # never reached the ranks
+    assert failures == ["cancelled", "cancelled"] and service.stop("a") == 0  # forgotten once ended
+    with pytest.raises(RequestError, match="request id"):
+        service.submit(inputs(1, stop=True), Client().send, Client().fail)
 
 
 def test_a_request_past_its_timeout_ends_with_an_error(tiny):

@@ -4,6 +4,7 @@ server keeps serving; metrics; a clean stop."""
 from __future__ import annotations
 
 import json
+import queue
 import subprocess
 import sys
 import time
@@ -11,12 +12,14 @@ import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
+import tritonclient.grpc as grpcclient
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from conftest import CACHE_DIR, REPO, free_port, mpich_shared_memory
 from pearl.processes import process_alive, process_tree
-from pearl.serving.client import RequestFailed, grpc_generate, http_generate, http_generate_stream
+from pearl.serving.client import (INPUT_TYPES, RequestFailed, grpc_generate, http_generate, http_generate_stream,
+                                  to_array)
 from pearl.serving.repository import build_repository, values_for_engines
 from pearl.serving.server import TritonServer
 
@@ -71,6 +74,40 @@ def test_ensemble_greedy_text_equals_the_runtime_ar_output(server, expected, pro
     if protocol.endswith("stream"):
         assert len(chunks) > 2  # text arrived piece by piece
     check_stats(chunks[-1].stats)
+
+
+@pytest.mark.parametrize("protocol", ["grpc-stream", "http"])
+def test_the_bls_model_answers_like_the_ensemble(server, expected, protocol):
+    prompt = PROMPTS[1]
+    args = dict(max_tokens=MAX_TOKENS, exclude_input_in_output=True, model="pearl_bls")
+    chunks = (list(grpc_generate(server.grpc_url, prompt, **args)) if protocol == "grpc-stream"
+              else [http_generate(server.http_url, prompt, **args)])
+    assert "".join(c.text for c in chunks) == expected[prompt]
+    check_stats(chunks[-1].stats)
+    with pytest.raises(RequestFailed, match="max_tokens must be >= 1"):
+        list(grpc_generate(server.grpc_url, prompt, max_tokens=0, model="pearl_bls"))
+
+
+def test_closing_the_grpc_stream_stops_the_generation(server):
+    """Through pearl_bls (an ensemble's running step never hears of it in tritonserver 2.51)."""
+    cancelled = 'pearl_requests_failed_total{model="pearl",reason="cancelled"}'
+    before = pearl_metrics(server)[cancelled]
+    responses: queue.Queue = queue.Queue()
+    client = grpcclient.InferenceServerClient(server.grpc_url)
+    client.start_stream(callback=lambda result, error: responses.put(error))
+    inputs = []
+    for name, value in {"text_input": "def quicksort(arr):", "max_tokens": 2000, "stream": True}.items():
+        array = to_array(name, value)
+        inputs.append(grpcclient.InferInput(name, list(array.shape), INPUT_TYPES[name]))
+        inputs[-1].set_data_from_numpy(array)
+    client.async_stream_infer("pearl_bls", inputs)
+    assert [responses.get(timeout=120) for _ in range(2)] == [None, None]  # generating
+    client.stop_stream(cancel_requests=True)
+    deadline = time.monotonic() + 30  # 2000 tokens would take minutes; a few rounds are seconds
+    while pearl_metrics(server)[cancelled] == before and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert pearl_metrics(server)[cancelled] == before + 1
+    assert http_generate(server.http_url, "Hi", max_tokens=2).text  # the next request is served
 
 
 def test_output_includes_the_prompt_unless_excluded(server, expected):
@@ -165,6 +202,13 @@ def test_malformed_tensors_are_refused_by_triton(server):
         list(grpc_generate(server.grpc_url, b"\xff\xfe not utf-8", max_tokens=4))
 
 
+def pearl_metrics(server) -> dict[str, float]:
+    """The pearl model's Prometheus samples, keyed by name with labels."""
+    metrics = urllib.request.urlopen(f"http://127.0.0.1:{server.metrics_port}/metrics").read().decode()
+    return {line.rsplit(" ", 1)[0]: float(line.rsplit(" ", 1)[1]) for line in metrics.splitlines()
+            if line.startswith("pearl_")}
+
+
 def test_server_is_healthy_after_bad_input_and_reports_metrics(server, expected):
     with pytest.raises(RequestFailed):
         http_generate(server.http_url, "", max_tokens=4)
@@ -172,9 +216,7 @@ def test_server_is_healthy_after_bad_input_and_reports_metrics(server, expected)
     prompt = PROMPTS[2]
     assert http_generate(server.http_url, prompt, max_tokens=MAX_TOKENS, exclude_input_in_output=True).text \
         == expected[prompt]
-    metrics = urllib.request.urlopen(f"http://127.0.0.1:{server.metrics_port}/metrics").read().decode()
-    values = {line.split("{")[0]: float(line.rsplit(" ", 1)[1]) for line in metrics.splitlines()
-              if line.startswith("pearl_")}
+    values = {name.split("{")[0]: value for name, value in pearl_metrics(server).items()}
     assert values["pearl_requests_total"] >= 1 and values["pearl_generated_tokens_total"] >= MAX_TOKENS
     assert values["pearl_draft_tokens_total"] >= values["pearl_accepted_draft_tokens_total"]
     assert values["pearl_target_forwards_total"] >= 1 and values["pearl_tokens_per_second"] > 0

@@ -15,7 +15,7 @@ from typing import Iterator
 
 import numpy as np
 
-MODEL = "ensemble"
+MODEL = "ensemble"  # or "pearl_bls": the same pipeline as one model, which honours gRPC cancellation
 STATS = ("total_draft_tokens", "total_accepted_draft_tokens", "acceptance_rate", "target_forwards",
          "mean_accepted_length")
 # Triton datatypes of the ensemble's inputs (triton_repo/ensemble/config.pbtxt).
@@ -50,7 +50,8 @@ def to_array(name: str, value) -> np.ndarray:
     return np.array([values], dtype=dtype)
 
 
-def grpc_generate(url: str, text: str, stream: bool = True, timeout: float = 600.0, **inputs) -> Iterator[Chunk]:
+def grpc_generate(url: str, text: str, stream: bool = True, timeout: float = 600.0, *, model: str = MODEL,
+                  **inputs) -> Iterator[Chunk]:
     """Stream over gRPC (``ModelStreamInfer``): one Chunk per response, the last with statistics."""
     import tritonclient.grpc as grpcclient
 
@@ -64,7 +65,7 @@ def grpc_generate(url: str, text: str, stream: bool = True, timeout: float = 600
     client = grpcclient.InferenceServerClient(url)
     try:
         client.start_stream(callback=lambda result, error: responses.put((result, error)))
-        client.async_stream_infer(MODEL, tensors, enable_empty_final_response=True)
+        client.async_stream_infer(model, tensors, enable_empty_final_response=True)
         while True:
             result, error = responses.get(timeout=timeout)
             if error is not None:
@@ -86,16 +87,17 @@ def grpc_chunk(result, final: bool) -> Chunk:
     return Chunk(text, stats)
 
 
-def http_generate(url: str, text: str, timeout: float = 600.0, **inputs) -> Chunk:
-    """``POST /v2/models/ensemble/generate``: the whole answer in one JSON response."""
-    body = _post(url, "generate", {"text_input": text, **inputs}, timeout)
+def http_generate(url: str, text: str, timeout: float = 600.0, *, model: str = MODEL, **inputs) -> Chunk:
+    """``POST /v2/models/<model>/generate``: the whole answer in one JSON response."""
+    body = _post(url, model, "generate", {"text_input": text, **inputs}, timeout)
     return _http_chunk(json.loads(body.read()), final=True)
 
 
-def http_generate_stream(url: str, text: str, timeout: float = 600.0, **inputs) -> Iterator[Chunk]:
-    """``POST /v2/models/ensemble/generate_stream``: server-sent events, one per response."""
+def http_generate_stream(url: str, text: str, timeout: float = 600.0, *, model: str = MODEL,
+                         **inputs) -> Iterator[Chunk]:
+    """``POST /v2/models/<model>/generate_stream``: server-sent events, one per response."""
     events = []
-    with _post(url, "generate_stream", {"text_input": text, "stream": True, **inputs}, timeout) as body:
+    with _post(url, model, "generate_stream", {"text_input": text, "stream": True, **inputs}, timeout) as body:
         for line in body:
             line = line.decode("utf-8").strip()
             if line.startswith("data: "):
@@ -108,8 +110,8 @@ def http_generate_stream(url: str, text: str, timeout: float = 600.0, **inputs) 
         yield _http_chunk(events[-1], final=True)
 
 
-def _post(url: str, endpoint: str, payload: dict, timeout: float):
-    request = urllib.request.Request(f"http://{url}/v2/models/{MODEL}/{endpoint}", method="POST",
+def _post(url: str, model: str, endpoint: str, payload: dict, timeout: float):
+    request = urllib.request.Request(f"http://{url}/v2/models/{model}/{endpoint}", method="POST",
                                      data=json.dumps(payload).encode(), headers={"Content-Type": "application/json"})
     try:
         return urllib.request.urlopen(request, timeout=timeout)

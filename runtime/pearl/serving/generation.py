@@ -4,8 +4,10 @@ a worker thread, and streams each one's output through callbacks.
 
 Limits: at most ``max_queue`` requests wait (more are refused at once); a request that is not finished
 ``timeout_s`` after it arrived ends with an error (0: no limit). A cancelled request (the client went
-away) stops after the ranks' current round. Closing the service ends every queued request with an error
-and lets the running one finish.
+away) stops after the ranks' current round, and so does one named by a stop request: a request with the
+``stop`` input set ends the queued or running requests that carry the same Triton request id (TensorRT-LLM's
+way to stop an in-flight request; the ``pearl_bls`` model uses it when its client cancels). Closing the
+service ends every queued request with an error and lets the running one finish.
 
 Every response carries the whole output so far (postprocessing detokenizes statelessly, see
 postprocessing.py) and the statistics outputs; those are zero until the final response, which has the
@@ -25,7 +27,7 @@ import numpy as np
 from pearl.streams import GenerationStream
 from pearl.params import Mode, SamplingParams
 from pearl.serving.engine_process import EngineDied, EngineStartError
-from pearl.serving.inputs import RequestError, ServingRequest, parse_request
+from pearl.serving.inputs import RequestError, ServingRequest, parse_request, scalar
 from pearl.stats import RequestStats
 
 # output name -> (numpy dtype, how the final value comes from RequestStats)
@@ -57,7 +59,7 @@ class QueueFull(RequestError):
     """More requests are waiting than the service accepts; the client should retry later."""
 
 
-@dataclass
+@dataclass(eq=False)  # identity: a job is found and removed by itself
 class Job:
     request: ServingRequest
     stream: GenerationStream
@@ -65,6 +67,8 @@ class Job:
     fail: Fail
     cancelled: Callable[[], bool]
     deadline: float | None  # time.monotonic() by which it must be done
+    request_id: str = ""  # Triton's request id: a stop request with the same id ends this one
+    stopped: bool = False
 
 
 def response_tensors(tokens: list[int], previous: int, final: bool, stats: RequestStats | None) -> dict:
@@ -81,18 +85,28 @@ def response_tensors(tokens: list[int], previous: int, final: bool, stats: Reque
 
 class GenerationService:
     def __init__(self, engine: ServingEngine, on_finished: Callable[[RequestStats], None] | None = None,
+                 on_failed: Callable[[str], None] | None = None,
                  max_queue: int = 64, timeout_s: float = 0.0) -> None:
         self.engine = engine
-        self.on_finished = on_finished
+        self.on_finished, self.on_failed = on_finished, on_failed  # on_failed(kind) for every failed request
         self.max_queue, self.timeout_s = max_queue, timeout_s
         self._jobs: queue.Queue[Job | None] = queue.Queue()
+        self._by_id: dict[str, list[Job]] = {}  # queued or running jobs that have a request id
+        self._by_id_lock = threading.Lock()
         self._closing = False
         self._worker = threading.Thread(target=self._run, name="pearl-generation", daemon=True)
         self._worker.start()
 
     def submit(self, inputs: dict[str, np.ndarray], send: Send, fail: Fail,
-               cancelled: Callable[[], bool] = lambda: False) -> None:
-        """Validate and queue a request; a bad one raises RequestError before anything is queued."""
+               cancelled: Callable[[], bool] = lambda: False, request_id: str = "") -> None:
+        """Validate and queue a request; a bad one raises RequestError before anything is queued. A stop
+        request (``stop`` input true) ends the requests with its id and is answered at once, empty."""
+        if bool(scalar(inputs, "stop", False)):
+            if not request_id:
+                raise RequestError("a stop request needs the request id of the request to stop")
+            self.stop(request_id)
+            send({}, True)
+            return
         if self._closing:
             raise QueueFull("the server is shutting down")
         if self._jobs.qsize() >= self.max_queue:
@@ -104,7 +118,19 @@ class GenerationService:
         except ValueError as exc:  # too long for the engine, ids outside the vocabulary, ...
             raise RequestError(str(exc)) from None
         deadline = time.monotonic() + self.timeout_s if self.timeout_s > 0 else None
-        self._jobs.put(Job(request, stream, send, fail, cancelled, deadline))
+        job = Job(request, stream, send, fail, cancelled, deadline, request_id)
+        if request_id:
+            with self._by_id_lock:
+                self._by_id.setdefault(request_id, []).append(job)
+        self._jobs.put(job)
+
+    def stop(self, request_id: str) -> int:
+        """End the queued or running requests with this id after the ranks' current round; how many."""
+        with self._by_id_lock:
+            jobs = list(self._by_id.get(request_id, ()))
+        for job in jobs:
+            job.stopped = True
+        return len(jobs)
 
     def close(self) -> None:
         """Refuse new requests, end the queued ones with an error, finish the running one, stop the world."""
@@ -115,7 +141,7 @@ class GenerationService:
             except queue.Empty:
                 break
             if job is not None:
-                job.fail("the server is shutting down; the request was not started", "error")
+                self._fail(job, "the server is shutting down; the request was not started", "error")
         self._jobs.put(None)
         self._worker.join()
         self.engine.close()
@@ -125,13 +151,29 @@ class GenerationService:
             try:
                 self._serve(job)
             except (EngineDied, EngineStartError) as exc:  # the world died mid-request; a new one is starting
-                job.fail(f"generation failed: {exc}", "unavailable")
+                self._fail(job, f"generation failed: {exc}", "unavailable")
             except Exception as exc:  # the client gets the error; the worker keeps serving the queue
-                job.fail(f"generation failed: {exc}\n{traceback.format_exc(limit=3)}", "error")
+                self._fail(job, f"generation failed: {exc}\n{traceback.format_exc(limit=3)}", "error")
+            finally:
+                self._forget(job)
+
+    def _fail(self, job: Job, message: str, kind: str) -> None:
+        job.fail(message, kind)
+        if self.on_failed is not None:
+            self.on_failed(kind)
+
+    def _forget(self, job: Job) -> None:
+        if job.request_id:
+            with self._by_id_lock:
+                jobs = self._by_id.get(job.request_id, [])
+                if job in jobs:
+                    jobs.remove(job)
+                if not jobs:
+                    self._by_id.pop(job.request_id, None)
 
     def _ended(self, job: Job) -> tuple[str, str] | None:
         """(message, kind) when the request must stop early: cancelled by the client, or out of time."""
-        if job.cancelled():
+        if job.cancelled() or job.stopped:
             return "the request was cancelled", "cancelled"
         if job.deadline is not None and time.monotonic() > job.deadline:
             return f"the request did not finish within {self.timeout_s:g} s (request_timeout_s)", "timeout"
@@ -139,7 +181,7 @@ class GenerationService:
 
     def _serve(self, job: Job) -> None:
         if (ended := self._ended(job)) is not None:  # still queued: never reaches the ranks
-            job.fail(*ended)
+            self._fail(job, *ended)
             return
         prefix = [] if job.request.exclude_input or job.request.stream else list(job.request.prompt_ids)
         emitted, ended = 0, None
@@ -153,7 +195,7 @@ class GenerationService:
                 job.send(response_tensors(tokens, emitted, False, None), False)
                 emitted = len(tokens)
         if ended is not None:
-            job.fail(*ended)
+            self._fail(job, *ended)
             return
         stats = job.stream.stats
         job.send(response_tensors(prefix + job.stream.token_ids, emitted if job.request.stream else 0, True, stats),

@@ -9,19 +9,12 @@ Triton's final flag, errors included. Counters go to Triton's metrics endpoint.
 import triton_python_backend_utils as pb_utils
 
 from pearl.serving.engine_process import EngineProcess
+from pearl.serving.errors import KIND_CODES, error_response
 from pearl.serving.generation import GenerationService, QueueFull
 from pearl.serving.inputs import RequestError
 from pearl.serving.repository import model_parameter
 
 FINAL = pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL
-
-
-def error(message: str, kind: str = "error"):
-    """A Triton error response. (TritonError's codes exist only once the stub runs, not at import.)"""
-    codes = {"error": pb_utils.TritonError.INTERNAL, "cancelled": pb_utils.TritonError.CANCELLED,
-             "timeout": pb_utils.TritonError.UNAVAILABLE, "invalid": pb_utils.TritonError.INVALID_ARG,
-             "unavailable": pb_utils.TritonError.UNAVAILABLE}
-    return pb_utils.InferenceResponse(error=pb_utils.TritonError(message, codes[kind]))
 
 
 class Metrics:
@@ -38,6 +31,10 @@ class Metrics:
             pb_utils.MetricFamily("pearl_tokens_per_second", "Output tokens/s of the last request", gauge),
         ]
         self.metrics = [family.Metric(labels={"model": "pearl"}) for family in self.families]
+        self.failed_family = pb_utils.MetricFamily("pearl_requests_failed_total",
+                                                   "Requests that ended without a result, by reason", counter)
+        self.failed = {kind: self.failed_family.Metric(labels={"model": "pearl", "reason": kind})
+                       for kind in KIND_CODES}
 
     def record(self, stats):
         generated, draft, accepted, forwards, requests, rate = self.metrics
@@ -47,6 +44,9 @@ class Metrics:
         forwards.increment(stats.target_forwards)
         requests.increment(1)
         rate.set(stats.tokens_per_s)
+
+    def record_failure(self, kind):
+        self.failed[kind].increment(1)
 
 
 class TritonPythonModel:
@@ -61,6 +61,7 @@ class TritonPythonModel:
                 f"`make engines PAIR=<pair>` and restart the server") from None
         self.metrics = Metrics()
         self.service = GenerationService(engine, on_finished=self.metrics.record,
+                                         on_failed=self.metrics.record_failure,
                                          max_queue=int(model_parameter(args, "max_queue_size")),
                                          timeout_s=float(model_parameter(args, "request_timeout_s")))
 
@@ -73,16 +74,17 @@ class TritonPythonModel:
                 sender.send(response, flags=FINAL if final else 0)
 
             def fail(message, kind, sender=sender):
-                sender.send(error(message, kind), flags=FINAL)
+                sender.send(error_response(pb_utils, message, kind), flags=FINAL)
 
             try:
                 self.service.submit({t.name(): t.as_numpy() for t in request.inputs()}, send, fail,
                                     cancelled=lambda request=request, sender=sender:
-                                    request.is_cancelled() or sender.is_cancelled())
+                                    request.is_cancelled() or sender.is_cancelled(),
+                                    request_id=request.request_id())
             except QueueFull as exc:
-                sender.send(error(str(exc), "unavailable"), flags=FINAL)
+                sender.send(error_response(pb_utils, str(exc), "unavailable"), flags=FINAL)
             except RequestError as exc:
-                sender.send(error(str(exc), "invalid"), flags=FINAL)
+                sender.send(error_response(pb_utils, str(exc), "invalid"), flags=FINAL)
         return None
 
     def finalize(self):

@@ -47,7 +47,6 @@ class HostHandle:
         self.ready = ready
         self.events: queue.Queue[dict] = queue.Queue()  # events of the request being served
         self.dead = threading.Event()
-        self.death: str = ""
 
     def send(self, message: dict) -> None:
         try:
@@ -233,13 +232,16 @@ def read_line(process: subprocess.Popen, timeout_s: float) -> str:
         try:
             return lines.get(timeout=0.5)
         except queue.Empty:
-            if process.poll() is not None:
-                return ""
+            if process.poll() is not None:  # exited: its last words (or EOF) are on their way
+                try:
+                    return lines.get(timeout=5)
+                except queue.Empty:
+                    return ""
     return ""
 
 
 def kill_group(process: subprocess.Popen) -> None:
-    """SIGKILL the host's session (host, MPI process manager, ranks) and reap the host."""
+    """SIGKILL the host's process group (the host and MPICH's mpiexec) and reap the host."""
     try:
         os.killpg(process.pid, signal.SIGKILL)
     except (ProcessLookupError, PermissionError):

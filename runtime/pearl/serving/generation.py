@@ -24,11 +24,11 @@ from typing import Callable, Protocol
 
 import numpy as np
 
-from pearl.streams import GenerationStream
 from pearl.params import Mode, SamplingParams
 from pearl.serving.engine_process import EngineDied, EngineStartError
 from pearl.serving.inputs import RequestError, ServingRequest, parse_request, scalar
 from pearl.stats import RequestStats
+from pearl.streams import GenerationStream
 
 # output name -> (numpy dtype, how the final value comes from RequestStats)
 STATS_OUTPUTS: dict[str, tuple[type, Callable[[RequestStats], float]]] = {

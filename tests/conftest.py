@@ -1,7 +1,10 @@
 """Shared fixtures: tiny random models, the real SmolLM2 weights, and engines (MPI worlds) over them."""
 from __future__ import annotations
 
+import json
 import socket
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -58,6 +61,17 @@ def smollm2_gguf(smollm2_engines) -> Path:
 def smollm2(smollm2_engines) -> Path:
     """SmolLM2-135M-Instruct as a safetensors folder (the pair's target engine)."""
     return smollm2_engines / "target"
+
+
+def ar_records(engines: Path, prompts: list[str], max_tokens: int) -> dict[str, dict]:
+    """The runtime's greedy `ar` answer (the target alone) per prompt, as `pearl generate --json` records
+    ("text", "token_ids", ...), from one CLI process (the models load once)."""
+    args = [arg for prompt in prompts for arg in ("--prompt", prompt)]
+    result = subprocess.run([sys.executable, "-m", "pearl", "generate", "--engines", str(engines), "--mode", "ar",
+                             "--max-tokens", str(max_tokens), "--json", *args], capture_output=True, text=True,
+                            timeout=600, cwd=REPO)
+    assert result.returncode == 0, result.stderr
+    return {record["prompt"]: record for record in map(json.loads, result.stdout.splitlines())}
 
 
 def mpich_shared_memory() -> set[str]:

@@ -10,7 +10,7 @@ import sys
 
 import pytest
 
-from conftest import CACHE_DIR, REPO, free_port
+from conftest import CACHE_DIR, REPO, ar_records, free_port
 
 
 def run_script(name: str, *args: str, timeout: int = 900) -> subprocess.CompletedProcess:
@@ -77,6 +77,12 @@ def test_perf_analyzer_and_genai_perf_against_the_server(smollm2_engines, tmp_pa
     assert points[True, 1]["time_to_first_token_ms"] > 0 and points[True, 1]["inter_token_latency_ms"] > 0
     for name in ("summary.md", "latency_throughput.png", "perf_stream_c2.csv", "profile_nostream_c1.json"):
         assert (out / name).stat().st_size > 0, name
+    served = {}  # prompt -> the text the server answered under load (perf_analyzer keeps the responses)
+    for experiment in json.loads((out / "profile_nostream_c2.json").read_text())["experiments"]:
+        for request in experiment["requests"]:
+            served[request["request_inputs"]["text_input"]] = request["response_outputs"][0]["text_output"]
+    expected = ar_records(smollm2_engines, list(served), max_tokens=16)
+    assert served and served == {prompt: record["text"] for prompt, record in expected.items()}
     genai = {g["concurrency"]: g for g in summary["genai_perf"]}
     assert set(genai) == {1, 2}
     for g in genai.values():

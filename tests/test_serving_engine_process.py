@@ -4,8 +4,11 @@ the dead one behind (processes, MPICH's /dev/shm segments); cancelling ends a re
 engine directory fails the start with the reason."""
 from __future__ import annotations
 
+import json
 import os
 import signal
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -81,6 +84,24 @@ def test_closing_leaves_nothing(smollm2_engines):
     while leftovers(ready) != ([], []) and time.monotonic() < deadline:
         time.sleep(0.2)
     assert leftovers(ready) == ([], [])
+
+
+def test_when_its_owner_dies_the_host_shuts_the_world_down(smollm2_engines):
+    """A Triton stub killed outright: the host sees its pipe close and ends the world by itself."""
+    shared_memory = mpich_shared_memory()
+    owner = subprocess.Popen([sys.executable, "-c", (
+        "import json, time\nfrom pearl.serving.engine_process import EngineProcess\n"
+        f"engine = EngineProcess({str(smollm2_engines)!r})\n"
+        "print(json.dumps({**engine._host.ready, 'host': engine._host.process.pid}), flush=True)\n"
+        "time.sleep(600)")], stdout=subprocess.PIPE, text=True)
+    ready = json.loads(owner.stdout.readline())
+    owner.kill()
+    owner.wait()
+    deadline = time.monotonic() + 60
+    while (process_alive(ready["host"]) or leftovers(ready)[0]) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert not process_alive(ready["host"]) and leftovers(ready)[0] == []
+    assert mpich_shared_memory() - shared_memory == set()
 
 
 def test_a_bad_engine_directory_fails_the_start_with_the_reason(tmp_path):

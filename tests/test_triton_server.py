@@ -3,10 +3,7 @@ not, equal to the runtime's `ar` output; requests in a row and at once; every ba
 server keeps serving; metrics; a clean stop."""
 from __future__ import annotations
 
-import json
 import queue
-import subprocess
-import sys
 import time
 import urllib.request
 from concurrent.futures import ThreadPoolExecutor
@@ -16,7 +13,7 @@ import tritonclient.grpc as grpcclient
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from conftest import CACHE_DIR, REPO, free_port, mpich_shared_memory
+from conftest import CACHE_DIR, REPO, ar_records, free_port, mpich_shared_memory
 from pearl.processes import process_alive, process_tree
 from pearl.serving.client import (INPUT_TYPES, RequestFailed, grpc_generate, http_generate, http_generate_stream,
                                   to_array)
@@ -42,14 +39,8 @@ def server(smollm2_engines, tmp_path_factory):
 def expected(smollm2_engines) -> dict:
     """The runtime's own greedy `ar` text (and ids, under (prompt, "ids")) for each prompt: the target alone."""
     out = {}
-    prompts = [arg for prompt in PROMPTS for arg in ("--prompt", prompt)]
-    result = subprocess.run([sys.executable, "-m", "pearl", "generate", "--engines", str(smollm2_engines),
-                             "--mode", "ar", "--max-tokens", str(MAX_TOKENS), "--json", *prompts],
-                            capture_output=True, text=True, timeout=600)  # one process: the models load once
-    assert result.returncode == 0, result.stderr
-    for line in result.stdout.splitlines():
-        record = json.loads(line)
-        out[record["prompt"]], out[record["prompt"], "ids"] = record["text"], record["token_ids"]
+    for prompt, record in ar_records(smollm2_engines, PROMPTS, MAX_TOKENS).items():
+        out[prompt], out[prompt, "ids"] = record["text"], record["token_ids"]
     return out
 
 

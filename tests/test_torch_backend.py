@@ -68,3 +68,36 @@ def test_unloadable_paths_are_refused(tmp_path):
         resolve(str(tmp_path / "weights.bin"))
     with pytest.raises(ModelPathError, match="no config.json"):
         resolve(str(tmp_path))
+
+
+@pytest.mark.parametrize("model", ["target", "qwen_target"])
+def test_a_ragged_batch_matches_each_sequence_alone(tiny, model):
+    """Sequences with different cached lengths, new tokens and rollbacks in one forward give the logits each
+    gives alone (the lossless base of continuous batching), and keep their own cache lengths."""
+    batched, alone = (TorchBackend.load(ModelSpec(str(tiny[model]))) for _ in range(2))
+    prompts = [[3, 14, 15, 9, 2], [6, 5], [1, 2, 3, 4, 5, 6, 7, 8, 9], [11]]
+    seqs = {backend: [Sequence(i, p) for i, p in enumerate(prompts)] for backend in (batched, alone)}
+
+    def extend(new_tokens: list[list[int]]) -> None:
+        for backend_seqs in seqs.values():
+            for seq, tokens in zip(backend_seqs, new_tokens):
+                seq.tokens += tokens
+
+    def check(num_logits: list[int]) -> None:
+        together = batched.forward(seqs[batched], num_logits)
+        for seq, n, rows in zip(seqs[alone], num_logits, together):
+            expected = alone.forward([seq], [n])[0]
+            assert rows.shape == expected.shape and torch.allclose(rows, expected, atol=1e-4)
+            assert torch.equal(rows.argmax(-1), expected.argmax(-1))
+
+    check([1, 1, 2, 1])  # prefills of different lengths
+    for step in range(4):  # windows of 1-3 tokens, as PEARL's verifications send them
+        extend([[7 + step] * (1 + i % 3) for i in range(4)])
+        check([1 + i % 3 for i in range(4)])
+    for backend, backend_seqs in seqs.items():  # sequence 2's last two tokens are rejected, a correction follows
+        rejected = backend_seqs[2]
+        backend.truncate(rejected, len(rejected.tokens) - 2)
+        rejected.tokens = rejected.tokens[:-2] + [5]
+    extend([[3], [3], [], [3]])
+    check([1, 1, 1, 1])
+    assert [batched.cache_length(s) for s in seqs[batched]] == [len(s.tokens) for s in seqs[batched]]

@@ -1,4 +1,8 @@
-"""The torch backend: a transformers causal LM on CPU or CUDA, one ``DynamicCache`` per sequence."""
+"""The torch backend: a transformers causal LM on CPU or CUDA, one ``DynamicCache`` per sequence.
+
+Each sequence owns its cache (its length and rollback are its own). Several sequences go through the model
+in one batched forward (``forward`` with more than one): a ragged batch, see ``_forward_batch``.
+"""
 from __future__ import annotations
 
 from pathlib import Path
@@ -42,16 +46,69 @@ class TorchBackend:
 
     @torch.inference_mode()
     def forward(self, seqs: list[Sequence], num_logits: list[int]) -> list[torch.Tensor]:
-        return [self._forward_one(seq, n) for seq, n in zip(seqs, num_logits)]
+        """Feed each sequence its uncached tokens; return its last ``num_logits`` logits rows."""
+        for seq, n in zip(seqs, num_logits, strict=True):
+            if not 1 <= n <= seq.num_uncached:
+                raise ValueError(f"asked for {n} logits rows but {seq.num_uncached} tokens are uncached")
+        if len(seqs) == 1:
+            return [self._forward_one(seqs[0], num_logits[0])]
+        return self._forward_batch(seqs, num_logits)
 
     def _forward_one(self, seq: Sequence, num_logits: int) -> torch.Tensor:
-        if not 1 <= num_logits <= seq.num_uncached:
-            raise ValueError(f"asked for {num_logits} logits rows but {seq.num_uncached} tokens are uncached")
         cache = self._caches.setdefault(seq.request_id, DynamicCache())
         ids = torch.tensor([seq.tokens[seq.num_cached:]], device=self.device)
         out = self.model(input_ids=ids, past_key_values=cache, use_cache=True, logits_to_keep=num_logits)
         seq.num_cached = len(seq.tokens)
         return out.logits[0].float()
+
+    def _forward_batch(self, seqs: list[Sequence], num_logits: list[int]) -> list[torch.Tensor]:
+        """One forward for sequences of different cached and new lengths. Row i holds sequence i's cache
+        left-padded with zeros to the longest cache (P), then its new tokens right-padded to the most new
+        tokens (N): a 2D attention mask hides every pad key, position ids give each token its true position,
+        and no query row is left with nothing to attend to (a pad query after real tokens sees them), so no
+        NaN reaches a real row. Each sequence's own cache then takes back exactly its real rows."""
+        past = [seq.num_cached for seq in seqs]
+        new = [seq.tokens[seq.num_cached:] for seq in seqs]
+        batch, longest_past, most_new = len(seqs), max(past), max(map(len, new))
+        ids = torch.zeros(batch, most_new, dtype=torch.long, device=self.device)
+        mask = torch.zeros(batch, longest_past + most_new, dtype=torch.long, device=self.device)
+        positions = torch.zeros(batch, most_new, dtype=torch.long, device=self.device)
+        for i, (cached, tokens) in enumerate(zip(past, new)):
+            ids[i, :len(tokens)] = torch.tensor(tokens, device=self.device)
+            mask[i, longest_past - cached:longest_past + len(tokens)] = 1
+            positions[i] = torch.arange(cached, cached + most_new, device=self.device)
+        cache = self._padded_cache(seqs, past, longest_past)
+        out = self.model(input_ids=ids, attention_mask=mask, position_ids=positions, past_key_values=cache,
+                         use_cache=True)
+        logits = []
+        for i, (seq, cached, tokens, n) in enumerate(zip(seqs, past, new, num_logits)):
+            real = [slice(longest_past - cached, longest_past), slice(longest_past, longest_past + len(tokens))]
+            own = DynamicCache()
+            for index, layer in enumerate(cache.layers):
+                own.update(torch.cat([layer.keys[i:i + 1, :, rows] for rows in real], dim=2),
+                           torch.cat([layer.values[i:i + 1, :, rows] for rows in real], dim=2), index)
+            self._caches[seq.request_id] = own
+            seq.num_cached = len(seq.tokens)
+            logits.append(out.logits[i, len(tokens) - n:len(tokens)].float())
+        return logits
+
+    def _padded_cache(self, seqs: list[Sequence], past: list[int], longest_past: int) -> DynamicCache:
+        """The batch's cache: each sequence's keys and values right-aligned in zeros of the longest length."""
+        cache = DynamicCache()
+        caches = [self._caches.get(seq.request_id) for seq in seqs]
+        shaped = next((c for c, n in zip(caches, past) if n), None)
+        if shaped is None:
+            return cache  # all prefill: the model fills it
+        for index, layer in enumerate(shaped.layers):
+            _, heads, _, dim = layer.keys.shape
+            keys = layer.keys.new_zeros(len(seqs), heads, longest_past, dim)
+            values = layer.values.new_zeros(len(seqs), heads, longest_past, dim)
+            for i, (own, cached) in enumerate(zip(caches, past)):
+                if cached:
+                    keys[i, :, longest_past - cached:] = own.layers[index].keys[0, :, :cached]
+                    values[i, :, longest_past - cached:] = own.layers[index].values[0, :, :cached]
+            cache.update(keys, values, index)
+        return cache
 
     def truncate(self, seq: Sequence, length: int) -> None:
         cache = self._caches.get(seq.request_id)

@@ -12,7 +12,7 @@ import pytest
 
 from conftest import SMOLLM2_DRAFT_LAYERS
 from pearl.engine import Engine, VocabularyMismatch
-from pearl.engine_files import read_engine_json
+from pearl.engine_files import gamma_table, read_engine_json
 from pearl.params import SamplingParams
 from pearl_build.config import PairConfig, parse_pair
 from pearl_build.pipeline import build_pair
@@ -47,7 +47,7 @@ def folders(tmp_path_factory) -> dict[str, Path]:
 @pytest.fixture(scope="module")
 def built(folders, tmp_path_factory) -> Path:
     engines = tmp_path_factory.mktemp("engines")
-    return build_pair(tiny_pair(folders["draft"], folders["target"]), engines,
+    return build_pair(tiny_pair(folders["draft"], folders["target"], max_batch_size=3), engines,
                       engines / "cache")
 
 
@@ -76,11 +76,19 @@ def test_pair_json_has_shared_vocab_and_profile(built):
     assert len(profile["target_verify_s"]) == 4 and all(t > 0 for t in profile["target_verify_s"])
     assert profile["draft_step_s"] > 0 and profile["speed_ratio"] > 0
     assert 1 <= profile["recommended_gamma"] <= 4
+    table = profile["by_batch_size"]  # max_batch_size 3: powers of two up to it, and it
+    assert list(table) == ["1", "2", "3"] and table["1"]["recommended_gamma"] == profile["recommended_gamma"]
+    for row in table.values():
+        assert len(row["target_verify_s"]) == 4 and all(t > 0 for t in row["target_verify_s"])
+        assert row["draft_step_s"] > 0 and 1 <= row["recommended_gamma"] <= 4
+    assert gamma_table(built) == {int(size): row["recommended_gamma"] for size, row in table.items()}
 
 
 def test_engine_dir_runs_lossless_with_the_profiled_gamma(built):
     with Engine.from_engine_dir(built) as engine:
         assert engine.auto_gamma() == read_engine_json(built)["profile"]["recommended_gamma"]
+        gammas = gamma_table(built)
+        assert [engine.auto_gamma(size) for size in (2, 3, 16)] == [gammas[2], gammas[3], gammas[3]]
         assert engine.max_seq_len == 256
         prompt = engine.tokenizer("w1 w2 w3 w4").input_ids
         sampling = SamplingParams(max_tokens=24, ignore_eos=True)
@@ -93,7 +101,7 @@ def test_engine_dir_runs_lossless_with_the_profiled_gamma(built):
 
 def test_rebuild_with_unchanged_sources_is_a_noop(built, folders):
     before = {p: p.stat().st_mtime_ns for p in built.rglob("*") if p.is_file()}
-    build_pair(tiny_pair(folders["draft"], folders["target"]), built.parent, built.parent / "cache")
+    build_pair(tiny_pair(folders["draft"], folders["target"], max_batch_size=3), built.parent, built.parent / "cache")
     assert {p: p.stat().st_mtime_ns for p in built.rglob("*") if p.is_file()} == before
 
 

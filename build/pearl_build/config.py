@@ -4,7 +4,7 @@
     dtype: float32            # float32 | bfloat16 | float16
     max_seq_len: 4096         # prompt + output tokens an engine accepts
     max_draft_len: 8          # longest draft window the target verifies (gamma's upper bound)
-    max_batch_size: 8         # tensorrt_llm only: sequences per engine step
+    max_batch_size: 8         # sequences served together: tensorrt_llm's engine limit; the profile's gamma table
     threads_per_rank: 1       # torch threads in each MPI rank
     draft:
       source: {...}           # see sources.py: a local path, a hub id, or pinned PyPI wheels

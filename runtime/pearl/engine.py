@@ -19,7 +19,7 @@ from typing import Iterator
 
 from pearl.backends import check_model_path
 from pearl.backends.loading import load_tokenizer
-from pearl.engine_files import load_pair
+from pearl.engine_files import gamma_table, load_pair
 from pearl.dist.config import WorldConfig
 from pearl.dist.protocol import DRAFT_RANK, TARGET_RANK
 from pearl.dist.world import World
@@ -66,7 +66,8 @@ def shared_vocab_size(target_tokenizer, draft_logits: int, target_logits: int) -
 class Engine:
     """``recommended_gamma``: what ``gamma="auto"`` means; None measures the speed ratio at first use."""
 
-    def __init__(self, config: WorldConfig, recommended_gamma: int | None = None) -> None:
+    def __init__(self, config: WorldConfig, recommended_gamma: int | None = None,
+                 gamma_by_batch_size: dict[int, int] | None = None) -> None:
         for spec in (config.draft, config.target):
             check_model_path(spec)  # a missing path fails here, before any process starts
         self.config = config
@@ -87,6 +88,7 @@ class Engine:
         self._lock = threading.Lock()
         self._ids = itertools.count(1)
         self._auto_gamma = recommended_gamma
+        self._gamma_by_batch_size = dict(gamma_by_batch_size or {})
 
     @classmethod
     def from_engine_dir(cls, folder: str | Path, threads_per_rank: int | None = None) -> "Engine":
@@ -95,7 +97,7 @@ class Engine:
         config, gamma = load_pair(folder)
         if threads_per_rank is not None:
             config = replace(config, threads_per_rank=threads_per_rank)
-        return cls(config, recommended_gamma=gamma)
+        return cls(config, recommended_gamma=gamma, gamma_by_batch_size=gamma_table(folder))
 
     def __enter__(self) -> "Engine":
         return self
@@ -106,9 +108,13 @@ class Engine:
     def close(self) -> None:
         self.world.close()
 
-    def auto_gamma(self) -> int:
-        """PEARL's gamma: from the engine directory's profile, else the target/draft decode time ratio
-        measured once on the ranks (a verify then counts as costing one decode step)."""
+    def auto_gamma(self, batch_size: int = 1) -> int:
+        """PEARL's gamma: from the engine directory's profile (its table's largest batch size not above
+        ``batch_size``), else the target/draft decode time ratio measured once on the ranks (a verify then
+        counts as costing one decode step)."""
+        profiled = [size for size in self._gamma_by_batch_size if size <= batch_size]
+        if profiled:
+            return self._gamma_by_batch_size[max(profiled)]
         if self._auto_gamma is None:
             with self._lock:
                 seconds = self.world.profile({"draft": 1, "target": 1})

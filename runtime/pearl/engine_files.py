@@ -84,3 +84,11 @@ def load_pair(folder: str | Path, check_files: bool = True):
     config = WorldConfig(draft=specs["draft"], target=specs["target"],
                          threads_per_rank=int(pair.get("threads_per_rank", 1)))
     return config, profile.get("recommended_gamma")
+
+
+def gamma_table(folder: str | Path) -> dict[int, int]:
+    """The profiled gamma per batch size ({} when the pair was not profiled; {1: gamma} for a profile from
+    before the table existed)."""
+    profile = (read_engine_json(folder) or {}).get("profile") or {}
+    rows = profile.get("by_batch_size") or ({"1": profile} if "recommended_gamma" in profile else {})
+    return {int(size): int(row["recommended_gamma"]) for size, row in rows.items()}

@@ -7,28 +7,35 @@ import time
 from pearl.backends.base import ModelBackend
 from pearl.sequence import Sequence
 
-PROFILE_REQUEST_ID = -1  # never a real request's id
+PROFILE_REQUEST_ID = -1  # and below: never a real request's id
 
 
-def forward_seconds(backend: ModelBackend, max_tokens: int, steps: int = 5, prompt_len: int = 32) -> list[float]:
-    """Median seconds of a forward that feeds k new tokens after a short prefill, for k = 1..max_tokens.
+def forward_seconds(backend: ModelBackend, max_tokens: int, steps: int = 5, prompt_len: int = 32,
+                    batch_size: int = 1) -> list[float]:
+    """Median seconds of a forward that feeds k new tokens to each of ``batch_size`` sequences after a short
+    prefill, for k = 1..max_tokens.
 
-    k = 1 is a decode step; k > 1 is the target verifying a window of k tokens (k rows of logits).
+    k = 1 is a decode step; k > 1 is the target verifying a window of k tokens (k rows of logits). With
+    several sequences it is one batched forward over all of them, as a batched round would run it.
     """
-    seq = Sequence(PROFILE_REQUEST_ID, [i % backend.vocab_size for i in range(1, prompt_len + 1)])
-    backend.forward([seq], [1])
+    seqs = [Sequence(PROFILE_REQUEST_ID - i, [(i + j) % backend.vocab_size for j in range(1, prompt_len + 1)])
+            for i in range(batch_size)]
+    backend.forward(seqs, [1] * batch_size)
     seconds = []
     for k in range(1, max_tokens + 1):
         times = []
         for step in range(steps + 1):  # the first call warms up and is not counted
-            seq.tokens.extend((step + j) % backend.vocab_size for j in range(k))
+            for seq in seqs:
+                seq.tokens.extend((step + j) % backend.vocab_size for j in range(k))
             start = time.perf_counter()
-            backend.forward([seq], [k])
+            backend.forward(seqs, [k] * batch_size)
             times.append(time.perf_counter() - start)
-            seq.tokens[prompt_len:] = []
-            backend.truncate(seq, prompt_len)
+            for seq in seqs:
+                seq.tokens[prompt_len:] = []
+                backend.truncate(seq, prompt_len)
         seconds.append(statistics.median(times[1:]))
-    backend.release(seq)
+    for seq in seqs:
+        backend.release(seq)
     return seconds
 
 

@@ -14,7 +14,7 @@ Driver -> each worker
   CONTROL      int64    [OP_GENERATE, request_id, mode, gamma, max_tokens, top_k, seed, ignore_eos,
                          n_prompt, n_stops, prompt ids..., stop lengths..., stop ids...]
                         [OP_START, shared vocab size]  (once, after every worker is READY)
-                        [OP_PROFILE, steps, max_tokens]   [OP_SHUTDOWN]
+                        [OP_PROFILE, steps, max_tokens, batch_size]   [OP_SHUTDOWN]
   SAMPLING     float64  [temperature, top_p]            (right after an OP_GENERATE CONTROL)
   CANCEL       int64    [request_id]  (target only, any time; it ends that request after the current round
                         with finish_reason CANCELLED; a CANCEL for a request no longer served is dropped)

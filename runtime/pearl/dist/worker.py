@@ -66,7 +66,8 @@ class Worker:
             if op == OP_START:
                 self.vocab_size = int(control[1])
             elif op == OP_PROFILE:
-                seconds = forward_seconds(self.backend, max_tokens=int(control[2]), steps=int(control[1]))
+                seconds = forward_seconds(self.backend, max_tokens=int(control[2]), steps=int(control[1]),
+                                          batch_size=int(control[3]))
                 self.driver.send(np.array(seconds), DRIVER_RANK, PROFILE)
             elif op == OP_GENERATE:
                 sampling = self.driver.recv_from(DRIVER_RANK, SAMPLING)

@@ -99,13 +99,15 @@ class World:
         for rank in WORKER_RANKS:
             self.endpoint.send(np.array(values, dtype=np.int64), rank, CONTROL)
 
-    def profile(self, max_tokens: dict[str, int], steps: int = 5) -> dict[str, list[float]]:
-        """Per model: seconds of a forward over k new tokens, k = 1..max_tokens[role], measured on its own
-        rank, one rank at a time (so neither disturbs the other's timing)."""
+    def profile(self, max_tokens: dict[str, int], steps: int = 5, batch_size: int = 1) -> dict[str, list[float]]:
+        """Per model: seconds of a forward over k new tokens for each of ``batch_size`` sequences,
+        k = 1..max_tokens[role], measured on its own rank, one rank at a time (so neither disturbs the
+        other's timing)."""
         seconds = {}
         for rank in WORKER_RANKS:
             role = ROLE_NAMES[rank]
-            self.endpoint.send(np.array([OP_PROFILE, steps, max_tokens[role]], dtype=np.int64), rank, CONTROL)
+            self.endpoint.send(np.array([OP_PROFILE, steps, max_tokens[role], batch_size], dtype=np.int64), rank,
+                               CONTROL)
             seconds[role] = self.endpoint.recv_from(rank, PROFILE).tolist()
         return seconds
 

@@ -57,6 +57,20 @@ def test_a_damaged_engine_fails_the_load_with_the_reason(tiny_engines, tmp_path)
     assert server.process.poll() is not None  # stopped again
 
 
+def test_an_engine_file_changed_in_place_fails_the_load_by_its_hash(tiny_engines, tmp_path):
+    engines = tmp_path / "engines"
+    shutil.copytree(tiny_engines, engines)
+    weights = engines / "target" / "model.safetensors"
+    data = bytearray(weights.read_bytes())
+    data[-64:] = bytes(64)  # same size, other weights: only the sha256 can tell
+    weights.write_bytes(bytes(data))
+    server = start(engines, tmp_path)
+    with pytest.raises(ServerError) as error:
+        server.start(timeout=300)
+    assert "model.safetensors does not have the sha256 the build recorded" in str(error.value)
+    assert "FORCE=1" in str(error.value)
+
+
 def test_mismatched_tokenizers_fail_the_load(tiny_engines, tmp_path):
     engines = tmp_path / "engines"
     shutil.copytree(tiny_engines, engines)

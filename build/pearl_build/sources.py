@@ -24,8 +24,8 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-CHUNK = 1 << 22
-PROGRESS_MIN_BYTES = 1 << 28  # smaller files hash in a blink: no bar
+from pearl.engine_files import CHUNK, sha256_file
+
 
 
 class SourceError(RuntimeError):
@@ -91,17 +91,6 @@ class Resolved:
 
     path: Path
     fingerprint: dict
-
-
-def sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    size = path.stat().st_size
-    with open(path, "rb") as f, tqdm(total=size, unit="B", unit_scale=True, leave=False, desc=f"sha256 {path.name}",
-                                      disable=size < PROGRESS_MIN_BYTES) as bar:
-        while chunk := f.read(CHUNK):
-            digest.update(chunk)
-            bar.update(len(chunk))
-    return digest.hexdigest()
 
 
 def check_file(path: Path, sha256: str, size: int | None) -> None:

@@ -91,10 +91,12 @@ class Engine:
         self._gamma_by_batch_size = dict(gamma_by_batch_size or {})
 
     @classmethod
-    def from_engine_dir(cls, folder: str | Path, threads_per_rank: int | None = None) -> "Engine":
+    def from_engine_dir(cls, folder: str | Path, threads_per_rank: int | None = None,
+                        check_hashes: bool = False) -> "Engine":
         """An engine over a pair built by ``make engines``; its measured gamma is ``gamma="auto"``.
-        ``threads_per_rank`` overrides the pair's setting (the gamma was profiled with the pair's)."""
-        config, gamma = load_pair(folder)
+        ``threads_per_rank`` overrides the pair's setting (the gamma was profiled with the pair's);
+        ``check_hashes`` verifies every engine file's sha256 against the build's manifest first."""
+        config, gamma = load_pair(folder, check_hashes=check_hashes)
         if threads_per_rank is not None:
             config = replace(config, threads_per_rank=threads_per_rank)
         return cls(config, recommended_gamma=gamma, gamma_by_batch_size=gamma_table(folder))

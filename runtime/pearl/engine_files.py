@@ -11,11 +11,27 @@ A model folder's engine.json is written last, so its presence means the folder i
 """
 from __future__ import annotations
 
+import hashlib
 import json
 from pathlib import Path
 
+from tqdm import tqdm
+
 ENGINE_JSON = "engine.json"
 ROLES = ("draft", "target")
+CHUNK = 1 << 22
+PROGRESS_MIN_BYTES = 1 << 28  # smaller files hash in a blink: no bar
+
+
+def sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    size = path.stat().st_size
+    with open(path, "rb") as f, tqdm(total=size, unit="B", unit_scale=True, leave=False, desc=f"sha256 {path.name}",
+                                      disable=size < PROGRESS_MIN_BYTES) as bar:
+        while chunk := f.read(CHUNK):
+            digest.update(chunk)
+            bar.update(len(chunk))
+    return digest.hexdigest()
 
 
 class EngineDirError(ValueError):
@@ -46,10 +62,11 @@ def model_device(info: dict) -> str:
     return "cpu" if devices == ["cpu"] else f"cuda:{devices[0]}"
 
 
-def pair_models(folder: str | Path, check_files: bool = True) -> dict[str, tuple[Path, dict]]:
+def pair_models(folder: str | Path, check_files: bool = True,
+                check_hashes: bool = False) -> dict[str, tuple[Path, dict]]:
     """Each role's (model folder, engine.json) in a pair's engine directory; ``check_files``: every file the
-    model's manifest lists is present at its recorded size (a cheap integrity check; the manifest has
-    sha256s too)."""
+    model's manifest lists is present at its recorded size (cheap); ``check_hashes``: and has its recorded
+    sha256 (reads every byte: a damaged file of the right size is caught too)."""
     folder = Path(folder)
     pair = read_engine_json(folder)
     if pair is None or "models" not in pair:
@@ -68,17 +85,20 @@ def pair_models(folder: str | Path, check_files: bool = True) -> dict[str, tuple
             if path.stat().st_size != entry["bytes"]:
                 raise EngineDirError(f"{path} has {path.stat().st_size} bytes, the build wrote {entry['bytes']}: "
                                      f"the engine is damaged or was changed")
+            if check_hashes and sha256_file(path) != entry["sha256"]:
+                raise EngineDirError(f"{path} does not have the sha256 the build recorded ({entry['sha256']}): "
+                                     f"the engine is damaged or was changed")
         models[role] = model_dir, info
     return models
 
 
-def load_pair(folder: str | Path, check_files: bool = True):
+def load_pair(folder: str | Path, check_files: bool = True, check_hashes: bool = False):
     """(WorldConfig, recommended gamma or None) for a pair's engine directory (checked by ``pair_models``)."""
     from pearl.backends.base import ModelSpec
     from pearl.dist.config import WorldConfig
 
     specs = {role: ModelSpec(str(model_dir), model_device(info), info["dtype"], backend=info["backend"])
-             for role, (model_dir, info) in pair_models(folder, check_files).items()}
+             for role, (model_dir, info) in pair_models(folder, check_files, check_hashes).items()}
     pair = read_engine_json(folder)
     profile = pair.get("profile") or {}
     config = WorldConfig(draft=specs["draft"], target=specs["target"],

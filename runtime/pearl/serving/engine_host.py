@@ -130,10 +130,11 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--engines", type=Path, required=True)
     parser.add_argument("--threads-per-rank", type=int)
+    parser.add_argument("--check-hashes", action="store_true", help="verify every engine file's sha256 first")
     args = parser.parse_args()
     protocol_in, protocol_out = take_protocol_streams()
     try:
-        engine = Engine.from_engine_dir(args.engines, args.threads_per_rank)
+        engine = Engine.from_engine_dir(args.engines, args.threads_per_rank, args.check_hashes)
         auto_gamma = engine.auto_gamma()
     except Exception as exc:
         protocol_out.write(json.dumps({"event": "start_failed", "message": str(exc)}) + "\n")

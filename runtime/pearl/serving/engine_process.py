@@ -58,7 +58,7 @@ class HostHandle:
 
 class EngineProcess:
     def __init__(self, engine_dir: str | Path, threads_per_rank: int | None = None,
-                 startup_timeout_s: float = 600.0) -> None:
+                 startup_timeout_s: float = 600.0, check_hashes: bool = False) -> None:
         self.engine_dir, self.threads_per_rank = Path(engine_dir), threads_per_rank
         self.startup_timeout_s = startup_timeout_s
         self._ids = itertools.count(1)
@@ -67,7 +67,8 @@ class EngineProcess:
         self.restarts = 0
         self._host_ready = threading.Event()
         self._start_error: str | None = None
-        self._host = self._start()  # a failure to start the first host is the caller's error
+        # a failure to start the first host is the caller's error; hashes are checked once, not at restarts
+        self._host = self._start(check_hashes)
         self._host_ready.set()
 
     # -- what GenerationService uses --------------------------------------------------------------------
@@ -157,10 +158,12 @@ class EngineProcess:
             time.sleep(0.05)  # the reader has seen the death and is about to start the replacement
 
     # -- the host's life --------------------------------------------------------------------------------
-    def _start(self) -> HostHandle:
+    def _start(self, check_hashes: bool = False) -> HostHandle:
         command = [sys.executable, "-m", "pearl.serving.engine_host", "--engines", str(self.engine_dir)]
         if self.threads_per_rank is not None:
             command += ["--threads-per-rank", str(self.threads_per_rank)]
+        if check_hashes:
+            command.append("--check-hashes")
         process = subprocess.Popen(command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
                                    start_new_session=True)
         line = read_line(process, self.startup_timeout_s)

@@ -24,6 +24,7 @@ DEFAULTS = {
     "threads_per_rank": "",  # empty: the engine directory's setting
     "max_queue_size": "64",  # requests waiting for the engine; more are refused (UNAVAILABLE)
     "request_timeout_s": "600",  # a request not finished this long after it arrived ends with an error (0: off)
+    "verify_engine_hashes": "true",  # the pearl model checks every engine file's sha256 at load (once, not at restarts)
 }
 
 

@@ -54,11 +54,12 @@ class TritonPythonModel:
         engine_dir = model_parameter(args, "engine_dir")
         threads = model_parameter(args, "threads_per_rank")  # empty: the engine directory's setting
         try:
-            engine = EngineProcess(engine_dir, int(threads) if threads.isdigit() else None)
+            engine = EngineProcess(engine_dir, int(threads) if threads.isdigit() else None,
+                                   check_hashes=model_parameter(args, "verify_engine_hashes") == "true")
         except Exception as exc:  # Triton marks the model UNAVAILABLE with this message as the reason
             raise pb_utils.TritonModelException(
                 f"cannot load the PEARL engines in {engine_dir}: {exc}. Fix: rebuild them with "
-                f"`make engines PAIR=<pair>` and restart the server") from None
+                f"`make engines PAIR=<pair> FORCE=1` and restart the server") from None
         self.metrics = Metrics()
         self.service = GenerationService(engine, on_finished=self.metrics.record,
                                          on_failed=self.metrics.record_failure,

@@ -38,7 +38,7 @@ from typing import IO
 
 from pearl.dist.world import ROLE_NAMES
 from pearl.engine import Engine
-from pearl.processes import parent_pid
+from pearl.processes import process_tree
 from pearl.params import SamplingParams
 
 
@@ -56,14 +56,9 @@ def take_protocol_streams() -> tuple[IO[str], IO[str]]:
 
 
 def process_manager_pids(rank_pids: list[int]) -> list[int]:
-    """MPICH's mpiexec (this host's child) and its proxy (the ranks' parent). The proxy and the ranks run in
+    """MPICH's mpiexec and its proxy: everything below this host but the ranks. The proxy and the ranks run in
     sessions of their own, so a signal to the host's process group misses them: the parent kills them by pid."""
-    children = []
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit() and parent_pid(int(entry.name)) == os.getpid():
-            children.append(int(entry.name))
-    proxies = {parent_pid(pid) for pid in rank_pids} - {None, os.getpid()}
-    return sorted(set(children) | proxies)
+    return sorted(process_tree(os.getpid()) - {os.getpid(), *rank_pids})
 
 
 def shared_memory_of(pids: list[int]) -> list[str]:

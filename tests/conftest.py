@@ -86,12 +86,14 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def start_engine(draft: Path, target: Path, draft_layers: int | None = None):
+def start_engine(draft: Path, target: Path, draft_layers: int | None = None, **world):
+    """An engine over two model folders; ``world``: more WorldConfig fields (max_batch_size...)."""
     from pearl.backends.base import ModelSpec
     from pearl.dist.config import WorldConfig
     from pearl.engine import Engine
 
-    return Engine(WorldConfig(draft=ModelSpec(str(draft), num_layers=draft_layers), target=ModelSpec(str(target))))
+    return Engine(WorldConfig(draft=ModelSpec(str(draft), num_layers=draft_layers), target=ModelSpec(str(target)),
+                              **world))
 
 
 @pytest.fixture(scope="module")

@@ -101,3 +101,10 @@ def test_a_ragged_batch_matches_each_sequence_alone(tiny, model):
     extend([[3], [3], [], [3]])
     check([1, 1, 1, 1])
     assert [batched.cache_length(s) for s in seqs[batched]] == [len(s.tokens) for s in seqs[batched]]
+
+
+def test_a_long_prefill_does_not_pad_the_decodes_of_its_batch(tiny):
+    backend = TorchBackend.load(ModelSpec(str(tiny["target"])))
+    assert backend._groups([200, 1, 3, 1]) == [[0], [2, 1, 3]]  # the prompt alone, the windows together
+    assert backend._groups([5, 1, 1, 1, 2]) == [[0, 4, 1, 2, 3]]  # windows of a few tokens share a forward
+    assert backend._groups([120, 100, 1]) == [[0, 1], [2]]  # prefills of similar length share one

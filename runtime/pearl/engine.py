@@ -6,7 +6,9 @@
             ...
         stream.stats              # RequestStats once the stream is exhausted
 
-One request is served at a time (requests from several threads queue on a lock).
+Requests from many threads run at once: the ranks batch them (continuous batching, up to the world's
+``max_batch_size``; more wait on the target rank for a free slot). Each request's output is the same as if it
+ran alone.
 """
 from __future__ import annotations
 
@@ -85,7 +87,7 @@ class Engine:
         self.eos_token_ids = target.eos_token_ids
         self.max_seq_len = min(draft.max_seq_len, target.max_seq_len)
         self.world.begin(self.vocab_size)
-        self._lock = threading.Lock()
+        self._profile_lock = threading.Lock()
         self._ids = itertools.count(1)
         self._auto_gamma = recommended_gamma
         self._gamma_by_batch_size = dict(gamma_by_batch_size or {})
@@ -110,6 +112,10 @@ class Engine:
     def close(self) -> None:
         self.world.close()
 
+    @property
+    def max_batch_size(self) -> int:
+        return self.config.max_batch_size
+
     def auto_gamma(self, batch_size: int = 1) -> int:
         """PEARL's gamma: from the engine directory's profile (its table's largest batch size not above
         ``batch_size``), else the target/draft decode time ratio measured once on the ranks (a verify then
@@ -117,38 +123,35 @@ class Engine:
         profiled = [size for size in self._gamma_by_batch_size if size <= batch_size]
         if profiled:
             return self._gamma_by_batch_size[max(profiled)]
-        if self._auto_gamma is None:
-            with self._lock:
+        with self._profile_lock:
+            if self._auto_gamma is None:
                 seconds = self.world.profile({"draft": 1, "target": 1})
-            draft_step, target_step = seconds["draft"][0], seconds["target"][0]
-            self._auto_gamma = recommended_gamma(draft_step, [target_step] * MAX_AUTO_GAMMA)
+                draft_step, target_step = seconds["draft"][0], seconds["target"][0]
+                self._auto_gamma = recommended_gamma(draft_step, [target_step] * MAX_AUTO_GAMMA)
         return self._auto_gamma
 
     def generate(self, prompt_ids: list[int], sampling: SamplingParams = SamplingParams(),
                  mode: Mode | str = Mode.PEARL, gamma: int | str = 4) -> GenerationStream:
+        """Stream one request; ``gamma="auto"`` takes the profiled gamma for the batch it is likely to join
+        (the requests in flight and this one, up to max_batch_size)."""
         mode = Mode.parse(mode) if isinstance(mode, str) else mode
-        gamma = self.auto_gamma() if gamma == "auto" else int(gamma)
+        if gamma == "auto":
+            gamma = self.auto_gamma(min(self.world.in_flight + 1, self.max_batch_size))
+        gamma = int(gamma)
         request = GenerationRequest(next(self._ids), tuple(int(t) for t in prompt_ids), sampling, mode, gamma)
         check_fits(request, self.vocab_size, self.max_seq_len)
         return GenerationStream(lambda stream: self._serve(request, stream),
                                 cancel=lambda: self.world.cancel(request.request_id))
 
     def _serve(self, request: GenerationRequest, stream: GenerationStream) -> Iterator[list[int]]:
-        with self._lock:
-            start = time.perf_counter()
-            self.world.submit(request)
-            results = self.world.results(request.request_id)
-            try:
-                for item in results:
-                    if isinstance(item, tuple):
-                        tokens, reason = item
-                        if reason:
-                            stream.finish_reason = FinishReason(reason).label
-                        if tokens:
-                            yield tokens
-                    else:
-                        stream.stats = RequestStats.from_message(item, request.mode.name.lower(),
-                                                                 request.gamma, time.perf_counter() - start)
-            finally:
-                for _ in results:  # a consumer that stopped early: let the request finish on the ranks
-                    pass
+        start = time.perf_counter()
+        for item in self.world.submit(request):
+            if isinstance(item, tuple):
+                tokens, reason = item
+                if reason:
+                    stream.finish_reason = FinishReason(reason).label
+                if tokens:
+                    yield tokens
+            else:
+                stream.stats = RequestStats.from_message(item, request.mode.name.lower(), request.gamma,
+                                                         time.perf_counter() - start)

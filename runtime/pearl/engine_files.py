@@ -102,7 +102,8 @@ def load_pair(folder: str | Path, check_files: bool = True, check_hashes: bool =
     pair = read_engine_json(folder)
     profile = pair.get("profile") or {}
     config = WorldConfig(draft=specs["draft"], target=specs["target"],
-                         threads_per_rank=int(pair.get("threads_per_rank", 1)))
+                         threads_per_rank=int(pair.get("threads_per_rank", 1)),
+                         max_batch_size=int(pair.get("config", {}).get("max_batch_size", 1)))
     return config, profile.get("recommended_gamma")
 
 

@@ -20,6 +20,7 @@ class RequestStats:
     accepted_draft_tokens: int
     accepted_runs: int
     rounds: int
+    batched_sequences: int
     target_forward_s: float
     target_wait_s: float
     target_busy_s: float
@@ -45,6 +46,11 @@ class RequestStats:
         return self.accepted_draft_tokens / self.accepted_runs if self.accepted_runs else 0.0
 
     @property
+    def mean_batch_size(self) -> float:
+        """Sequences per round of this request (1: it ran alone)."""
+        return self.batched_sequences / self.rounds if self.rounds else 0.0
+
+    @property
     def acceptance_rate(self) -> float:
         return self.accepted_draft_tokens / self.draft_tokens if self.draft_tokens else 0.0
 
@@ -56,5 +62,5 @@ class RequestStats:
 
     def to_dict(self) -> dict:
         derived = ("tokens_per_s", "tokens_per_target_forward", "mean_accepted_length", "acceptance_rate",
-                   "round_overhead")
+                   "round_overhead", "mean_batch_size")
         return {**asdict(self), **{name: getattr(self, name) for name in derived}}

@@ -1,7 +1,8 @@
 """The torch backend: a transformers causal LM on CPU or CUDA, one ``DynamicCache`` per sequence.
 
 Each sequence owns its cache (its length and rollback are its own). Several sequences go through the model
-in one batched forward (``forward`` with more than one): a ragged batch, see ``_forward_batch``.
+in one batched forward (``forward`` with more than one): a ragged batch, see ``_forward_batch``; a long
+prefill goes on its own rather than padding every decode of the batch to its length (``_groups``).
 """
 from __future__ import annotations
 
@@ -27,6 +28,8 @@ def eos_token_ids(model) -> tuple[int, ...]:
 
 
 class TorchBackend:
+    PAD_BUDGET_TOKENS = 64
+
     def __init__(self, model: torch.nn.Module) -> None:
         self.model = model
         self.device = next(model.parameters()).device
@@ -50,9 +53,32 @@ class TorchBackend:
         for seq, n in zip(seqs, num_logits, strict=True):
             if not 1 <= n <= seq.num_uncached:
                 raise ValueError(f"asked for {n} logits rows but {seq.num_uncached} tokens are uncached")
-        if len(seqs) == 1:
-            return [self._forward_one(seqs[0], num_logits[0])]
-        return self._forward_batch(seqs, num_logits)
+        logits: list[torch.Tensor | None] = [None] * len(seqs)
+        for group in self._groups([seq.num_uncached for seq in seqs]):
+            if len(group) == 1:
+                rows = [self._forward_one(seqs[group[0]], num_logits[group[0]])]
+            else:
+                rows = self._forward_batch([seqs[i] for i in group], [num_logits[i] for i in group])
+            for i, row in zip(group, rows):
+                logits[i] = row
+        return logits
+
+    def _groups(self, new_tokens: list[int]) -> list[list[int]]:
+        """Indices of the sequences that go through the model together. New tokens are right-padded to the
+        group's most, so a long prefill would make every decode in its batch that long: a sequence joins
+        the group only while the padding stays within ``PAD_BUDGET_TOKENS`` (a decode step costs about a
+        weight load, the padding little until it is that many tokens)."""
+        groups: list[list[int]] = []
+        longest = 0
+        for i in sorted(range(len(new_tokens)), key=lambda i: -new_tokens[i]):
+            group = groups[-1] if groups else None
+            if group is not None and longest * (len(group) + 1) - sum(new_tokens[j] for j in [*group, i]) \
+                    <= self.PAD_BUDGET_TOKENS:
+                group.append(i)
+            else:
+                groups.append([i])
+                longest = new_tokens[i]
+        return groups
 
     def _forward_one(self, seq: Sequence, num_logits: int) -> torch.Tensor:
         cache = self._caches.setdefault(seq.request_id, DynamicCache())

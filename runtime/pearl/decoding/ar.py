@@ -1,10 +1,21 @@
 """Autoregressive decoding: the target alone, one token per forward. The reference output."""
 from __future__ import annotations
 
+import torch
+
 from pearl.decoding.target import TargetState
 from pearl.sampling import Verdict, choose
 
 
-def ar_step(state: TargetState, link) -> tuple[Verdict, int]:
-    (token,), _ = choose(state.forward(1), state.params, state.generator)
-    return Verdict(0, token), 0
+class ArStep:
+    uses_draft = False
+
+    def rows_before_draft(self, state: TargetState) -> int:
+        return 1
+
+    def rows_after_draft(self, state: TargetState) -> int:
+        return 0
+
+    def decide(self, state: TargetState, logits: torch.Tensor) -> tuple[Verdict, int]:
+        (token,), _ = choose(logits, state.params, state.generator)
+        return Verdict(0, token), 0

@@ -1,13 +1,12 @@
-"""What each rank holds while serving one request, and the links the decoders talk through.
+"""What each rank holds per sequence while serving it, and the one batched forward every decoder goes through.
 
-Decoders never touch MPI: they call a ``DraftLink`` or ``TargetLink`` (implemented in ``pearl.dist``), so
-the same decoding code can run over any transport.
+Decoders never touch MPI: the target's round receives the draft's windows through a callable (implemented
+over MPI in ``pearl.dist``), so the same decoding code can run over any transport.
 """
 from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
-from typing import Protocol
 
 import torch
 
@@ -17,16 +16,14 @@ from pearl.sampling import Verdict, make_generator
 from pearl.sequence import Sequence
 
 
-class DraftLink(Protocol):
-    def send_draft(self, tokens: list[int], probs: torch.Tensor | None, forwards: int) -> None: ...
-    def recv_verdict(self) -> tuple[Verdict, bool]: ...
+@dataclass
+class Draft:
+    """One sequence's draft window of a round: its tokens, the rows they were sampled from (None when
+    greedy), and the draft's forward count for the sequence so far (for the statistics)."""
 
-
-class TargetLink(Protocol):
-    def recv_draft(self) -> tuple[list[int], torch.Tensor | None, int]: ...
-    def send_verdict(self, verdict: Verdict, finished: bool) -> None: ...
-    def emit(self, tokens: list[int], finish_reason: int) -> None: ...
-    def cancelled(self) -> bool: ...
+    tokens: list[int]
+    probs: torch.Tensor | None
+    forwards: int
 
 
 @dataclass
@@ -39,24 +36,20 @@ class RankState:
     stream: int  # sampling.TARGET_STREAM or DRAFT_STREAM
     seq: Sequence = field(init=False)
     generator: torch.Generator = field(init=False)
-    forwards: int = 0
-    forward_s: float = 0.0
+    forwards: int = 0  # batched forwards this sequence took part in
+    forward_s: float = 0.0  # their wall time (a sequence waits for the whole batch)
 
     def __post_init__(self) -> None:
         self.seq = Sequence(self.request.request_id, list(self.request.prompt_ids))
         self.generator = make_generator(self.request.sampling.seed, self.stream, self.backend.device)
 
     @property
+    def request_id(self) -> int:
+        return self.request.request_id
+
+    @property
     def params(self):
         return self.request.sampling
-
-    def forward(self, num_logits: int) -> torch.Tensor:
-        """Run the model over the uncached tokens; logits for the last ``num_logits`` positions."""
-        start = time.perf_counter()
-        logits = self.backend.forward([self.seq], [num_logits])[0][:, :self.vocab_size]
-        self.forward_s += time.perf_counter() - start
-        self.forwards += 1
-        return logits
 
     def apply(self, verdict: Verdict) -> None:
         """Apply a verdict to the sequence and roll the KV cache back to what is still valid."""
@@ -71,3 +64,17 @@ class RankState:
 
     def release(self) -> None:
         self.backend.release(self.seq)
+
+
+def forward_batch(states: list[RankState], num_logits: list[int]) -> list[torch.Tensor]:
+    """ONE backend forward over every state's uncached tokens; each gets logits for its last
+    ``num_logits`` positions, cut to the shared vocabulary."""
+    if not states:
+        return []
+    start = time.perf_counter()
+    logits = states[0].backend.forward([s.seq for s in states], num_logits)
+    elapsed = time.perf_counter() - start
+    for state in states:
+        state.forwards += 1
+        state.forward_s += elapsed
+    return [rows[:, :state.vocab_size] for rows, state in zip(logits, states)]

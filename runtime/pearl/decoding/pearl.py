@@ -21,20 +21,28 @@ from pearl.sampling import Verdict, verify
 
 
 class PearlStep:
-    """The target's side of one PEARL round. Keeps the draft rows of the pending window for sampling."""
+    """The target's side of PEARL for one sequence. Keeps the draft rows of the pending window for sampling."""
+
+    uses_draft = True
 
     def __init__(self) -> None:
         self.pending_probs: torch.Tensor | None = None
+        self.checks: list[int] = []
 
-    def __call__(self, state: TargetState, link) -> tuple[Verdict, int]:
-        checks = state.seq.pending
-        logits = state.forward(len(checks) + 1)  # overlaps with the draft proposing its next window
-        tokens, probs = state.receive_draft(link)
-        checks = checks + tokens[:1]
-        q = None if probs is None else self._rows_for_checks(probs)
+    def rows_before_draft(self, state: TargetState) -> int:
+        self.checks = state.seq.pending  # taken before this round's window is appended
+        return len(self.checks) + 1  # overlaps with the draft proposing its next window
+
+    def rows_after_draft(self, state: TargetState) -> int:
+        return 0
+
+    def decide(self, state: TargetState, logits: torch.Tensor) -> tuple[Verdict, int]:
+        draft = state.draft
+        checks = self.checks + draft.tokens[:1]
+        q = None if draft.probs is None else self._rows_for_checks(draft.probs)
         verdict = verify(logits, checks, q, state.params, state.generator)
-        if probs is not None:
-            self.pending_probs = None if verdict.corrected else probs[1:]
+        if draft.probs is not None:
+            self.pending_probs = None if verdict.corrected else draft.probs[1:]
         return verdict, len(checks)
 
     def _rows_for_checks(self, probs: torch.Tensor) -> torch.Tensor:

@@ -5,11 +5,22 @@ a bonus row: all accepted means the bonus token is sampled from the last row.
 """
 from __future__ import annotations
 
+import torch
+
 from pearl.decoding.target import TargetState
 from pearl.sampling import Verdict, verify
 
 
-def sd_step(state: TargetState, link) -> tuple[Verdict, int]:
-    tokens, probs = state.receive_draft(link)  # the target idles while the draft drafts
-    logits = state.forward(len(tokens) + 1)
-    return verify(logits, tokens, probs, state.params, state.generator, bonus=True), len(tokens)
+class SdStep:
+    uses_draft = True
+
+    def rows_before_draft(self, state: TargetState) -> int:
+        return 0  # the target idles while the draft drafts
+
+    def rows_after_draft(self, state: TargetState) -> int:
+        return len(state.draft.tokens) + 1
+
+    def decide(self, state: TargetState, logits: torch.Tensor) -> tuple[Verdict, int]:
+        draft = state.draft
+        return (verify(logits, draft.tokens, draft.probs, state.params, state.generator, bonus=True),
+                len(draft.tokens))

@@ -1,28 +1,48 @@
-"""The target rank's loop, shared by all decoders: the target decides, so it owns the output.
+"""The target rank's round over every active sequence, shared by all decoders: the target decides, so it
+owns the output.
 
-Each decoder supplies one ``step`` (``ar``, ``sd``, ``pearl``) that runs the target's forward, receives the
-draft's tokens if it uses a draft, and returns the round's verdict. This loop then applies the verdict,
-tells the draft, scans the newly verified tokens for the end of the request and streams them out.
+Each sequence has a ``Step`` of its decoder (``ar``, ``sd``, ``pearl``) that says how many logits rows it needs
+from the forward BEFORE the draft windows arrive (PEARL: overlapped with the drafting; AR: no draft at
+all) or AFTER (SD), and turns those rows into the round's verdict. A round is at most two batched
+forwards: one over the sequences that verify early, one over those that verify late. Then each sequence
+applies its verdict, counts it and scans its newly verified tokens for the end of the request; what to
+send where is the scheduler's (``pearl.dist.target_rank``).
 """
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
-from typing import Callable
+from dataclasses import dataclass, field
+from typing import Callable, Protocol
 
 import numpy as np
 import torch
 
-from pearl.decoding.common import RankState, TargetLink
+from pearl.decoding.common import Draft, RankState, forward_batch
 from pearl.dist.protocol import STATS_FIELDS
 from pearl.sampling import Verdict
 from pearl.stopping import OutputTracker
 
 
+class Step(Protocol):
+    uses_draft: bool
+
+    def rows_before_draft(self, state: "TargetState") -> int: ...
+    def rows_after_draft(self, state: "TargetState") -> int: ...
+    def decide(self, state: "TargetState", logits: torch.Tensor) -> tuple[Verdict, int]:
+        """The round's verdict and how many draft tokens it checked."""
+
+
 @dataclass
 class TargetState(RankState):
-    """The target's view of a request, with the counters that become the request's statistics."""
+    """The target's view of a request: its decoder step, output tracker, this round's draft and verdict, and
+    the counters that become the request's statistics."""
 
+    step: Step | None = None
+    tracker: OutputTracker = field(init=False)
+    draft: Draft | None = None  # this round's window
+    verdict: Verdict | None = None  # this round's decision
+    new_tokens: list[int] = field(default_factory=list)  # output this round
+    started: float = field(default_factory=time.perf_counter)
     wait_s: float = 0.0
     draft_forwards: int = 0
     draft_tokens: int = 0
@@ -30,50 +50,67 @@ class TargetState(RankState):
     accepted_runs: int = 0
     current_run: int = 0
     rounds: int = 0
+    batched_sequences: int = 0
 
-    def receive_draft(self, link: TargetLink) -> tuple[list[int], torch.Tensor | None]:
-        """Wait for the draft's tokens (timed) and append them to the sequence as pending."""
-        start = time.perf_counter()
-        tokens, probs, self.draft_forwards = link.recv_draft()
-        self.wait_s += time.perf_counter() - start
-        self.seq.tokens.extend(tokens)
-        self.draft_tokens += len(tokens)
-        return tokens, probs
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        self.tracker = OutputTracker(self.seq, self.params, self.backend.eos_token_ids)
 
-    def record(self, verdict: Verdict, num_checked: int) -> None:
+    @property
+    def finished(self) -> bool:
+        return self.tracker.finished
+
+    def take_draft(self, draft: Draft, waited_s: float) -> None:
+        """The draft's window arrived (after ``waited_s`` of waiting): append it as pending tokens."""
+        self.draft = draft
+        self.wait_s += waited_s
+        self.draft_forwards = draft.forwards
+        self.seq.tokens.extend(draft.tokens)
+        self.draft_tokens += len(draft.tokens)
+
+    def record(self, verdict: Verdict, num_checked: int, batch_size: int) -> None:
         """Count one round. A run is the accepted draft tokens between two rejections (PEARL's metric)."""
         self.rounds += 1
+        self.batched_sequences += batch_size
         self.accepted_draft_tokens += verdict.num_accepted
         self.current_run += verdict.num_accepted
         if verdict.num_accepted < num_checked:  # a rejection closes the current run
             self.accepted_runs += 1
             self.current_run = 0
 
+    def stats(self) -> np.ndarray:
+        """The request's statistics, ``STATS_FIELDS`` order (once it is finished)."""
+        values = dict(generated_tokens=len(self.tracker.output), target_forwards=self.forwards,
+                      target_forward_s=self.forward_s, target_wait_s=self.wait_s,
+                      target_busy_s=time.perf_counter() - self.started,
+                      accepted_runs=self.accepted_runs + (1 if self.current_run else 0))
+        values.update({name: getattr(self, name) for name in
+                       ("draft_forwards", "draft_tokens", "accepted_draft_tokens", "rounds",
+                                    "batched_sequences")})
+        return np.array([values[name] for name in STATS_FIELDS], dtype=np.float64)
 
-# A decoder's target step: run one round and return (verdict, number of draft tokens it checked).
-Step = Callable[[TargetState, TargetLink], tuple[Verdict, int]]
+
+def _forward(states: list[TargetState], rows: Callable[[TargetState], int]) -> dict[int, torch.Tensor]:
+    wanted = [(state, rows(state)) for state in states]
+    batch = [(state, n) for state, n in wanted if n]
+    logits = forward_batch([state for state, _ in batch], [n for _, n in batch])
+    return {state.request_id: rows for (state, _), rows in zip(batch, logits)}
 
 
-def serve_target(state: TargetState, link: TargetLink, step: Step, uses_draft: bool) -> np.ndarray:
-    """Run rounds until the request ends; return its statistics (``STATS_FIELDS`` order)."""
-    start = time.perf_counter()
-    tracker = OutputTracker(state.seq, state.params, state.backend.eos_token_ids)
-    while not tracker.finished:
-        verdict, num_checked = step(state, link)
+def target_round(states: list[TargetState], receive_drafts: Callable[[], dict[int, Draft]]) -> None:
+    """One round for every active sequence: verdicts applied, counted and scanned (``new_tokens``)."""
+    logits = _forward(states, lambda state: state.step.rows_before_draft(state))
+    drafting = [state for state in states if state.step.uses_draft]
+    if drafting:
+        start = time.perf_counter()
+        drafts = receive_drafts()
+        waited = time.perf_counter() - start
+        for state in drafting:
+            state.take_draft(drafts[state.request_id], waited)
+    logits.update(_forward(states, lambda state: state.step.rows_after_draft(state)))
+    for state in states:
+        verdict, num_checked = state.step.decide(state, logits[state.request_id])
         state.apply(verdict)
-        state.record(verdict, num_checked)
-        new_tokens = tracker.advance()
-        if not tracker.finished and link.cancelled():  # after the round, so draft and target stay in step
-            tracker.cancel()
-        if uses_draft:
-            link.send_verdict(verdict, tracker.finished)
-        if new_tokens or tracker.finished:
-            link.emit(new_tokens, int(tracker.finish_reason))
-    if state.current_run:
-        state.accepted_runs += 1
-    values = dict(generated_tokens=len(tracker.output), target_forwards=state.forwards,
-                  target_forward_s=state.forward_s, target_wait_s=state.wait_s,
-                  target_busy_s=time.perf_counter() - start)
-    values.update({name: getattr(state, name) for name in
-                   ("draft_forwards", "draft_tokens", "accepted_draft_tokens", "accepted_runs", "rounds")})
-    return np.array([values[name] for name in STATS_FIELDS], dtype=np.float64)
+        state.record(verdict, num_checked, len(states))
+        state.verdict = verdict
+        state.new_tokens = state.tracker.advance()

@@ -1,4 +1,4 @@
-"""What a world of worker ranks runs: the draft and target model specs and the threads per rank."""
+"""What a world of worker ranks runs: the draft and target model specs, the threads per rank, the batch limit."""
 from __future__ import annotations
 
 import json
@@ -13,10 +13,13 @@ class WorldConfig:
     target: ModelSpec
     threads_per_rank: int = 1  # torch threads in each rank; 1 each on a 2-core machine
     startup_timeout_s: float = 600.0  # loading a GGUF dequantizes for a while
+    max_batch_size: int = 8  # requests that share a round; more wait on the target rank for a free slot
 
     def __post_init__(self) -> None:
         if self.threads_per_rank < 1:
             raise ValueError(f"threads_per_rank must be >= 1, got {self.threads_per_rank}")
+        if self.max_batch_size < 1:
+            raise ValueError(f"max_batch_size must be >= 1, got {self.max_batch_size}")
 
     def spec_for(self, rank: int) -> ModelSpec:
         from pearl.dist.protocol import DRAFT_RANK

@@ -13,6 +13,7 @@ Driver -> each worker
   CONFIG       uint8    UTF-8 JSON of the WorldConfig (once, first message)
   CONTROL      int64    [OP_GENERATE, request_id, mode, gamma, max_tokens, top_k, seed, ignore_eos,
                          n_prompt, n_stops, prompt ids..., stop lengths..., stop ids...]
+                        (to the target, and to the draft unless mode is AR: the draft never hears of those)
                         [OP_START, shared vocab size]  (once, after every worker is READY)
                         [OP_PROFILE, steps, max_tokens, batch_size]   [OP_SHUTDOWN]
   SAMPLING     float64  [temperature, top_p]            (right after an OP_GENERATE CONTROL)
@@ -20,29 +21,38 @@ Driver -> each worker
                         with finish_reason CANCELLED; a CANCEL for a request no longer served is dropped)
 Worker -> driver
   READY        int64    [pid, vocab_size, max_seq_len, eos ids...]  (once, after loading the model)
-  ERROR        uint8    UTF-8 message (instead of READY, or ending a request)
+  ERROR        uint8    UTF-8 message (instead of READY; or a rank failed while serving: the world is broken,
+                        every request in flight fails and the world must be restarted)
   TOKENS       int64    [request_id, finish_reason, ids...]  (target; finish_reason 0 = more follow)
-  STATS        float64  STATS_FIELDS, in that order          (target; right after the last TOKENS)
+  STATS        float64  [request_id, STATS_FIELDS...]        (target; right after the request's last TOKENS)
   PROFILE      float64  [seconds of a forward over k new tokens, for k = 1..max_tokens]
-Draft <-> target (peers), one DRAFT and one VERDICT per round, in lock step
-  DRAFT        int64    [request_id, draft_forwards so far, new draft ids...]
-  DRAFT_PROBS  float32  [n_new * vocab] the rows the draft sampled from (only when sampling)
-  VERDICT      int64    [request_id, num_accepted, next_token (-1: none), finished]
+Draft <-> target (peers): continuous batching, one PLAN and one DRAFT per round, in lock step
+  PLAN         int64    target -> draft at each round boundary (only when there is something to say):
+                        [n_verdicts, (request_id, num_accepted, next_token (-1: none), finished) * n_verdicts,
+                         ids of the requests that join the batch now...]
+                        It carries the verdict of every sequence of the round just verified (finished ones
+                        leave the batch; a request cancelled before it joined appears once, finished) and the
+                        requests admitted for the next round. The target admits requests (at most the world's
+                        max_batch_size at once), so both ranks always agree on the batch.
+  DRAFT        int64    draft -> target, when its batch is not empty after a PLAN:
+                        [n_seqs, (request_id, draft_forwards so far, n_new) * n_seqs, new draft ids...]
+  DRAFT_PROBS  float32  right after a DRAFT that has sampling sequences: their rows [n_new * vocab] in order
 """
 from __future__ import annotations
 
 import numpy as np
 
 from pearl.params import GenerationRequest, Mode, SamplingParams
+from pearl.sampling import Verdict
 
 DRAFT_RANK, TARGET_RANK = 0, 1
 DRIVER_RANK = 0
 
-CONFIG, CONTROL, SAMPLING, READY, ERROR, TOKENS, STATS, PROFILE, DRAFT, DRAFT_PROBS, VERDICT, CANCEL = range(1, 13)
+CONFIG, CONTROL, SAMPLING, READY, ERROR, TOKENS, STATS, PROFILE, DRAFT, DRAFT_PROBS, PLAN, CANCEL = range(1, 13)
 TAG_DTYPES = {
     CONFIG: np.uint8, CONTROL: np.int64, SAMPLING: np.float64, READY: np.int64, ERROR: np.uint8,
     TOKENS: np.int64, STATS: np.float64, PROFILE: np.float64, DRAFT: np.int64, DRAFT_PROBS: np.float32,
-    VERDICT: np.int64, CANCEL: np.int64,
+    PLAN: np.int64, CANCEL: np.int64,
 }
 
 OP_GENERATE, OP_PROFILE, OP_SHUTDOWN, OP_START = 1, 2, 3, 4
@@ -56,6 +66,7 @@ STATS_FIELDS = (
     "accepted_draft_tokens",  # draft tokens that became output
     "accepted_runs",  # runs of accepted tokens between rejections (PEARL's mean accepted length)
     "rounds",  # draft/verify exchanges (AR: decode steps)
+    "batched_sequences",  # sum over its rounds of the sequences in the round (its own included)
     "target_forward_s",  # time inside target forwards
     "target_wait_s",  # time the target waited for the draft
     "target_busy_s",  # the whole request on the target, from receiving it to the last token
@@ -91,3 +102,44 @@ def decode_request(ints: np.ndarray, floats: np.ndarray) -> GenerationRequest:
                               max_tokens=max_tokens, stop_token_ids=tuple(stops), ignore_eos=bool(ignore_eos))
     return GenerationRequest(request_id=request_id, prompt_ids=tuple(prompt), sampling=sampling,
                              mode=Mode(mode), gamma=gamma)
+
+
+class ProtocolError(RuntimeError):
+    """A message that does not fit the batch its receiver holds."""
+
+
+# PLAN: the verdicts of a round, by request id, with each request's finished flag
+Verdicts = dict[int, tuple[Verdict, bool]]
+
+
+def encode_plan(verdicts: Verdicts, joins: list[int]) -> np.ndarray:
+    entries = [value for request_id, (verdict, finished) in verdicts.items()
+               for value in (request_id, verdict.num_accepted, verdict.next_token, int(finished))]
+    return np.array([len(verdicts), *entries, *joins], dtype=np.int64)
+
+
+def decode_plan(message: np.ndarray) -> tuple[Verdicts, list[int]]:
+    values = message.tolist()
+    count = values[0]
+    entries = values[1:1 + 4 * count]
+    verdicts = {entries[i]: (Verdict(entries[i + 1], entries[i + 2]), bool(entries[i + 3]))
+                for i in range(0, len(entries), 4)}
+    return verdicts, values[1 + 4 * count:]
+
+
+def encode_drafts(windows: list[tuple[int, int, list[int]]]) -> np.ndarray:
+    """DRAFT from (request_id, draft_forwards, tokens) per sequence."""
+    header = [value for request_id, forwards, tokens in windows for value in (request_id, forwards, len(tokens))]
+    return np.array([len(windows), *header, *(t for _, _, tokens in windows for t in tokens)], dtype=np.int64)
+
+
+def decode_drafts(message: np.ndarray) -> list[tuple[int, int, list[int]]]:
+    values = message.tolist()
+    count = values[0]
+    header, tokens = values[1:1 + 3 * count], values[1 + 3 * count:]
+    windows, start = [], 0
+    for i in range(0, len(header), 3):
+        request_id, forwards, length = header[i:i + 3]
+        windows.append((request_id, forwards, tokens[start:start + length]))
+        start += length
+    return windows

@@ -8,6 +8,7 @@ below one model forward.
 from __future__ import annotations
 
 import time
+from typing import Callable
 
 import numpy as np
 from mpi4py import MPI
@@ -27,18 +28,25 @@ class Endpoint:
         array = np.ascontiguousarray(array, dtype=TAG_DTYPES[tag])
         self.comm.Send(array, dest=dest, tag=tag)
 
-    def recv(self, source: int = MPI.ANY_SOURCE, tag: int = MPI.ANY_TAG,
-             timeout: float | None = None) -> tuple[np.ndarray, int, int]:
+    def recv(self, source: int = MPI.ANY_SOURCE, tag: int = MPI.ANY_TAG, timeout: float | None = None,
+             max_sleep: float = MAX_SLEEP_S) -> tuple[np.ndarray, int, int]:
         """Wait for a message; return (array, source, tag). Raises TimeoutError after ``timeout`` s."""
         status = MPI.Status()
-        deadline = None if timeout is None else time.monotonic() + timeout
-        sleep = MIN_SLEEP_S
-        while (message := self.comm.Improbe(source, tag, status)) is None:
-            if deadline is not None and time.monotonic() > deadline:
-                raise TimeoutError(f"no message (source {source}, tag {tag}) within {timeout} s")
-            time.sleep(sleep)
-            sleep = min(sleep * 2, MAX_SLEEP_S)
-        return _receive(message, status), status.Get_source(), status.Get_tag()
+        probed: list[MPI.Message] = []
+
+        def arrived() -> bool:
+            message = self.comm.Improbe(source, tag, status)
+            if message is not None:
+                probed.append(message)
+            return message is not None
+
+        if not wait_until(arrived, timeout, max_sleep):
+            raise TimeoutError(f"no message (source {source}, tag {tag}) within {timeout} s")
+        return _receive(probed[0], status), status.Get_source(), status.Get_tag()
+
+    def has(self, source: int = MPI.ANY_SOURCE, tag: int = MPI.ANY_TAG) -> bool:
+        """Whether such a message has arrived (never waits, receives nothing)."""
+        return self.comm.Iprobe(source, tag)
 
     def poll(self, source: int, tag: int) -> np.ndarray | None:
         """The next such message if one has arrived, else None (never waits)."""
@@ -48,6 +56,19 @@ class Endpoint:
 
     def recv_from(self, source: int, tag: int, timeout: float | None = None) -> np.ndarray:
         return self.recv(source, tag, timeout)[0]
+
+
+def wait_until(ready: Callable[[], bool], timeout: float | None = None, max_sleep: float = MAX_SLEEP_S) -> bool:
+    """Call ``ready`` until it is true, sleeping 20 us growing to ``max_sleep`` between calls; False after
+    ``timeout`` s."""
+    deadline = None if timeout is None else time.monotonic() + timeout
+    sleep = MIN_SLEEP_S
+    while not ready():
+        if deadline is not None and time.monotonic() > deadline:
+            return False
+        time.sleep(sleep)
+        sleep = min(sleep * 2, max_sleep)
+    return True
 
 
 def _receive(message: MPI.Message, status: MPI.Status) -> np.ndarray:

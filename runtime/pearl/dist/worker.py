@@ -14,17 +14,21 @@ import torch
 from mpi4py import MPI
 
 from pearl.backends import load_backend
-from pearl.decoding import RankState, TargetState, run_draft, run_target
 from pearl.dist.config import WorldConfig
-from pearl.dist.links import MpiDraftLink, MpiTargetLink
-from pearl.dist.protocol import (CONFIG, CONTROL, DRIVER_RANK, ERROR, OP_GENERATE, OP_PROFILE,
-                                 OP_SHUTDOWN, OP_START, PROFILE, READY, SAMPLING, STATS, TARGET_RANK,
-                                 decode_request, message_text, text_message)
-from pearl.dist.transport import Endpoint
+from pearl.dist.draft_rank import DraftRank
+from pearl.dist.protocol import (CANCEL, CONFIG, CONTROL, DRIVER_RANK, ERROR, OP_GENERATE, OP_PROFILE,
+                                 OP_SHUTDOWN, OP_START, PROFILE, READY, SAMPLING, TARGET_RANK, decode_request,
+                                 message_text, text_message)
+from pearl.dist.target_rank import TargetRank
+from pearl.dist.transport import MAX_SLEEP_S, Endpoint, wait_until
 from pearl.profiling import forward_seconds
-from pearl.sampling import DRAFT_STREAM, TARGET_STREAM
 
 INTERCOMM_TAG = 77
+IDLE_MAX_SLEEP_S = 1e-3  # with no request in the batch, waking up 1 ms late costs nothing
+
+
+class Shutdown(Exception):
+    """The driver said OP_SHUTDOWN."""
 
 
 def connect() -> tuple[MPI.Intercomm, MPI.Intracomm, bool]:
@@ -42,7 +46,7 @@ class Worker:
         self.driver, self.peers, self.rank = driver, peers, rank
         self.config = WorldConfig.from_json(message_text(driver.recv_from(DRIVER_RANK, CONFIG)))
         self.backend = None
-        self.vocab_size = 0
+        self.scheduler: TargetRank | DraftRank | None = None
 
     def load(self) -> bool:
         torch.set_num_threads(self.config.threads_per_rank)
@@ -57,36 +61,48 @@ class Worker:
         return True
 
     def serve(self) -> None:
-        """Answer CONTROL messages until OP_SHUTDOWN."""
-        while True:
-            control = self.driver.recv_from(DRIVER_RANK, CONTROL)
-            op = int(control[0])
-            if op == OP_SHUTDOWN:
-                return
-            if op == OP_START:
-                self.vocab_size = int(control[1])
-            elif op == OP_PROFILE:
-                seconds = forward_seconds(self.backend, max_tokens=int(control[2]), steps=int(control[1]),
-                                          batch_size=int(control[3]))
-                self.driver.send(np.array(seconds), DRIVER_RANK, PROFILE)
-            elif op == OP_GENERATE:
-                sampling = self.driver.recv_from(DRIVER_RANK, SAMPLING)
-                self.generate(decode_request(control, sampling))
-
-    def generate(self, request) -> None:
+        """Answer the driver and run the scheduler's rounds until OP_SHUTDOWN. A failure while serving is
+        reported (ERROR) and ends the serving: the batch's state is lost and the world must be restarted."""
+        if self.rank == TARGET_RANK:
+            self.scheduler = TargetRank(self.backend, self.driver, self.peers, self.config.max_batch_size)
+        else:
+            self.scheduler = DraftRank(self.backend, self.peers, self.handle_driver_message)
         try:
-            if self.rank == TARGET_RANK:
-                state = TargetState(request, self.backend, self.vocab_size, TARGET_STREAM)
-                link = MpiTargetLink(self.peers, self.driver, request.request_id, request.sampling.greedy,
-                                     self.backend.device)
-                stats = run_target(state, link)
-                self.driver.send(stats, DRIVER_RANK, STATS)
-            else:
-                state = RankState(request, self.backend, self.vocab_size, DRAFT_STREAM)
-                run_draft(state, MpiDraftLink(self.peers, request.request_id))
-            state.release()
+            while True:
+                wait_until(lambda: self.driver.has(DRIVER_RANK) or self.scheduler.ready(),
+                           max_sleep=MAX_SLEEP_S if self.scheduler.busy else IDLE_MAX_SLEEP_S)
+                while self.driver.has(DRIVER_RANK):
+                    self.handle_driver_message()
+                if self.scheduler.ready():
+                    self.scheduler.step()
+        except Shutdown:
+            return
         except Exception:
             self.driver.send(text_message(traceback.format_exc()), DRIVER_RANK, ERROR)
+            self.wait_for_shutdown()
+
+    def handle_driver_message(self) -> None:
+        """Receive the driver's next message (waiting for it) and act on it."""
+        message, _, tag = self.driver.recv(DRIVER_RANK)
+        if tag == CANCEL:
+            self.scheduler.cancel(int(message[0]))
+            return
+        op = int(message[0])
+        if op == OP_SHUTDOWN:
+            raise Shutdown
+        if op == OP_START:
+            self.scheduler.vocab_size = int(message[1])
+        elif op == OP_PROFILE:  # between rounds: a batch in flight would slow the timings down
+            seconds = forward_seconds(self.backend, max_tokens=int(message[2]), steps=int(message[1]),
+                                      batch_size=int(message[3]))
+            self.driver.send(np.array(seconds), DRIVER_RANK, PROFILE)
+        elif op == OP_GENERATE:
+            sampling = self.driver.recv_from(DRIVER_RANK, SAMPLING)
+            self.scheduler.add(decode_request(message, sampling))
+
+    def wait_for_shutdown(self) -> None:
+        while int(self.driver.recv_from(DRIVER_RANK, CONTROL)[0]) != OP_SHUTDOWN:
+            pass
 
 
 def main() -> None:
@@ -96,8 +112,7 @@ def main() -> None:
     if worker.load():
         worker.serve()
     else:
-        while int(worker.driver.recv_from(DRIVER_RANK, CONTROL)[0]) != OP_SHUTDOWN:
-            pass
+        worker.wait_for_shutdown()
     if spawned:
         intercomm.Disconnect()
 

@@ -2,11 +2,18 @@
 
 ``World.start`` spawns the workers from a plain Python process (``MPI.COMM_SELF.Spawn``), or attaches to
 workers started next to it by ``mpiexec -n 1 python -m pearl ... : -n 2 python -m pearl.dist.worker``.
+
+Many requests are in flight at once (the ranks batch them): ``submit`` may be called from any thread and
+returns the request's own result iterator. After ``begin`` one receiver thread owns every receive from
+the workers and routes each message to the queue of its request (TOKENS, STATS) or of the caller waiting
+for it (PROFILE); an ERROR fails every request in flight.
 """
 from __future__ import annotations
 
 import os
+import queue
 import sys
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,11 +38,12 @@ from pearl.dist.protocol import (CANCEL, CONFIG, CONTROL, DRAFT_RANK, ERROR, OP_
                                  encode_request, message_text, text_message)
 from pearl.dist.transport import Endpoint  # noqa: E402
 from pearl.dist.worker import INTERCOMM_TAG  # noqa: E402
-from pearl.params import GenerationRequest  # noqa: E402
+from pearl.params import GenerationRequest, Mode  # noqa: E402
 from pearl.processes import kill_if_alive, process_alive  # noqa: E402
 
 WORKER_RANKS = (DRAFT_RANK, TARGET_RANK)
 ROLE_NAMES = {DRAFT_RANK: "draft", TARGET_RANK: "target"}
+RECEIVER_MAX_SLEEP_S = 1e-3
 
 
 class WorldError(RuntimeError):
@@ -58,7 +66,14 @@ class World:
         self.endpoint = Endpoint(intercomm)
         self.ranks: dict[int, RankInfo] = {}
         self.closed = False
-        self.failure: str | None = None  # set when a rank failed mid-request: its peer may be stuck
+        self.failure: str | None = None  # set when a rank failed while serving: the world must be restarted
+        self._requests: dict[int, queue.Queue] = {}  # in flight: (tag, message) in arrival order
+        self._requests_lock = threading.Lock()
+        self._send_lock = threading.Lock()  # a request's CONTROL and SAMPLING go out back to back
+        self._profiles: queue.Queue[tuple[int, np.ndarray]] = queue.Queue()
+        self._profile_lock = threading.Lock()
+        self._receiving = threading.Event()
+        self._receiver: threading.Thread | None = None
 
     @classmethod
     def start(cls, config: WorldConfig) -> "World":
@@ -94,50 +109,94 @@ class World:
     def begin(self, vocab_size: int) -> None:
         """Tell the workers the shared vocabulary; they serve requests from now on."""
         self._control([OP_START, vocab_size])
+        self._receiving.set()
+        self._receiver = threading.Thread(target=self._receive, name="pearl-world-receiver", daemon=True)
+        self._receiver.start()
 
     def _control(self, values: list[int]) -> None:
-        for rank in WORKER_RANKS:
-            self.endpoint.send(np.array(values, dtype=np.int64), rank, CONTROL)
+        with self._send_lock:
+            for rank in WORKER_RANKS:
+                self.endpoint.send(np.array(values, dtype=np.int64), rank, CONTROL)
+
+    @property
+    def in_flight(self) -> int:
+        """Requests submitted and not finished yet."""
+        return len(self._requests)
+
+    def _receive(self) -> None:
+        while self._receiving.is_set():
+            try:
+                # tokens reach a client a millisecond late at most; the ranks keep the cores
+                message, source, tag = self.endpoint.recv(timeout=0.1, max_sleep=RECEIVER_MAX_SLEEP_S)
+            except TimeoutError:
+                continue
+            if tag == ERROR:
+                self.failure = f"the {ROLE_NAMES[source]} rank failed:\n{message_text(message)}"
+                self._end_all(self.failure)
+            elif tag == PROFILE:
+                self._profiles.put((source, message))
+            elif tag in (TOKENS, STATS):
+                with self._requests_lock:
+                    results = self._requests.get(int(message[0]))
+                    if tag == STATS:  # a request's last message
+                        self._requests.pop(int(message[0]), None)
+                if results is not None:
+                    results.put((tag, message[1:]))
+
+    def _end_all(self, reason: str) -> None:
+        """Fail every request in flight."""
+        with self._requests_lock:
+            requests, self._requests = self._requests, {}
+        for results in requests.values():
+            results.put((ERROR, reason))
 
     def profile(self, max_tokens: dict[str, int], steps: int = 5, batch_size: int = 1) -> dict[str, list[float]]:
         """Per model: seconds of a forward over k new tokens for each of ``batch_size`` sequences,
         k = 1..max_tokens[role], measured on its own rank, one rank at a time (so neither disturbs the
         other's timing)."""
         seconds = {}
-        for rank in WORKER_RANKS:
-            role = ROLE_NAMES[rank]
-            self.endpoint.send(np.array([OP_PROFILE, steps, max_tokens[role], batch_size], dtype=np.int64), rank,
-                               CONTROL)
-            seconds[role] = self.endpoint.recv_from(rank, PROFILE).tolist()
+        with self._profile_lock:
+            for rank in WORKER_RANKS:
+                role = ROLE_NAMES[rank]
+                with self._send_lock:
+                    self.endpoint.send(np.array([OP_PROFILE, steps, max_tokens[role], batch_size], dtype=np.int64),
+                                       rank, CONTROL)
+                source, message = self._profiles.get()
+                seconds[ROLE_NAMES[source]] = message.tolist()
         return seconds
 
-    def submit(self, request: GenerationRequest) -> None:
-        if self.closed:
-            raise WorldError("the worker ranks are shut down (the engine is closed)")
-        if self.failure is not None:
-            raise WorldError(f"the worker ranks failed earlier and must be restarted: {self.failure}")
+    def submit(self, request: GenerationRequest) -> Iterator[tuple[list[int], int] | np.ndarray]:
+        """Send the request to its ranks (the draft only hears of requests that use it); iterate the result
+        for (tokens, finish_reason) chunks, then the STATS array."""
+        results: queue.Queue = queue.Queue()
+        with self._requests_lock:  # the receiver sets failure before it ends the requests under this lock
+            if self.closed:
+                raise WorldError("the worker ranks are shut down (the engine is closed)")
+            if self.failure is not None:
+                raise WorldError(f"the worker ranks failed earlier and must be restarted: {self.failure}")
+            self._requests[request.request_id] = results
         ints, floats = encode_request(request)
-        for rank in WORKER_RANKS:
-            self.endpoint.send(ints, rank, CONTROL)
-            self.endpoint.send(floats, rank, SAMPLING)
+        with self._send_lock:
+            for rank in WORKER_RANKS if request.mode is not Mode.AR else (TARGET_RANK,):
+                self.endpoint.send(ints, rank, CONTROL)
+                self.endpoint.send(floats, rank, SAMPLING)
+        return self._results(request.request_id, results)
 
     def cancel(self, request_id: int) -> None:
-        """Ask the target to end the request after its current round (it then finishes as usual)."""
+        """Ask the target to end the request at its next round boundary (it then finishes as usual)."""
         if not self.closed and self.failure is None:
-            self.endpoint.send(np.array([request_id], dtype=np.int64), TARGET_RANK, CANCEL)
+            with self._send_lock:
+                self.endpoint.send(np.array([request_id], dtype=np.int64), TARGET_RANK, CANCEL)
 
-    def results(self, request_id: int) -> Iterator[tuple[list[int], int] | np.ndarray]:
-        """Yield (tokens, finish_reason) chunks from the target, then the STATS array, then stop."""
-        finished = False
+    @staticmethod
+    def _results(request_id: int, results: queue.Queue) -> Iterator[tuple[list[int], int] | np.ndarray]:
         while True:
-            message, source, tag = self.endpoint.recv()
+            tag, message = results.get()
             if tag == ERROR:
-                self.failure = f"{ROLE_NAMES[source]} rank failed on request {request_id}:\n{message_text(message)}"
-                raise WorldError(self.failure)
-            if tag == TOKENS and int(message[0]) == request_id and not finished:
-                finished = int(message[1]) != 0
-                yield message[2:].tolist(), int(message[1])
-            elif tag == STATS and finished:
+                raise WorldError(f"request {request_id}: {message}")
+            if tag == TOKENS:
+                yield message[1:].tolist(), int(message[0])
+            else:
                 yield message
                 return
 
@@ -146,6 +205,10 @@ class World:
         if self.closed:
             return
         self.closed = True
+        self._receiving.clear()
+        if self._receiver is not None:
+            self._receiver.join()
+        self._end_all("the engine was closed")
         self._control([OP_SHUTDOWN])
         if not self.spawned:
             return  # mpiexec's workers finalize MPI together with this process, after it exits

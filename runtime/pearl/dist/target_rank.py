@@ -1,0 +1,106 @@
+"""The target rank's scheduler (continuous batching): which requests share the next round, and where each
+round's results go: tokens and statistics to the driver, verdicts and joins to the draft (the PLAN).
+
+Requests wait in arrival order and join at a round boundary while fewer than ``max_batch_size`` are active;
+a finished request leaves at once (its last tokens and statistics go out right after its round). A CANCEL
+ends a request at the next boundary without another round. The draft learns of joins and leaves only from
+the PLAN, so both ranks always hold the same batch (protocol in ``pearl.dist.protocol``).
+"""
+from __future__ import annotations
+
+from collections import deque
+
+import numpy as np
+import torch
+
+from pearl.decoding import Draft, TargetState, target_round, target_state
+from pearl.dist.protocol import (DRAFT, DRAFT_PROBS, DRAFT_RANK, DRIVER_RANK, PLAN, STATS, TOKENS, ProtocolError,
+                                 Verdicts, decode_drafts, encode_plan)
+from pearl.dist.transport import Endpoint
+from pearl.params import GenerationRequest
+from pearl.sampling import Verdict
+
+
+class TargetRank:
+    def __init__(self, backend, driver: Endpoint, peers: Endpoint, max_batch_size: int) -> None:
+        self.backend, self.driver, self.peers = backend, driver, peers
+        self.max_batch_size = max_batch_size
+        self.vocab_size = 0  # set by OP_START
+        self.active: dict[int, TargetState] = {}
+        self.waiting: deque[GenerationRequest] = deque()
+        self.verdicts: Verdicts = {}  # the last round's, for the draft at the next boundary
+
+    def add(self, request: GenerationRequest) -> None:
+        self.waiting.append(request)
+
+    def cancel(self, request_id: int) -> None:
+        """End the request now (we are between rounds); a request no longer served is ignored."""
+        if (state := self.active.get(request_id)) is not None:
+            state.tracker.cancel()
+            state.new_tokens = []
+            if request_id in self.verdicts:
+                self.verdicts[request_id] = (self.verdicts[request_id][0], True)
+            self._report(state)
+            return
+        for request in self.waiting:
+            if request.request_id == request_id:
+                self.waiting.remove(request)
+                state = target_state(request, self.backend, self.vocab_size)
+                state.tracker.cancel()
+                if state.step.uses_draft:  # the draft holds it too, waiting to join: let it go
+                    self.verdicts[request_id] = (Verdict(0), True)
+                self._report(state)
+                return
+
+    def ready(self) -> bool:
+        return bool(self.active or self.waiting or self.verdicts)
+
+    @property
+    def busy(self) -> bool:
+        return self.ready()
+
+    def step(self) -> None:
+        """A round boundary (admit, tell the draft), then one round over the batch, then its results."""
+        joins = []
+        while self.waiting and len(self.active) < self.max_batch_size:
+            state = target_state(self.waiting.popleft(), self.backend, self.vocab_size)
+            self.active[state.request_id] = state
+            joins.append(state)
+        drafting_joins = [state.request_id for state in joins if state.step.uses_draft]
+        if self.verdicts or drafting_joins:
+            self.peers.send(encode_plan(self.verdicts, drafting_joins), DRAFT_RANK, PLAN)
+            self.verdicts = {}
+        if not self.active:
+            return
+        states = list(self.active.values())
+        target_round(states, self._receive_drafts)
+        for state in states:
+            if state.step.uses_draft:
+                self.verdicts[state.request_id] = (state.verdict, state.finished)
+            self._report(state)
+
+    def _receive_drafts(self) -> dict[int, Draft]:
+        windows = decode_drafts(self.peers.recv_from(DRAFT_RANK, DRAFT))
+        drafting = {state.request_id: state for state in self.active.values() if state.step.uses_draft}
+        if sorted(request_id for request_id, _, _ in windows) != sorted(drafting):
+            raise ProtocolError(f"draft windows for {sorted(w[0] for w in windows)}, the batch is {sorted(drafting)}")
+        sampled = [(request_id, len(tokens)) for request_id, _, tokens in windows
+                   if not drafting[request_id].params.greedy]
+        probs: dict[int, torch.Tensor] = {}
+        if sampled:
+            rows = torch.from_numpy(self.peers.recv_from(DRAFT_RANK, DRAFT_PROBS).reshape(-1, self.vocab_size))
+            rows, start = rows.to(self.backend.device), 0
+            for request_id, length in sampled:
+                probs[request_id] = rows[start:start + length]
+                start += length
+        return {request_id: Draft(tokens, probs.get(request_id), forwards) for request_id, forwards, tokens in windows}
+
+    def _report(self, state: TargetState) -> None:
+        """Stream the round's new tokens; a finished request also sends its statistics and leaves."""
+        reason = int(state.tracker.finish_reason)
+        if state.new_tokens or state.finished:
+            self.driver.send(np.array([state.request_id, reason, *state.new_tokens]), DRIVER_RANK, TOKENS)
+        if state.finished:
+            self.driver.send(np.array([state.request_id, *state.stats()]), DRIVER_RANK, STATS)
+            if self.active.pop(state.request_id, None) is not None:
+                state.release()

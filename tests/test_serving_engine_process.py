@@ -10,6 +10,7 @@ import signal
 import subprocess
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -41,6 +42,20 @@ def test_pearl_through_the_host_equals_ar(engine):
     assert pearl.token_ids == ar.token_ids and len(ar.token_ids) == 24
     assert pearl.finish_reason == "length" and pearl.stats.generated_tokens == 24
     assert pearl.stats.draft_tokens > 0 and ar.stats.draft_tokens == 0
+
+
+def test_concurrent_requests_share_rounds_and_keep_their_output(engine):
+    """The host runs requests side by side; the ranks batch them (the pair's max_batch_size is 4)."""
+    assert engine.max_batch_size == 4
+    prompts = [PROMPT, PROMPT[:2], [504, 28, 9, 1000, 2, 77, 30], PROMPT[::-1], [12]]  # one waits for a slot
+    sampling = SamplingParams(max_tokens=20, ignore_eos=True)
+    alone = [engine.generate(p, sampling, "ar").collect().token_ids for p in prompts]
+    streams = [engine.generate(p, sampling, "pearl", "auto") for p in prompts]
+    with ThreadPoolExecutor(len(prompts)) as pool:
+        together = list(pool.map(lambda stream: stream.collect(), streams))
+    assert [s.token_ids for s in together] == alone
+    assert max(s.stats.mean_batch_size for s in together) > 2
+    assert all(s.stats.mean_batch_size <= 4 for s in together)
 
 
 def test_a_killed_rank_fails_the_request_and_the_world_restarts(engine):

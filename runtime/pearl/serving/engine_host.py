@@ -10,18 +10,20 @@ Protocol: one JSON object per line. The parent writes to the host's stdin, the h
 stdin to the ranks, and anything that prints cannot touch them).
 
     parent -> host  {"op": "generate", "id": n, "prompt_ids": [...], "sampling": {SamplingParams fields},
-                     "mode": "pearl" | "sd" | "ar", "gamma": g}
+                     "mode": "pearl" | "sd" | "ar", "gamma": g | "auto"}
                     {"op": "cancel", "id": n}           end request n after the ranks' current round
                     {"op": "close"}                     shut the world down and exit (so does EOF)
     host -> parent  {"event": "ready", "eos_token_ids": [...], "vocab_size": v, "max_seq_len": m,
-                     "auto_gamma": g, "ranks": {"draft": pid, "target": pid},
+                     "max_batch_size": b, "auto_gamma": g, "ranks": {"draft": pid, "target": pid},
                      "helpers": [pids of the MPI process manager], "shm": [/dev/shm files the world maps]}
                     {"event": "start_failed", "message": "..."}   then the host exits
                     {"event": "tokens", "id": n, "tokens": [...]}
                     {"event": "done", "id": n, "finish_reason": "stop" | ..., "stats": {RequestStats fields}}
                     {"event": "failed", "id": n, "message": "..."}
 
-Requests run one at a time in arrival order.
+Requests run concurrently (a thread each; the engine batches them on the ranks), so events of different
+requests interleave. Closing waits for the running requests to finish. A rank that fails while serving
+fails every request in flight; the host then exits with code 3 so that the parent starts a new world.
 """
 from __future__ import annotations
 
@@ -99,13 +101,23 @@ class Host:
         self.requests.put(None)  # close, or the parent is gone
 
     def serve(self) -> None:
+        running = []
         while (message := self.requests.get()) is not None:
-            request_id = message["id"]
-            try:
-                self.generate(request_id, message)
-            except Exception:
-                self.send({"event": "failed", "id": request_id, "message": traceback.format_exc(limit=4)})
-            self.cancelled.discard(request_id)
+            running = [thread for thread in running if thread.is_alive()]
+            running.append(threading.Thread(target=self.run, args=(message,), name=f"request-{message['id']}"))
+            running[-1].start()
+        for thread in running:
+            thread.join()
+
+    def run(self, message: dict) -> None:
+        request_id = message["id"]
+        try:
+            self.generate(request_id, message)
+        except Exception:
+            self.send({"event": "failed", "id": request_id, "message": traceback.format_exc(limit=4)})
+            if self.engine.world.failure is not None:  # a rank raised: the batch is lost, this world is done
+                self.requests.put(None)  # the host exits (code 3) and the parent starts a new one
+        self.cancelled.discard(request_id)
 
     def generate(self, request_id: int, message: dict) -> None:
         sampling = message["sampling"]
@@ -138,7 +150,8 @@ def main() -> int:
     ranks = {ROLE_NAMES[rank]: info.pid for rank, info in engine.world.ranks.items()}
     host = Host(engine, protocol_out)
     host.send({"event": "ready", "eos_token_ids": list(engine.eos_token_ids), "vocab_size": engine.vocab_size,
-               "max_seq_len": engine.max_seq_len, "auto_gamma": auto_gamma, "ranks": ranks,
+               "max_seq_len": engine.max_seq_len, "max_batch_size": engine.max_batch_size,
+               "auto_gamma": auto_gamma, "ranks": ranks,
                "helpers": process_manager_pids(list(ranks.values())),
                "shm": shared_memory_of([os.getpid(), *ranks.values()])})
     threading.Thread(target=host.read, args=(protocol_in,), daemon=True).start()
@@ -146,7 +159,7 @@ def main() -> int:
         host.serve()
     finally:
         engine.close()
-    return 0
+    return 3 if engine.world.failure is not None else 0
 
 
 if __name__ == "__main__":

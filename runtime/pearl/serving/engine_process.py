@@ -45,8 +45,36 @@ class HostHandle:
     def __init__(self, process: subprocess.Popen, ready: dict) -> None:
         self.process = process
         self.ready = ready
-        self.events: queue.Queue[dict] = queue.Queue()  # events of the request being served
+        self._events: dict[int, queue.Queue[dict]] = {}  # per request in flight, in arrival order
+        self._events_lock = threading.Lock()
+        self._death: dict | None = None
         self.dead = threading.Event()
+
+    def subscribe(self, request_id: int) -> queue.Queue[dict]:
+        """The queue that gets the request's events (and a "died" event if the host dies)."""
+        events: queue.Queue[dict] = queue.Queue()
+        with self._events_lock:
+            self._events[request_id] = events
+            if self._death is not None:
+                events.put(self._death)
+        return events
+
+    def unsubscribe(self, request_id: int) -> None:
+        with self._events_lock:
+            self._events.pop(request_id, None)
+
+    def deliver(self, event: dict) -> None:
+        with self._events_lock:
+            events = self._events.get(event.get("id"))
+        if events is not None:  # else: late events of a request whose consumer stopped early
+            events.put(event)
+
+    def died(self, message: str) -> None:
+        """Every request in flight, and any that comes later, hears that the host is gone."""
+        with self._events_lock:
+            self._death = {"event": "died", "message": message}
+            for events in self._events.values():
+                events.put(self._death)
 
     def send(self, message: dict) -> None:
         try:
@@ -62,7 +90,6 @@ class EngineProcess:
         self.engine_dir, self.threads_per_rank = Path(engine_dir), threads_per_rank
         self.startup_timeout_s = startup_timeout_s
         self._ids = itertools.count(1)
-        self._lock = threading.Lock()  # one request at a time, as in Engine
         self._closed = False
         self.restarts = 0
         self._host_ready = threading.Event()
@@ -77,18 +104,25 @@ class EngineProcess:
         return tuple(self._host.ready["eos_token_ids"])
 
     @property
+    def max_batch_size(self) -> int:
+        """Requests the engine serves at once (the ranks batch them)."""
+        return int(self._host.ready["max_batch_size"])
+
+    @property
     def rank_pids(self) -> dict[str, int]:
         """{"draft": pid, "target": pid} of the current world."""
         return dict(self._host.ready["ranks"])
 
     def generate(self, prompt_ids: list[int], sampling: SamplingParams = SamplingParams(),
                  mode: Mode | str = Mode.PEARL, gamma: int | str = 4) -> GenerationStream:
+        """As ``Engine.generate``; ``gamma="auto"`` is resolved by the host's engine, which knows the load."""
         mode = Mode.parse(mode) if isinstance(mode, str) else mode
         ready = self._host.ready
-        gamma = ready["auto_gamma"] if gamma == "auto" else int(gamma)
-        request = GenerationRequest(next(self._ids), tuple(int(t) for t in prompt_ids), sampling, mode, gamma)
+        auto = gamma == "auto"
+        request = GenerationRequest(next(self._ids), tuple(int(t) for t in prompt_ids), sampling, mode,
+                                    ready["auto_gamma"] if auto else int(gamma))
         check_fits(request, ready["vocab_size"], ready["max_seq_len"])
-        return GenerationStream(lambda stream: self._serve(request, stream),
+        return GenerationStream(lambda stream: self._serve(request, stream, "auto" if auto else request.gamma),
                                 cancel=lambda: self._host.send({"op": "cancel", "id": request.request_id}))
 
     def close(self) -> None:
@@ -113,24 +147,24 @@ class EngineProcess:
         self.close()
 
     # -- serving ----------------------------------------------------------------------------------------
-    def _serve(self, request: GenerationRequest, stream: GenerationStream) -> Iterator[list[int]]:
+    def _serve(self, request: GenerationRequest, stream: GenerationStream,
+               gamma: int | str) -> Iterator[list[int]]:
         """Send the request and turn the host's events into chunks. A world that dies before the request's
         first tokens (a rank killed between requests) costs no output: the request goes to the new world,
         once (a request that itself brings the world down must not do it forever)."""
-        with self._lock:
-            for attempt in (1, 2):
-                host = self._running_host()
+        for attempt in (1, 2):
+            host = self._running_host()
+            events = host.subscribe(request.request_id)
+            try:
                 host.send({"op": "generate", "id": request.request_id, "prompt_ids": list(request.prompt_ids),
                            "sampling": asdict(request.sampling), "mode": request.mode.name.lower(),
-                           "gamma": request.gamma})
+                           "gamma": gamma})
                 while True:
-                    event = host.events.get()
+                    event = events.get()
                     if event["event"] == "died":
                         if stream.token_ids or attempt == 2 or self._closed:
                             raise EngineDied(event["message"])
                         break  # nothing was produced yet: send it again to the new world
-                    if event.get("id") != request.request_id:
-                        continue  # late events of a request whose consumer stopped early
                     if event["event"] == "tokens":
                         yield event["tokens"]
                     elif event["event"] == "failed":
@@ -140,6 +174,8 @@ class EngineProcess:
                             stream.finish_reason = event["finish_reason"]
                         stream.stats = RequestStats(**event["stats"])
                         return
+            finally:
+                host.unsubscribe(request.request_id)
 
     def _running_host(self) -> HostHandle:
         """The current live host: waits while a replacement starts, retries one that failed to start."""
@@ -183,16 +219,16 @@ class EngineProcess:
 
     def _read(self, host: HostHandle) -> None:
         for line in host.process.stdout:
-            host.events.put(json.loads(line))
+            host.deliver(json.loads(line))
         code = host.process.wait()
         dead_ranks = [f"{role} pid {pid}" for role, pid in host.ready["ranks"].items() if not process_alive(pid)]
         self._clean_up(host)
         if self._closed:
-            host.events.put({"event": "died", "message": "the engine is shut down"})
+            host.died("the engine is shut down")
             return
         cause = (f"a worker rank died and took the MPI world down (gone: {', '.join(dead_ranks)})"
                  if dead_ranks and code != 0 else f"the engine host exited with code {code}")
-        host.events.put({"event": "died", "message": f"{cause}; the MPI world is restarting"})
+        host.died(f"{cause}; the MPI world is restarting")
         self._restart()
 
     def _watch(self, host: HostHandle) -> None:

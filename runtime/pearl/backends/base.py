@@ -15,6 +15,7 @@ import torch
 from pearl.sequence import Sequence
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+CPU_LINEARS = ("default", "onednn")
 
 
 @dataclass(frozen=True)
@@ -26,8 +27,11 @@ class ModelSpec:
     dtype: str = "float32"
     num_layers: int | None = None  # keep only the first N decoder layers (a self-draft)
     backend: str = "torch"
+    cpu_linear: str = "default"  # "onednn": the decoder layers' linears with oneDNN-reordered weights (CPU)
 
     def __post_init__(self) -> None:
+        if self.cpu_linear not in CPU_LINEARS:
+            raise ValueError(f"cpu_linear must be one of {CPU_LINEARS}, got {self.cpu_linear!r}")
         if self.dtype not in DTYPES:
             raise ValueError(f"dtype must be one of {sorted(DTYPES)}, got {self.dtype!r}")
         if self.num_layers is not None and self.num_layers < 1:

@@ -40,7 +40,40 @@ def load_model(spec: ModelSpec) -> torch.nn.Module:
     model = AutoModelForCausalLM.from_pretrained(folder, dtype=DTYPES[spec.dtype], local_files_only=True, **kwargs)
     if spec.num_layers is not None:
         truncate_layers(model, spec.num_layers)
-    return model.to(spec.device).eval()
+    model = model.to(spec.device).eval()
+    if spec.cpu_linear == "onednn" and spec.device == "cpu":
+        use_onednn_linears(model)
+    return model
+
+
+class OnednnLinear(torch.nn.Module):
+    """A linear layer whose weight oneDNN reordered once at load. PyTorch's default float32 GEMM on one CPU
+    thread leaves its matrix-vector path at 4 rows and gets slow for the 4-48 rows of a batched round
+    (measured on the 1.5B target: 8 rows 1.75 s -> 1.05 s per forward; 1 row 0.58 s -> 0.64 s)."""
+
+    def __init__(self, linear: torch.nn.Linear) -> None:
+        super().__init__()
+        self.out_features = linear.out_features
+        self.register_buffer("weight", linear.weight.detach().to_mkldnn())
+        bias = linear.bias if linear.bias is not None else torch.zeros(linear.out_features)
+        self.register_buffer("bias", bias.detach().float().to_mkldnn())
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        rows = x.reshape(-1, x.shape[-1]).contiguous().to_mkldnn()
+        out = torch._C._nn.mkldnn_linear(rows, self.weight, self.bias).to_dense()
+        return out.reshape(*x.shape[:-1], self.out_features)
+
+
+def use_onednn_linears(model: torch.nn.Module) -> None:
+    """Swap every linear of the decoder layers for an ``OnednnLinear`` (float32 on CPU only). The LM head
+    stays: it often shares its weight with the embedding, and a second copy would cost its memory."""
+    if next(model.parameters()).dtype != torch.float32:
+        raise ValueError("cpu_linear onednn needs float32 weights")
+    for layer in model.model.layers:
+        for parent in list(layer.modules()):
+            for name, child in list(parent.named_children()):
+                if isinstance(child, torch.nn.Linear):
+                    setattr(parent, name, OnednnLinear(child))
 
 
 def truncate_layers(model: torch.nn.Module, num_layers: int) -> None:

@@ -97,11 +97,12 @@ def load_pair(folder: str | Path, check_files: bool = True, check_hashes: bool =
     from pearl.backends.base import ModelSpec
     from pearl.dist.config import WorldConfig
 
+    models = pair_models(folder, check_files, check_hashes)  # first: a clear error for a folder that is no pair
     pair = read_engine_json(folder)
     cpu_linear = pair.get("config", {}).get("cpu_linear", "default")
     specs = {role: ModelSpec(str(model_dir), model_device(info), info["dtype"], backend=info["backend"],
                              cpu_linear=cpu_linear)
-             for role, (model_dir, info) in pair_models(folder, check_files, check_hashes).items()}
+             for role, (model_dir, info) in models.items()}
     profile = pair.get("profile") or {}
     config = WorldConfig(draft=specs["draft"], target=specs["target"],
                          threads_per_rank=int(pair.get("threads_per_rank", 1)),

@@ -62,6 +62,7 @@ def test_gpu_configs_put_draft_and_target_on_their_own_gpus():
     ({"draft": {"devices": "cpu"}}, "expected a mapping with a 'source'"),
     ({"cpu_linear": "mkl"}, "cpu_linear must be one of"),
     ({"cpu_linear": "onednn", "dtype": "bfloat16"}, "cpu_linear onednn needs dtype float32"),
+    ({"draft_acceptance": 1}, "draft_acceptance must be between 0 and 1"),
 ])
 def test_bad_configs_are_refused(overrides, message):
     with pytest.raises(ValueError, match=message):

@@ -8,6 +8,7 @@
     threads_per_rank: 1       # torch threads in each MPI rank
     cpu_linear: default       # default | onednn: decoder linears with oneDNN-reordered weights (CPU, float32;
                               # much faster for the 4-48 rows of a batched round, a little slower for 1)
+    draft_acceptance: 0.8     # a draft token's expected chance to be accepted; the profile's gamma rule uses it
     draft:
       source: {...}           # see sources.py: a local path, a hub id, or pinned PyPI wheels
       devices: cpu            # "cpu", or GPU indices: [0]; the target's [1, 2, 3, 4] means tensor parallel 4
@@ -26,6 +27,7 @@ import yaml
 from pearl.backends import BACKENDS
 from pearl.backends.base import CPU_LINEARS
 from pearl.backends.base import DTYPES as RUNTIME_DTYPES
+from pearl.profiling import DEFAULT_ACCEPTANCE
 from pearl_build.sources import Source
 
 CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs"
@@ -67,6 +69,7 @@ class PairConfig:
     max_batch_size: int = 1
     threads_per_rank: int = 1
     cpu_linear: str = "default"
+    draft_acceptance: float = DEFAULT_ACCEPTANCE
     path: Path | None = field(default=None, compare=False)  # the YAML file it came from
 
     @property
@@ -78,6 +81,7 @@ class PairConfig:
         return {"name": self.name, "backend": self.backend, "dtype": self.dtype, "max_seq_len": self.max_seq_len,
                 "max_draft_len": self.max_draft_len, "max_batch_size": self.max_batch_size,
                 "threads_per_rank": self.threads_per_rank, "cpu_linear": self.cpu_linear,
+                "draft_acceptance": self.draft_acceptance,
                 "draft": self.draft.to_dict(), "target": self.target.to_dict()}
 
 
@@ -115,7 +119,7 @@ def load_pair_config(pair: str) -> PairConfig:
 
 def parse_pair(data: dict, default_name: str) -> PairConfig:
     known = {"name", "backend", "dtype", "max_seq_len", "max_draft_len", "max_batch_size", "threads_per_rank",
-             "cpu_linear", "draft", "target", "description"}
+             "cpu_linear", "draft_acceptance", "draft", "target", "description"}
     unknown = set(data) - known
     if unknown:
         raise ValueError(f"unknown keys {sorted(unknown)}; known: {sorted(known)}")
@@ -135,6 +139,9 @@ def parse_pair(data: dict, default_name: str) -> PairConfig:
         raise ValueError(f"cpu_linear must be one of {CPU_LINEARS}, got {cpu_linear!r}")
     if cpu_linear != "default" and dtype != "float32":
         raise ValueError(f"cpu_linear {cpu_linear} needs dtype float32, got {dtype}")
+    draft_acceptance = float(data.get("draft_acceptance", DEFAULT_ACCEPTANCE))
+    if not 0 < draft_acceptance < 1:
+        raise ValueError(f"draft_acceptance must be between 0 and 1 (exclusive), got {draft_acceptance}")
     draft, target = (parse_model(role, data[role]) for role in ("draft", "target"))
     if backend == "torch":
         for model in (draft, target):
@@ -149,7 +156,7 @@ def parse_pair(data: dict, default_name: str) -> PairConfig:
         raise ValueError(f"draft and target share GPUs {sorted(set(draft.devices) & set(target.devices))}; "
                          f"PEARL runs them at the same time, each on its own GPU(s)")
     return PairConfig(name=data.get("name", default_name), backend=backend, dtype=dtype, draft=draft, target=target,
-                      cpu_linear=cpu_linear, **ints)
+                      cpu_linear=cpu_linear, draft_acceptance=draft_acceptance, **ints)
 
 
 def parse_model(role: str, data: dict) -> ModelConfig:

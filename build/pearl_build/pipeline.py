@@ -48,7 +48,8 @@ def build_pair(pair: PairConfig, engines_root: Path, cache_dir: Path, force: boo
 def finish_pair(pair: PairConfig, out: Path, keys: dict[str, str], profile: bool, reprofile: bool) -> None:
     """Check the tokenizers, write the pair's engine.json, and profile the pair unless that is current."""
     vocab = check_pair_vocabulary(out)
-    key = build_key(keys, pair.threads_per_rank, pair.max_draft_len, pair.max_batch_size, pair.cpu_linear)
+    key = build_key(keys, pair.threads_per_rank, pair.max_draft_len, pair.max_batch_size, pair.cpu_linear,
+                    pair.draft_acceptance)
     previous = read_engine_json(out) or {}
     info = {"pair": pair.name, "backend": pair.backend, "models": {role: role for role in ROLES},
             "threads_per_rank": pair.threads_per_rank, "shared_vocab_size": vocab, "build_key": key,
@@ -62,7 +63,7 @@ def finish_pair(pair: PairConfig, out: Path, keys: dict[str, str], profile: bool
     else:
         from pearl_build.profile import profile_pair
         log("profiling the pair on this host (both ranks, one at a time)")
-        info["profile"] = profile_pair(out, pair.max_draft_len, pair.max_batch_size)
+        info["profile"] = profile_pair(out, pair.max_draft_len, pair.max_batch_size, pair.draft_acceptance)
         write_engine_json(out, info)
         p = info["profile"]
         log(f"draft step {1000 * p['draft_step_s']:.1f} ms, target step {1000 * p['target_step_s']:.1f} ms, "

@@ -11,7 +11,7 @@ from pathlib import Path
 
 from pearl.engine import Engine
 from pearl.engine_files import load_pair
-from pearl.profiling import recommended_gamma, speed_ratio
+from pearl.profiling import DEFAULT_ACCEPTANCE, recommended_gamma, speed_ratio
 
 STEPS = 5  # timed forwards per window length (the median is kept)
 
@@ -38,10 +38,12 @@ def batch_sizes(max_batch_size: int) -> list[int]:
     return sizes + ([max_batch_size] if sizes[-1] != max_batch_size else [])
 
 
-def profile_pair(pair_dir: Path, max_draft_len: int, max_batch_size: int = 1) -> dict:
+def profile_pair(pair_dir: Path, max_draft_len: int, max_batch_size: int = 1,
+                 draft_acceptance: float = DEFAULT_ACCEPTANCE) -> dict:
     """Draft and target step times, the target's cost to verify k = 1..max_draft_len tokens, and gamma, for a
     lone sequence (the top-level fields) and for each batch size up to max_batch_size ("by_batch_size"):
-    batched, a verify costs more and gamma moves with it (nano-PEARL measures it the same way)."""
+    batched, a verify costs more and gamma moves with it (nano-PEARL measures it the same way). Gamma is
+    the window with the most expected tokens per second at the pair's ``draft_acceptance``."""
     config, _ = load_pair(pair_dir)
     table = {}
     with Engine(config) as engine:
@@ -52,7 +54,7 @@ def profile_pair(pair_dir: Path, max_draft_len: int, max_batch_size: int = 1) ->
                 "draft_step_s": draft_step,
                 "target_verify_s": verify,  # [k-1]: seconds for the target to take k new tokens per sequence
                 "speed_ratio": speed_ratio(draft_step, verify[0]),
-                "recommended_gamma": recommended_gamma(draft_step, verify),
+                "recommended_gamma": recommended_gamma(draft_step, verify, draft_acceptance),
             }
     lone = table["1"]
     return {
@@ -62,6 +64,7 @@ def profile_pair(pair_dir: Path, max_draft_len: int, max_batch_size: int = 1) ->
         "speed_ratio": lone["speed_ratio"],
         "recommended_gamma": lone["recommended_gamma"],
         "by_batch_size": table,
+        "draft_acceptance": draft_acceptance,
         "threads_per_rank": config.threads_per_rank,
         "draft_hardware": hardware(config.draft.device),
         "target_hardware": hardware(config.target.device),

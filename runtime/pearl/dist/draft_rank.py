@@ -70,6 +70,3 @@ class DraftRank:
         rows = [draft.probs for draft in drafts.values() if draft.probs is not None]
         if rows:
             self.peers.send(torch.cat(rows).detach().float().cpu().numpy().ravel(), TARGET_RANK, DRAFT_PROBS)
-
-
-

@@ -136,6 +136,21 @@ def test_requests_in_a_row_and_at_once_are_all_answered(server, expected):
     assert texts == [expected[p] for p in PROMPTS + PROMPTS[:1]]
 
 
+def test_many_streams_at_once_each_get_their_own_text_and_the_server_stays_up(server, expected):
+    """Three times more streams than the pair batches (max_batch_size 4): the pearl model's workers respond
+    for many requests at once, through its one thread that calls into Triton (concurrent calls from
+    several threads crashed tritonserver's python backend under perf_analyzer load)."""
+    def stream_text(prompt):
+        return "".join(c.text for c in grpc_generate(server.grpc_url, prompt, max_tokens=MAX_TOKENS,
+                                                     exclude_input_in_output=True))
+
+    prompts = PROMPTS * 4
+    with ThreadPoolExecutor(max_workers=len(prompts)) as pool:
+        texts = list(pool.map(stream_text, prompts))
+    assert texts == [expected[p] for p in prompts]
+    assert server.process.poll() is None
+
+
 BAD_INPUTS = [
     ({"text_input": ""}, "text_input is empty"),
     ({"max_tokens": 0}, "max_tokens must be >= 1"),

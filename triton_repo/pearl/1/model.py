@@ -3,9 +3,20 @@
 Loading the model checks the engine directory and starts the engine host, a child process that runs the
 MPI world (draft and target ranks); a problem fails the load with what is wrong and how to fix it. If a
 rank dies, the request it served fails at once and a new world starts by itself. Unloading the model
-shuts the world down. Each request streams responses from the generation thread and always ends with
-Triton's final flag, errors included. Counters go to Triton's metrics endpoint.
+shuts the world down. Each request streams responses and always ends with Triton's final flag, errors
+included. Counters go to Triton's metrics endpoint.
+
+Every call into Triton (responses, cancellation checks, metrics) is made by one thread, ``TritonCalls``:
+the generation service runs one worker thread per request in the batch, and tritonserver 2.51's python
+backend crashes under concurrent calls from several stub threads (SIGSEGV or boost::interprocess::
+lock_exception in libtriton_python.so, seen with perf_analyzer at concurrency 8-16). Triton's own vLLM
+backend sends from a single response thread for the same reason.
 """
+import queue
+import sys
+import threading
+import traceback
+
 import triton_python_backend_utils as pb_utils
 
 from pearl.serving.engine_process import EngineProcess
@@ -15,6 +26,61 @@ from pearl.serving.inputs import RequestError
 from pearl.serving.repository import model_parameter
 
 FINAL = pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL
+CANCEL_POLL_S = 0.2  # how often a quiet request's client is asked whether it went away
+
+
+class TritonCalls:
+    """The one thread that calls into Triton, in the order the calls were queued (so a request's responses
+    stay in order). It also asks each live request's client whether it cancelled, after each of its
+    responses and every CANCEL_POLL_S, and keeps the answer in a flag the generation workers read."""
+
+    def __init__(self):
+        self._calls = queue.Queue()
+        self._live = {}  # id(sender) -> (request, sender, cancelled Event); only this thread touches it
+        self._thread = threading.Thread(target=self._run, name="pearl-triton-calls", daemon=True)
+        self._thread.start()
+
+    def watch(self, request, sender):
+        """A request whose client may cancel; returns its cancelled flag (a threading.Event)."""
+        cancelled = threading.Event()
+        self._calls.put(lambda: self._live.__setitem__(id(sender), (request, sender, cancelled)))
+        return cancelled
+
+    def send(self, sender, response, final):
+        def call():
+            sender.send(response, flags=FINAL if final else 0)
+            watched = self._live.pop(id(sender), None) if final else self._live.get(id(sender))
+            if watched is not None and not final:
+                self._check(*watched)
+        self._calls.put(call)
+
+    def call(self, function):
+        self._calls.put(function)
+
+    def close(self):
+        """Make the queued calls, then stop."""
+        self._calls.put(None)
+        self._thread.join()
+
+    @staticmethod
+    def _check(request, sender, cancelled):
+        if request.is_cancelled() or sender.is_cancelled():
+            cancelled.set()
+
+    def _run(self):
+        while True:
+            try:
+                call = self._calls.get(timeout=CANCEL_POLL_S)
+            except queue.Empty:
+                for watched in list(self._live.values()):
+                    self._check(*watched)
+                continue
+            if call is None:
+                return
+            try:
+                call()
+            except Exception:  # a client that went away must not stop the responses of the others
+                print(f"pearl: a call into Triton failed:\n{traceback.format_exc(limit=3)}", file=sys.stderr)
 
 
 class Metrics:
@@ -61,8 +127,12 @@ class TritonPythonModel:
                 f"cannot load the PEARL engines in {engine_dir}: {exc}. Fix: rebuild them with "
                 f"`make engines PAIR=<pair> FORCE=1` and restart the server") from None
         self.metrics = Metrics()
-        self.service = GenerationService(engine, on_finished=self.metrics.record,
-                                         on_failed=self.metrics.record_failure,
+        self.triton = TritonCalls()
+        self.service = GenerationService(engine,
+                                         on_finished=lambda stats: self.triton.call(
+                                             lambda: self.metrics.record(stats)),
+                                         on_failed=lambda kind: self.triton.call(
+                                             lambda: self.metrics.record_failure(kind)),
                                          max_queue=int(model_parameter(args, "max_queue_size")),
                                          timeout_s=float(model_parameter(args, "request_timeout_s")))
 
@@ -72,21 +142,21 @@ class TritonPythonModel:
 
             def send(outputs, final, sender=sender):
                 response = pb_utils.InferenceResponse([pb_utils.Tensor(k, v) for k, v in outputs.items()])
-                sender.send(response, flags=FINAL if final else 0)
+                self.triton.send(sender, response, final)
 
             def fail(message, kind, sender=sender):
-                sender.send(error_response(pb_utils, message, kind), flags=FINAL)
+                self.triton.send(sender, error_response(pb_utils, message, kind), final=True)
 
+            cancelled = self.triton.watch(request, sender)
             try:
                 self.service.submit({t.name(): t.as_numpy() for t in request.inputs()}, send, fail,
-                                    cancelled=lambda request=request, sender=sender:
-                                    request.is_cancelled() or sender.is_cancelled(),
-                                    request_id=request.request_id())
+                                    cancelled=cancelled.is_set, request_id=request.request_id())
             except QueueFull as exc:
-                sender.send(error_response(pb_utils, str(exc), "unavailable"), flags=FINAL)
+                fail(str(exc), "unavailable")
             except RequestError as exc:
-                sender.send(error_response(pb_utils, str(exc), "invalid"), flags=FINAL)
+                fail(str(exc), "invalid")
         return None
 
     def finalize(self):
         self.service.close()
+        self.triton.close()

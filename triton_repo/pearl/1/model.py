@@ -15,6 +15,7 @@ backend sends from a single response thread for the same reason.
 import queue
 import sys
 import threading
+import time
 import traceback
 
 import triton_python_backend_utils as pb_utils
@@ -32,7 +33,8 @@ CANCEL_POLL_S = 0.2  # how often a quiet request's client is asked whether it we
 class TritonCalls:
     """The one thread that calls into Triton, in the order the calls were queued (so a request's responses
     stay in order). It also asks each live request's client whether it cancelled, after each of its
-    responses and every CANCEL_POLL_S, and keeps the answer in a flag the generation workers read."""
+    responses and every CANCEL_POLL_S however busy it is (a queued request has no responses yet), and keeps
+    the answer in a flag the generation workers read."""
 
     def __init__(self):
         self._calls = queue.Queue()
@@ -48,14 +50,15 @@ class TritonCalls:
 
     def send(self, sender, response, final):
         def call():
+            if final:
+                self._live.pop(id(sender), None)  # first: a final send that fails still ends the watch
             sender.send(response, flags=FINAL if final else 0)
-            watched = self._live.pop(id(sender), None) if final else self._live.get(id(sender))
-            if watched is not None and not final:
+            if not final and (watched := self._live.get(id(sender))) is not None:
                 self._check(*watched)
         self._calls.put(call)
 
-    def call(self, function):
-        self._calls.put(function)
+    def call(self, function, *args):
+        self._calls.put(lambda: function(*args))
 
     def close(self):
         """Make the queued calls, then stop."""
@@ -68,19 +71,27 @@ class TritonCalls:
             cancelled.set()
 
     def _run(self):
+        next_poll = time.monotonic() + CANCEL_POLL_S
         while True:
             try:
                 call = self._calls.get(timeout=CANCEL_POLL_S)
             except queue.Empty:
+                pass  # quiet: only the cancellation poll may be due
+            else:
+                if call is None:
+                    return
+                self._guarded(call)
+            if time.monotonic() >= next_poll:
                 for watched in list(self._live.values()):
-                    self._check(*watched)
-                continue
-            if call is None:
-                return
-            try:
-                call()
-            except Exception:  # a client that went away must not stop the responses of the others
-                print(f"pearl: a call into Triton failed:\n{traceback.format_exc(limit=3)}", file=sys.stderr)
+                    self._guarded(lambda watched=watched: self._check(*watched))
+                next_poll = time.monotonic() + CANCEL_POLL_S
+
+    @staticmethod
+    def _guarded(call):
+        try:
+            call()
+        except Exception:  # a client that went away must not stop the responses of the others
+            print(f"pearl: a call into Triton failed:\n{traceback.format_exc(limit=3)}", file=sys.stderr)
 
 
 class Metrics:
@@ -129,10 +140,8 @@ class TritonPythonModel:
         self.metrics = Metrics()
         self.triton = TritonCalls()
         self.service = GenerationService(engine,
-                                         on_finished=lambda stats: self.triton.call(
-                                             lambda: self.metrics.record(stats)),
-                                         on_failed=lambda kind: self.triton.call(
-                                             lambda: self.metrics.record_failure(kind)),
+                                         on_finished=lambda stats: self.triton.call(self.metrics.record, stats),
+                                         on_failed=lambda kind: self.triton.call(self.metrics.record_failure, kind),
                                          max_queue=int(model_parameter(args, "max_queue_size")),
                                          timeout_s=float(model_parameter(args, "request_timeout_s")))
 

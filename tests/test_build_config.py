@@ -63,6 +63,8 @@ def test_gpu_configs_put_draft_and_target_on_their_own_gpus():
     ({"cpu_linear": "mkl"}, "cpu_linear must be one of"),
     ({"cpu_linear": "onednn", "dtype": "bfloat16"}, "cpu_linear onednn needs dtype float32"),
     ({"draft_acceptance": 1}, "draft_acceptance must be between 0 and 1"),
+    ({"draft_off_batch_size": 0}, "draft_off_batch_size must be >= 1"),
+    ({"target_alone_threads": 0}, "target_alone_threads must be >= 1"),
 ])
 def test_bad_configs_are_refused(overrides, message):
     with pytest.raises(ValueError, match=message):

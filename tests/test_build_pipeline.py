@@ -12,7 +12,7 @@ import pytest
 
 from conftest import SMOLLM2_DRAFT_LAYERS
 from pearl.engine import Engine, VocabularyMismatch
-from pearl.engine_files import gamma_table, read_engine_json
+from pearl.engine_files import gamma_table, load_pair, read_engine_json
 from pearl.params import SamplingParams
 from pearl_build.config import PairConfig, parse_pair
 from pearl_build.pipeline import build_pair
@@ -149,3 +149,18 @@ def test_round_trip_engines_match_the_original_gguf(smollm2_engines, smollm2_ggu
                               "--target", str(smollm2_gguf))
     assert from_engines["token_ids"] == from_gguf["token_ids"] and len(from_gguf["token_ids"]) == 24
     assert from_engines["text"] == from_gguf["text"]
+
+
+def test_draft_off_settings_reach_the_world_without_a_rebuild(built, folders):
+    config, _ = load_pair(built)
+    assert config.draft_off_batch_size is None and config.alone_threads == config.threads_per_rank
+    pair = tiny_pair(folders["draft"], folders["target"], max_batch_size=3, draft_off_batch_size=2,
+                     target_alone_threads=2)
+    try:
+        build_pair(pair, built.parent, built.parent / "cache")
+        config, _ = load_pair(built)
+        assert config.draft_off_batch_size == 2 and config.alone_threads == 2
+        assert read_engine_json(built)["profile"] is not None  # they do not change what was profiled
+    finally:
+        build_pair(tiny_pair(folders["draft"], folders["target"], max_batch_size=3), built.parent,
+                   built.parent / "cache")

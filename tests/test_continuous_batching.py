@@ -95,3 +95,24 @@ def test_cancelling_one_request_leaves_the_others_untouched(engine, alone):
     assert stream.finish_reason == "cancelled" and len(stream.token_ids) < 400
     for one, out in zip(alone, others):
         assert out.token_ids == one.token_ids
+
+
+def test_the_draft_drops_out_of_a_large_batch_and_greedy_outputs_stay_the_targets(engine_factory, tiny, alone):
+    """draft_off_batch_size 3: once a round holds 3 sequences, the target decodes every one of them alone from
+    its verified tokens (pending draft tokens dropped, the draft told to let them go); the draft serves
+    requests again once the batch is small."""
+    engine = engine_factory(tiny["close_draft"], tiny["target"], max_batch_size=8, draft_off_batch_size=3,
+                            target_alone_threads=2)
+    together = run_concurrently(engine, REQUESTS, 0.3)
+    speculative_greedy = [i for i, (_, mode, _, params) in enumerate(REQUESTS) if mode != "ar" and params.greedy]
+    for i, (request, one, out) in enumerate(zip(REQUESTS, alone, together)):
+        assert out.finish_reason == one.finish_reason or not request[3].greedy, request
+        if request[3].greedy:
+            assert out.token_ids == one.token_ids, request
+    drafted_together = sum(together[i].stats.draft_tokens for i in speculative_greedy)
+    drafted_alone = sum(alone[i].stats.draft_tokens for i in speculative_greedy)
+    assert drafted_together < drafted_alone / 2  # the draft really dropped out of the large rounds
+    # alone again: the draft rank kept no stale request and drafts as before
+    prompt, mode, gamma, params = REQUESTS[0]
+    again = engine.generate(prompt, params, mode=mode, gamma=gamma).collect()
+    assert again.token_ids == alone[0].token_ids and again.stats.draft_tokens == alone[0].stats.draft_tokens

@@ -31,6 +31,15 @@ def test_sd_bonus_token_follows_the_accepted_window():
     assert seq.tokens == [10, 11, 12, 20, 21, 30] and seq.pending == []
 
 
+def test_dropping_pending_keeps_the_last_verified_token_uncached():
+    seq = seq_with_pending([20, 21, 22])
+    seq.apply_verdict(Verdict(1))  # 20 verified, 21 and 22 pending
+    seq.num_cached = 6  # the target rank had cached the whole window
+    assert seq.drop_pending() == 3 and seq.tokens == [10, 11, 12, 20] and seq.pending == []
+    seq.num_cached = 2
+    assert seq.drop_pending() == 2  # a cache already shorter keeps what it has
+
+
 def test_verdict_accepting_more_than_pending_is_refused():
     with pytest.raises(ValueError):
         seq_with_pending([20]).apply_verdict(Verdict(2, 5))

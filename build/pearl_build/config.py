@@ -9,6 +9,8 @@
     cpu_linear: default       # default | onednn: decoder linears with oneDNN-reordered weights (CPU, float32;
                               # much faster for the 4-48 rows of a batched round, a little slower for 1)
     draft_acceptance: 0.8     # a draft token's expected chance to be accepted; the profile's gamma rule uses it
+    draft_off_batch_size: 8   # optional: from this many sequences in a round, the target decodes alone
+    target_alone_threads: 2   # optional: torch threads of the target while no sequence uses the draft
     draft:
       source: {...}           # see sources.py: a local path, a hub id, or pinned PyPI wheels
       devices: cpu            # "cpu", or GPU indices: [0]; the target's [1, 2, 3, 4] means tensor parallel 4
@@ -70,6 +72,8 @@ class PairConfig:
     threads_per_rank: int = 1
     cpu_linear: str = "default"
     draft_acceptance: float = DEFAULT_ACCEPTANCE
+    draft_off_batch_size: int | None = None
+    target_alone_threads: int | None = None
     path: Path | None = field(default=None, compare=False)  # the YAML file it came from
 
     @property
@@ -81,7 +85,8 @@ class PairConfig:
         return {"name": self.name, "backend": self.backend, "dtype": self.dtype, "max_seq_len": self.max_seq_len,
                 "max_draft_len": self.max_draft_len, "max_batch_size": self.max_batch_size,
                 "threads_per_rank": self.threads_per_rank, "cpu_linear": self.cpu_linear,
-                "draft_acceptance": self.draft_acceptance,
+                "draft_acceptance": self.draft_acceptance, "draft_off_batch_size": self.draft_off_batch_size,
+                "target_alone_threads": self.target_alone_threads,
                 "draft": self.draft.to_dict(), "target": self.target.to_dict()}
 
 
@@ -119,7 +124,8 @@ def load_pair_config(pair: str) -> PairConfig:
 
 def parse_pair(data: dict, default_name: str) -> PairConfig:
     known = {"name", "backend", "dtype", "max_seq_len", "max_draft_len", "max_batch_size", "threads_per_rank",
-             "cpu_linear", "draft_acceptance", "draft", "target", "description"}
+             "cpu_linear", "draft_acceptance", "draft_off_batch_size", "target_alone_threads", "draft", "target",
+             "description"}
     unknown = set(data) - known
     if unknown:
         raise ValueError(f"unknown keys {sorted(unknown)}; known: {sorted(known)}")
@@ -131,8 +137,10 @@ def parse_pair(data: dict, default_name: str) -> PairConfig:
         raise ValueError(f"dtype must be one of {DTYPES}, got {dtype!r}")
     ints = {key: int(data.get(key, default)) for key, default in
             (("max_seq_len", 4096), ("max_draft_len", 8), ("max_batch_size", 1), ("threads_per_rank", 1))}
-    for key, value in ints.items():
-        if value < 1:
+    optional_ints = {key: None if data.get(key) is None else int(data[key])
+                     for key in ("draft_off_batch_size", "target_alone_threads")}
+    for key, value in (ints | optional_ints).items():
+        if value is not None and value < 1:
             raise ValueError(f"{key} must be >= 1, got {value}")
     cpu_linear = data.get("cpu_linear", "default")
     if cpu_linear not in CPU_LINEARS:
@@ -156,7 +164,7 @@ def parse_pair(data: dict, default_name: str) -> PairConfig:
         raise ValueError(f"draft and target share GPUs {sorted(set(draft.devices) & set(target.devices))}; "
                          f"PEARL runs them at the same time, each on its own GPU(s)")
     return PairConfig(name=data.get("name", default_name), backend=backend, dtype=dtype, draft=draft, target=target,
-                      cpu_linear=cpu_linear, draft_acceptance=draft_acceptance, **ints)
+                      cpu_linear=cpu_linear, draft_acceptance=draft_acceptance, **ints, **optional_ints)
 
 
 def parse_model(role: str, data: dict) -> ModelConfig:

@@ -99,14 +99,17 @@ def load_pair(folder: str | Path, check_files: bool = True, check_hashes: bool =
 
     models = pair_models(folder, check_files, check_hashes)  # first: a clear error for a folder that is no pair
     pair = read_engine_json(folder)
-    cpu_linear = pair.get("config", {}).get("cpu_linear", "default")
+    settings = pair.get("config", {})
+    cpu_linear = settings.get("cpu_linear", "default")
     specs = {role: ModelSpec(str(model_dir), model_device(info), info["dtype"], backend=info["backend"],
                              cpu_linear=cpu_linear)
              for role, (model_dir, info) in models.items()}
     profile = pair.get("profile") or {}
     config = WorldConfig(draft=specs["draft"], target=specs["target"],
                          threads_per_rank=int(pair.get("threads_per_rank", 1)),
-                         max_batch_size=int(pair.get("config", {}).get("max_batch_size", 1)))
+                         max_batch_size=int(settings.get("max_batch_size", 1)),
+                         draft_off_batch_size=settings.get("draft_off_batch_size"),
+                         target_alone_threads=settings.get("target_alone_threads"))
     return config, profile.get("recommended_gamma")
 
 

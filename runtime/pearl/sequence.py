@@ -55,6 +55,12 @@ class Sequence:
         self.num_verified = accepted_end
         return len(self.tokens)
 
+    def drop_pending(self) -> int:
+        """Forget the draft tokens not yet checked; returns how many leading tokens a KV cache may keep so
+        that the last verified token is still uncached (the next forward takes its logits row from it)."""
+        del self.tokens[self.num_verified:]
+        return min(self.num_cached, self.num_verified - 1)
+
     def num_to_draft(self, gamma: int, max_total: int) -> int:
         """Draft length for this round: gamma, cut so the sequence stays within max_total tokens.
 

@@ -31,8 +31,9 @@ Draft <-> target (peers): continuous batching, one PLAN and one DRAFT per round,
                         [n_verdicts, (request_id, num_accepted, next_token (-1: none), finished) * n_verdicts,
                          ids of the requests that join the batch now...]
                         It carries the verdict of every sequence of the round just verified (finished ones
-                        leave the batch; a request cancelled before it joined appears once, finished) and the
-                        requests admitted for the next round. The target admits requests (at most the world's
+                        leave the batch; a request cancelled before it joined appears once, finished; so does
+                        one the draft drops out of at draft_off_batch_size, its verdict then meaningless) and
+                        the requests admitted for the next round. The target admits requests (at most the world's
                         max_batch_size at once), so both ranks always agree on the batch.
   DRAFT        int64    draft -> target, when its batch is not empty after a PLAN:
                         [n_seqs, (request_id, draft_forwards so far, n_new) * n_seqs, new draft ids...]

@@ -5,6 +5,11 @@ Requests wait in arrival order and join at a round boundary while fewer than ``m
 a finished request leaves at once (its last tokens and statistics go out right after its round). A CANCEL
 ends a request at the next boundary without another round. The draft learns of joins and leaves only from
 the PLAN, so both ranks always hold the same batch (protocol in ``pearl.dist.protocol``).
+
+Once a round holds ``draft_off_batch_size`` sequences, the draft drops out of all of them for good: each
+keeps its verified tokens and the target decodes it alone (``ArStep``), which stays lossless. Where a
+batched verify is compute-bound (a CPU), drafting then costs more than it saves, and a round with no
+drafting sequence lets the target take the draft's idle cores too (``target_alone_threads``).
 """
 from __future__ import annotations
 
@@ -14,17 +19,21 @@ import numpy as np
 import torch
 
 from pearl.decoding import Draft, TargetState, target_round, target_state
+from pearl.decoding.ar import ArStep
 from pearl.dist.protocol import (DRAFT, DRAFT_PROBS, DRAFT_RANK, DRIVER_RANK, PLAN, STATS, TOKENS, ProtocolError,
                                  Verdicts, decode_drafts, encode_plan)
+from pearl.dist.config import WorldConfig
 from pearl.dist.transport import Endpoint
 from pearl.params import GenerationRequest
 from pearl.sampling import Verdict
 
 
 class TargetRank:
-    def __init__(self, backend, driver: Endpoint, peers: Endpoint, max_batch_size: int) -> None:
+    def __init__(self, backend, driver: Endpoint, peers: Endpoint, config: WorldConfig) -> None:
         self.backend, self.driver, self.peers = backend, driver, peers
-        self.max_batch_size = max_batch_size
+        self.max_batch_size = config.max_batch_size
+        self.draft_off_batch_size = config.draft_off_batch_size
+        self.threads = {True: config.threads_per_rank, False: config.alone_threads}  # by "a sequence drafts"
         self.vocab_size = 0  # set by OP_START
         self.active: dict[int, TargetState] = {}
         self.waiting: deque[GenerationRequest] = deque()
@@ -66,6 +75,10 @@ class TargetRank:
             state = target_state(self.waiting.popleft(), self.backend, self.vocab_size)
             self.active[state.request_id] = state
             joins.append(state)
+        if self.draft_off_batch_size is not None and len(self.active) >= self.draft_off_batch_size:
+            for state in self.active.values():
+                if state.step.uses_draft:
+                    self._decode_alone(state)
         drafting_joins = [state.request_id for state in joins if state.step.uses_draft]
         if self.verdicts or drafting_joins:
             self.peers.send(encode_plan(self.verdicts, drafting_joins), DRAFT_RANK, PLAN)
@@ -73,11 +86,22 @@ class TargetRank:
         if not self.active:
             return
         states = list(self.active.values())
+        threads = self.threads[any(state.step.uses_draft for state in states)]
+        if torch.get_num_threads() != threads:
+            torch.set_num_threads(threads)
         target_round(states, self._receive_drafts)
         for state in states:
             if state.step.uses_draft:
                 self.verdicts[state.request_id] = (state.verdict, state.finished)
             self._report(state)
+
+    def _decode_alone(self, state: TargetState) -> None:
+        """The draft drops out of this sequence: its unchecked draft tokens go, the target decodes it alone
+        from its verified tokens, and the next PLAN tells the draft to let it go (as if it had finished; one
+        that never joined the draft is dropped there like a cancelled one)."""
+        state.backend.truncate(state.seq, state.seq.drop_pending())
+        state.step = ArStep()
+        self.verdicts[state.request_id] = (Verdict(0), True)
 
     def _receive_drafts(self) -> dict[int, Draft]:
         windows = decode_drafts(self.peers.recv_from(DRAFT_RANK, DRAFT))

@@ -64,7 +64,7 @@ class Worker:
         """Answer the driver and run the scheduler's rounds until OP_SHUTDOWN. A failure while serving is
         reported (ERROR) and ends the serving: the batch's state is lost and the world must be restarted."""
         if self.rank == TARGET_RANK:
-            self.scheduler = TargetRank(self.backend, self.driver, self.peers, self.config.max_batch_size)
+            self.scheduler = TargetRank(self.backend, self.driver, self.peers, self.config)
         else:
             self.scheduler = DraftRank(self.backend, self.peers, self.handle_driver_message)
         try:

@@ -6,8 +6,9 @@
     max_draft_len: 8          # longest draft window the target verifies (gamma's upper bound)
     max_batch_size: 8         # sequences served together: tensorrt_llm's engine limit; the profile's gamma table
     threads_per_rank: 1       # torch threads in each MPI rank
-    cpu_linear: default       # default | onednn: decoder linears with oneDNN-reordered weights (CPU, float32;
-                              # much faster for the 4-48 rows of a batched round, a little slower for 1)
+    cpu_linear: default       # default | onednn: decoder linears and LM head with oneDNN-packed weights (CPU,
+                              # float32 or bfloat16; much faster for the 1-48 rows of a decode or a round)
+    attention: sdpa           # sdpa | eager: transformers' attention; eager is faster on a CPU for padded batches
     draft_acceptance: 0.8     # a draft token's expected chance to be accepted; the profile's gamma rule uses it
     draft_off_batch_size: 8   # optional: from this many sequences in a round, the target decodes alone
     target_alone_threads: 2   # optional: torch threads of the target while no sequence uses the draft
@@ -27,7 +28,7 @@ from pathlib import Path
 import yaml
 
 from pearl.backends import BACKENDS
-from pearl.backends.base import CPU_LINEARS
+from pearl.backends.base import ATTENTIONS, CPU_LINEARS
 from pearl.backends.base import DTYPES as RUNTIME_DTYPES
 from pearl.profiling import DEFAULT_ACCEPTANCE
 from pearl_build.sources import Source
@@ -71,6 +72,7 @@ class PairConfig:
     max_batch_size: int = 1
     threads_per_rank: int = 1
     cpu_linear: str = "default"
+    attention: str = "sdpa"
     draft_acceptance: float = DEFAULT_ACCEPTANCE
     draft_off_batch_size: int | None = None
     target_alone_threads: int | None = None
@@ -85,6 +87,7 @@ class PairConfig:
         return {"name": self.name, "backend": self.backend, "dtype": self.dtype, "max_seq_len": self.max_seq_len,
                 "max_draft_len": self.max_draft_len, "max_batch_size": self.max_batch_size,
                 "threads_per_rank": self.threads_per_rank, "cpu_linear": self.cpu_linear,
+                "attention": self.attention,
                 "draft_acceptance": self.draft_acceptance, "draft_off_batch_size": self.draft_off_batch_size,
                 "target_alone_threads": self.target_alone_threads,
                 "draft": self.draft.to_dict(), "target": self.target.to_dict()}
@@ -124,8 +127,8 @@ def load_pair_config(pair: str) -> PairConfig:
 
 def parse_pair(data: dict, default_name: str) -> PairConfig:
     known = {"name", "backend", "dtype", "max_seq_len", "max_draft_len", "max_batch_size", "threads_per_rank",
-             "cpu_linear", "draft_acceptance", "draft_off_batch_size", "target_alone_threads", "draft", "target",
-             "description"}
+             "cpu_linear", "attention", "draft_acceptance", "draft_off_batch_size", "target_alone_threads", "draft",
+             "target", "description"}
     unknown = set(data) - known
     if unknown:
         raise ValueError(f"unknown keys {sorted(unknown)}; known: {sorted(known)}")
@@ -145,8 +148,11 @@ def parse_pair(data: dict, default_name: str) -> PairConfig:
     cpu_linear = data.get("cpu_linear", "default")
     if cpu_linear not in CPU_LINEARS:
         raise ValueError(f"cpu_linear must be one of {CPU_LINEARS}, got {cpu_linear!r}")
-    if cpu_linear != "default" and dtype != "float32":
-        raise ValueError(f"cpu_linear {cpu_linear} needs dtype float32, got {dtype}")
+    if cpu_linear != "default" and dtype == "float16":
+        raise ValueError(f"cpu_linear {cpu_linear} needs dtype float32 or bfloat16, got {dtype}")
+    attention = data.get("attention", "sdpa")
+    if attention not in ATTENTIONS:
+        raise ValueError(f"attention must be one of {ATTENTIONS}, got {attention!r}")
     draft_acceptance = float(data.get("draft_acceptance", DEFAULT_ACCEPTANCE))
     if not 0 < draft_acceptance < 1:
         raise ValueError(f"draft_acceptance must be between 0 and 1 (exclusive), got {draft_acceptance}")
@@ -164,7 +170,8 @@ def parse_pair(data: dict, default_name: str) -> PairConfig:
         raise ValueError(f"draft and target share GPUs {sorted(set(draft.devices) & set(target.devices))}; "
                          f"PEARL runs them at the same time, each on its own GPU(s)")
     return PairConfig(name=data.get("name", default_name), backend=backend, dtype=dtype, draft=draft, target=target,
-                      cpu_linear=cpu_linear, draft_acceptance=draft_acceptance, **ints, **optional_ints)
+                      cpu_linear=cpu_linear, attention=attention, draft_acceptance=draft_acceptance, **ints,
+                      **optional_ints)
 
 
 def parse_model(role: str, data: dict) -> ModelConfig:

@@ -16,6 +16,7 @@ from pearl.sequence import Sequence
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 CPU_LINEARS = ("default", "onednn")
+ATTENTIONS = ("sdpa", "eager")  # transformers attn_implementation values we allow
 
 
 @dataclass(frozen=True)
@@ -27,11 +28,14 @@ class ModelSpec:
     dtype: str = "float32"
     num_layers: int | None = None  # keep only the first N decoder layers (a self-draft)
     backend: str = "torch"
-    cpu_linear: str = "default"  # "onednn": the decoder layers' linears with oneDNN-reordered weights (CPU)
+    cpu_linear: str = "default"  # "onednn": decoder linears and LM head with oneDNN-packed weights (CPU)
+    attention: str = "sdpa"  # "eager": plain matmuls; on a CPU faster for a padded batch's short queries
 
     def __post_init__(self) -> None:
         if self.cpu_linear not in CPU_LINEARS:
             raise ValueError(f"cpu_linear must be one of {CPU_LINEARS}, got {self.cpu_linear!r}")
+        if self.attention not in ATTENTIONS:
+            raise ValueError(f"attention must be one of {ATTENTIONS}, got {self.attention!r}")
         if self.dtype not in DTYPES:
             raise ValueError(f"dtype must be one of {sorted(DTYPES)}, got {self.dtype!r}")
         if self.num_layers is not None and self.num_layers < 1:

@@ -37,7 +37,8 @@ def load_model(spec: ModelSpec) -> torch.nn.Module:
 
     folder, gguf_file = resolve(spec.path)
     kwargs = {"gguf_file": gguf_file} if gguf_file else {"use_safetensors": True}
-    model = AutoModelForCausalLM.from_pretrained(folder, dtype=DTYPES[spec.dtype], local_files_only=True, **kwargs)
+    model = AutoModelForCausalLM.from_pretrained(folder, dtype=DTYPES[spec.dtype], local_files_only=True,
+                                                 attn_implementation=spec.attention, **kwargs)
     if spec.num_layers is not None:
         truncate_layers(model, spec.num_layers)
     model = model.to(spec.device).eval()
@@ -47,33 +48,37 @@ def load_model(spec: ModelSpec) -> torch.nn.Module:
 
 
 class OnednnLinear(torch.nn.Module):
-    """A linear layer whose weight oneDNN reordered once at load. PyTorch's default float32 GEMM on one CPU
-    thread leaves its matrix-vector path at 4 rows and gets slow for the 4-48 rows of a batched round
-    (measured on the 1.5B target: 8 rows 1.75 s -> 1.05 s per forward; 1 row 0.58 s -> 0.64 s)."""
+    """A linear layer whose weight oneDNN packed once at load, for its own CPU GEMM kernels (float32 or
+    bfloat16). PyTorch's default CPU GEMM on one or two threads is far from the memory bandwidth for the
+    1-48 rows of a decode or a batched round: on the 1.5B target in bfloat16, a decode step of 8 sequences
+    on 2 threads went 0.30 s -> 0.20 s, one sequence on 1 thread 0.35 s -> 0.20 s, with the same logits."""
+
+    ROWS_HINT = 8  # the packing is tuned for about this many rows; any number works
 
     def __init__(self, linear: torch.nn.Linear) -> None:
         super().__init__()
         self.out_features = linear.out_features
-        self.register_buffer("weight", linear.weight.detach().to_mkldnn())
-        bias = linear.bias if linear.bias is not None else torch.zeros(linear.out_features)
-        self.register_buffer("bias", bias.detach().float().to_mkldnn())
+        weight = linear.weight.detach()
+        self.register_buffer("weight", torch.ops.mkldnn._reorder_linear_weight(weight, self.ROWS_HINT))
+        self.register_buffer("bias", None if linear.bias is None else linear.bias.detach().to(weight.dtype))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        rows = x.reshape(-1, x.shape[-1]).contiguous().to_mkldnn()
-        out = torch._C._nn.mkldnn_linear(rows, self.weight, self.bias).to_dense()
-        return out.reshape(*x.shape[:-1], self.out_features)
+        return torch.ops.mkldnn._linear_pointwise(x, self.weight, self.bias, "none", [], "")
 
 
 def use_onednn_linears(model: torch.nn.Module) -> None:
-    """Swap every linear of the decoder layers for an ``OnednnLinear`` (float32 on CPU only). The LM head
-    stays: it often shares its weight with the embedding, and a second copy would cost its memory."""
-    if next(model.parameters()).dtype != torch.float32:
-        raise ValueError("cpu_linear onednn needs float32 weights")
+    """Swap every linear of the decoder layers, and the LM head, for an ``OnednnLinear`` (CPU only). A
+    tied LM head then has a packed copy of its own beside the embedding (its size in memory again): a
+    decode step reads it whole, and unpacked it ran a lone decode 1.5x slower."""
+    dtype = next(model.parameters()).dtype
+    if dtype not in (torch.float32, torch.bfloat16):
+        raise ValueError(f"cpu_linear onednn needs float32 or bfloat16 weights, got {dtype}")
     for layer in model.model.layers:
         for parent in list(layer.modules()):
             for name, child in list(parent.named_children()):
                 if isinstance(child, torch.nn.Linear):
                     setattr(parent, name, OnednnLinear(child))
+    model.lm_head = OnednnLinear(model.lm_head)
 
 
 def truncate_layers(model: torch.nn.Module, num_layers: int) -> None:

@@ -49,7 +49,7 @@ def finish_pair(pair: PairConfig, out: Path, keys: dict[str, str], profile: bool
     """Check the tokenizers, write the pair's engine.json, and profile the pair unless that is current."""
     vocab = check_pair_vocabulary(out)
     key = build_key(keys, pair.threads_per_rank, pair.max_draft_len, pair.max_batch_size, pair.cpu_linear,
-                    pair.draft_acceptance)
+                    pair.attention, pair.draft_acceptance)
     previous = read_engine_json(out) or {}
     info = {"pair": pair.name, "backend": pair.backend, "models": {role: role for role in ROLES},
             "threads_per_rank": pair.threads_per_rank, "shared_vocab_size": vocab, "build_key": key,

@@ -100,9 +100,9 @@ def load_pair(folder: str | Path, check_files: bool = True, check_hashes: bool =
     models = pair_models(folder, check_files, check_hashes)  # first: a clear error for a folder that is no pair
     pair = read_engine_json(folder)
     settings = pair.get("config", {})
-    cpu_linear = settings.get("cpu_linear", "default")
+    cpu_linear, attention = settings.get("cpu_linear", "default"), settings.get("attention", "sdpa")
     specs = {role: ModelSpec(str(model_dir), model_device(info), info["dtype"], backend=info["backend"],
-                             cpu_linear=cpu_linear)
+                             cpu_linear=cpu_linear, attention=attention)
              for role, (model_dir, info) in models.items()}
     profile = pair.get("profile") or {}
     config = WorldConfig(draft=specs["draft"], target=specs["target"],

@@ -129,3 +129,41 @@ def test_onednn_linears_give_the_default_logits(tiny, model, dtype, atol):
         for backend in (default, onednn):
             for seq in backend.seqs:
                 seq.tokens.append(7)
+
+
+def test_a_steady_batch_keeps_its_cache_and_gives_each_sequence_its_rows_back(tiny):
+    """Rounds over the same sequences reuse the batch's cache (no copy in and out); a rollback leaves holes
+    the mask hides; a sequence that goes on alone takes exactly its rows back; logits stay each one's own."""
+    batched, alone = (TorchBackend.load(ModelSpec(str(tiny["target"]))) for _ in range(2))
+    prompts = [[3, 14, 15, 9, 2], [6, 5], [1, 2, 3, 4, 5, 6, 7, 8, 9]]
+    seqs = {backend: [Sequence(i, p) for i, p in enumerate(prompts)] for backend in (batched, alone)}
+
+    def forward(indices: list[int], num_logits: list[int]) -> None:
+        together = batched.forward([seqs[batched][i] for i in indices], num_logits)
+        for i, n, rows in zip(indices, num_logits, together):
+            expected = alone.forward([seqs[alone][i]], [n])[0]
+            assert torch.allclose(rows, expected, atol=1e-4) and torch.equal(rows.argmax(-1), expected.argmax(-1))
+
+    forward([0, 1, 2], [1, 1, 1])
+    kept = batched._batch.cache
+    for step in range(3):
+        for backend_seqs in seqs.values():
+            for i, seq in enumerate(backend_seqs):
+                seq.tokens += [20 + step] * (1 + i)
+        forward([0, 1, 2], [1, 2, 3])
+        assert batched._batch.cache is kept and sorted(batched._batch.request_ids) == [0, 1, 2]
+    for backend, backend_seqs in seqs.items():  # sequence 2 loses its last 2 tokens: holes in its row
+        backend.truncate(backend_seqs[2], len(backend_seqs[2].tokens) - 2)
+        del backend_seqs[2].tokens[-2:]
+        backend_seqs[2].tokens.append(4)
+        backend_seqs[0].tokens.append(4)
+    assert batched.cache_length(seqs[batched][2]) == len(seqs[batched][2].tokens) - 1
+    forward([2], [1])  # alone: the batch gives every sequence its own cache back
+    assert batched._batch is None
+    assert [batched.cache_length(s) for s in seqs[batched]] == [len(s.tokens) - (i == 0) for i, s in
+                                                                 enumerate(seqs[batched])]
+    for backend_seqs in seqs.values():
+        backend_seqs[1].tokens.append(4)
+    forward([0, 1], [1, 1])
+    batched.release(seqs[batched][1])
+    assert batched._batch is None and batched.cache_length(seqs[batched][0]) == len(seqs[batched][0].tokens)

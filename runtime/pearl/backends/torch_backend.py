@@ -1,11 +1,15 @@
-"""The torch backend: a transformers causal LM on CPU or CUDA, one ``DynamicCache`` per sequence.
+"""The torch backend: a transformers causal LM on CPU or CUDA, and the KV caches of its sequences.
 
-Each sequence owns its cache (its length and rollback are its own). Several sequences go through the model
-in one batched forward (``forward`` with more than one): a ragged batch, see ``_forward_batch``; a long
-prefill goes on its own rather than padding every decode of the batch to its length (``_groups``).
+A sequence's cache is its own ``DynamicCache``, or its row of the last batched forward's cache
+(``BatchCache``): several sequences go through the model in one forward (``forward`` with more than one), a
+ragged batch, see ``_forward_batch``; a long prefill goes on its own rather than padding every decode of the
+batch to its length (``_groups``). The batch's cache stays a batch while the same sequences keep coming
+back together (every round of a steady batch), so a round does not copy every cache in and out; a sequence
+that goes elsewhere, or leaves, takes its rows back first (``_unbatch``).
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -27,6 +31,26 @@ def eos_token_ids(model) -> tuple[int, ...]:
     return tuple(sorted(ids))
 
 
+@dataclass
+class BatchCache:
+    """The cache of a batched forward, kept for the next one over the same sequences: row i is sequence
+    ``request_ids[i]``; ``mask[i]`` marks its real positions (pads and rolled-back tokens are holes, hidden
+    by the attention mask), ``lengths[i]`` counts them (the sequence's ``num_cached``)."""
+
+    request_ids: list[int]
+    cache: DynamicCache
+    mask: torch.Tensor  # [batch, cache length], 1 = a real key
+    lengths: list[int]
+
+    def row(self, request_id: int) -> int | None:
+        return self.request_ids.index(request_id) if request_id in self.request_ids else None
+
+    @property
+    def holes(self) -> int:
+        """Cache positions beyond the longest row's real keys (what every row's attention pays for)."""
+        return self.mask.shape[1] - max(self.lengths)
+
+
 class TorchBackend:
     PAD_BUDGET_TOKENS = 64
 
@@ -37,7 +61,8 @@ class TorchBackend:
         self.vocab_size = model.get_output_embeddings().weight.shape[0]
         self.eos_token_ids = eos_token_ids(model)
         self.max_seq_len = int(model.config.max_position_embeddings)
-        self._caches: dict[int, DynamicCache] = {}
+        self._caches: dict[int, DynamicCache] = {}  # sequences not in the batch cache
+        self._batch: BatchCache | None = None
 
     @classmethod
     def load(cls, spec: ModelSpec) -> "TorchBackend":
@@ -55,6 +80,11 @@ class TorchBackend:
                 raise ValueError(f"asked for {n} logits rows but {seq.num_uncached} tokens are uncached")
         logits: list[torch.Tensor | None] = [None] * len(seqs)
         for group in self._groups([seq.num_uncached for seq in seqs]):
+            if self._batch is not None:
+                if sorted(seqs[i].request_id for i in group) == sorted(self._batch.request_ids):
+                    group.sort(key=lambda i: self._batch.row(seqs[i].request_id))  # the batch's row order
+                if not self._keeps_batch([seqs[i].request_id for i in group]):
+                    self._unbatch()
             if len(group) == 1:
                 rows = [self._forward_one(seqs[group[0]], num_logits[group[0]])]
             else:
@@ -62,6 +92,14 @@ class TorchBackend:
             for i, row in zip(group, rows):
                 logits[i] = row
         return logits
+
+    def _keeps_batch(self, request_ids: list[int]) -> bool:
+        """Whether the batch cache may stay as it is for a forward over these sequences: the same batch
+        again (unless holes have grown past the padding budget), or a lone sequence not in it. Any other
+        batched forward makes a batch cache of its own."""
+        if len(request_ids) == 1:
+            return self._batch.row(request_ids[0]) is None
+        return request_ids == self._batch.request_ids and self._batch.holes <= self.PAD_BUDGET_TOKENS
 
     def _groups(self, new_tokens: list[int]) -> list[list[int]]:
         """Indices of the sequences that go through the model together. New tokens are right-padded to the
@@ -89,46 +127,56 @@ class TorchBackend:
 
     def _forward_batch(self, seqs: list[Sequence], num_logits: list[int]) -> list[torch.Tensor]:
         """One forward for sequences of different cached and new lengths. Row i holds sequence i's cache
-        left-padded with zeros to the longest cache (P), then its new tokens right-padded to the most new
-        tokens (N): a 2D attention mask hides every pad key, position ids give each token its true position,
-        and no query row is left with nothing to attend to (a pad query after real tokens sees them), so no
-        NaN reaches a real row. Each sequence's own cache then takes back exactly its real rows."""
+        (the kept batch cache, or each sequence's own cache left-padded with zeros to the longest), then its
+        new tokens right-padded to the most new tokens (N): a 2D attention mask hides every pad and hole,
+        position ids give each token its true position, and no query row is left with nothing to attend to
+        (a pad query after real tokens sees them), so no NaN reaches a real row. The result is kept as the
+        batch cache."""
         past = [seq.num_cached for seq in seqs]
         new = [seq.tokens[seq.num_cached:] for seq in seqs]
-        batch, longest_past, most_new = len(seqs), max(past), max(map(len, new))
+        batch, most_new = len(seqs), max(map(len, new))
+        kept = self._batch if self._batch is not None and self._batch.request_ids == [s.request_id for s in seqs] \
+            else None
+        if kept is not None:
+            assert kept.lengths == past, "the batch cache and its sequences disagree"
+            cache, past_mask = kept.cache, kept.mask
+        else:
+            cache, past_mask = self._padded_cache(seqs, past)
         ids = torch.zeros(batch, most_new, dtype=torch.long, device=self.device)
-        mask = torch.zeros(batch, longest_past + most_new, dtype=torch.long, device=self.device)
+        new_mask = torch.zeros(batch, most_new, dtype=torch.long, device=self.device)
         positions = torch.zeros(batch, most_new, dtype=torch.long, device=self.device)
         for i, (cached, tokens) in enumerate(zip(past, new)):
             ids[i, :len(tokens)] = torch.tensor(tokens, device=self.device)
-            mask[i, longest_past - cached:longest_past + len(tokens)] = 1
+            new_mask[i, :len(tokens)] = 1
             positions[i] = torch.arange(cached, cached + most_new, device=self.device)
-        cache = self._padded_cache(seqs, past, longest_past)
+        mask = torch.cat([past_mask, new_mask], dim=1)
         # Logits only at the positions some row asks for (a prefill wants its last one): the LM head over
         # every position of a batched prefill would cost as much as a sixth of the forward.
         wanted = sorted({p for tokens, n in zip(new, num_logits) for p in range(len(tokens) - n, len(tokens))})
         out = self.model(input_ids=ids, attention_mask=mask, position_ids=positions, past_key_values=cache,
                          use_cache=True, logits_to_keep=torch.tensor(wanted, device=self.device))
+        self._batch = BatchCache([seq.request_id for seq in seqs], cache, mask,
+                                 [cached + len(tokens) for cached, tokens in zip(past, new)])
         logits = []
-        for i, (seq, cached, tokens, n) in enumerate(zip(seqs, past, new, num_logits)):
-            real = [slice(longest_past - cached, longest_past), slice(longest_past, longest_past + len(tokens))]
-            own = DynamicCache()
-            for index, layer in enumerate(cache.layers):
-                own.update(torch.cat([layer.keys[i:i + 1, :, rows] for rows in real], dim=2),
-                           torch.cat([layer.values[i:i + 1, :, rows] for rows in real], dim=2), index)
-            self._caches[seq.request_id] = own
+        for i, (seq, tokens, n) in enumerate(zip(seqs, new, num_logits)):
+            self._caches.pop(seq.request_id, None)  # its rows are the batch cache's now
             seq.num_cached = len(seq.tokens)
             first = wanted.index(len(tokens) - n)  # a row's positions are consecutive in ``wanted`` too
             logits.append(out.logits[i, first:first + n].float())
         return logits
 
-    def _padded_cache(self, seqs: list[Sequence], past: list[int], longest_past: int) -> DynamicCache:
-        """The batch's cache: each sequence's keys and values right-aligned in zeros of the longest length."""
+    def _padded_cache(self, seqs: list[Sequence], past: list[int]) -> tuple[DynamicCache, torch.Tensor]:
+        """The batch's cache and mask: each sequence's keys and values right-aligned in zeros of the longest
+        length."""
+        longest_past = max(past)
+        mask = torch.zeros(len(seqs), longest_past, dtype=torch.long, device=self.device)
+        for i, cached in enumerate(past):
+            mask[i, longest_past - cached:] = 1
         cache = DynamicCache()
         caches = [self._caches.get(seq.request_id) for seq in seqs]
         shaped = next((c for c, n in zip(caches, past) if n), None)
         if shaped is None:
-            return cache  # all prefill: the model fills it
+            return cache, mask  # all prefill: the model fills it
         for index, layer in enumerate(shaped.layers):
             _, heads, _, dim = layer.keys.shape
             keys = layer.keys.new_zeros(len(seqs), heads, longest_past, dim)
@@ -138,19 +186,41 @@ class TorchBackend:
                     keys[i, :, longest_past - cached:] = own.layers[index].keys[0, :, :cached]
                     values[i, :, longest_past - cached:] = own.layers[index].values[0, :, :cached]
             cache.update(keys, values, index)
-        return cache
+        return cache, mask
 
+    def _unbatch(self) -> None:
+        """Give every sequence of the batch cache its own cache again: exactly its real rows."""
+        batch, self._batch = self._batch, None
+        for i, request_id in enumerate(batch.request_ids):
+            real = batch.mask[i].nonzero().squeeze(1)
+            own = DynamicCache()
+            for index, layer in enumerate(batch.cache.layers):
+                own.update(layer.keys[i:i + 1, :, real], layer.values[i:i + 1, :, real], index)
+            self._caches[request_id] = own
+
+    @torch.inference_mode()  # the batch cache's tensors were made in inference mode
     def truncate(self, seq: Sequence, length: int) -> None:
-        cache = self._caches.get(seq.request_id)
-        if cache is not None:
+        row = None if self._batch is None else self._batch.row(seq.request_id)
+        if row is not None:  # its keys after the first ``length`` become holes
+            batch = self._batch
+            if length < batch.lengths[row]:
+                real = batch.mask[row].nonzero().squeeze(1)
+                batch.mask[row, real[length:]] = 0
+                batch.lengths[row] = length
+        elif (cache := self._caches.get(seq.request_id)) is not None:
             cache.crop(length)
         seq.num_cached = min(seq.num_cached, length)
 
+    @torch.inference_mode()
     def release(self, seq: Sequence) -> None:
+        if self._batch is not None and self._batch.row(seq.request_id) is not None:
+            self._unbatch()
         self._caches.pop(seq.request_id, None)
         seq.num_cached = 0
 
     def cache_length(self, seq: Sequence) -> int:
+        row = None if self._batch is None else self._batch.row(seq.request_id)
+        if row is not None:
+            return self._batch.lengths[row]
         cache = self._caches.get(seq.request_id)
         return 0 if cache is None else cache.get_seq_length()
-

@@ -68,7 +68,10 @@ def test_cancelled_request_stops_and_reports_cancelled(service):
 
 def test_a_stop_request_ends_the_running_and_queued_requests_with_its_id(tiny):
     failures = []
-    service = GenerationService(start_engine(tiny["close_draft"], tiny["target"]), on_failed=failures.append)
+    # one request at a time, so the second "a" waits in the service's queue (with room for more, the ranks
+    # admit it in the same round as the first)
+    engine = start_engine(tiny["close_draft"], tiny["target"], max_batch_size=1)
+    service = GenerationService(engine, on_failed=failures.append)
     running, queued, other, stop = Client(), Client(), Client(), Client()
     service.submit(inputs(400, streaming=True), running.send, running.fail, request_id="a")
     service.submit(inputs(400, streaming=True), queued.send, queued.fail, request_id="a")

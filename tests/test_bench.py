@@ -65,6 +65,8 @@ GENAI_PERF = os.environ.get("PEARL_GENAI_PERF", str(REPO / ".venv-genai" / "bin"
 
 def test_perf_analyzer_and_genai_perf_against_the_server(smollm2_engines, tmp_path):
     out = tmp_path / "perf"
+    out.mkdir()
+    (out / "profile_nostream_c1.json").write_text("{}")  # a run before left its exports: run again over them
     run_script("perf.py", "--engines", str(smollm2_engines), "--prompts", "2", "--max-tokens", "16",
                "--concurrency", "1,2", "--requests-per-point", "2", "--out", str(out), "--cache-dir", str(CACHE_DIR),
                "--genai-perf", GENAI_PERF,

@@ -80,10 +80,11 @@ def run_point(url: str, out_dir: Path, cache_dir: Path, prompts: list[Prompt], m
     tag = f"{'stream' if stream else 'nostream'}_c{concurrency}"
     data_file = out_dir / f"input_{'stream' if stream else 'nostream'}.json"
     data_file.write_text(json.dumps(input_data(prompts, max_tokens, stream)))
-    csv_file = out_dir / f"perf_{tag}.csv"
+    csv_file, profile_file = out_dir / f"perf_{tag}.csv", out_dir / f"profile_{tag}.json"
+    profile_file.unlink(missing_ok=True)  # a run before left it: perf_analyzer refuses to overwrite it
     command = [binary, "-m", model, "-u", url, "-i", "grpc", "--streaming", "--input-data", str(data_file),
                "--concurrency-range", str(concurrency), "--request-count", str(requests_per_point),
-               "-f", str(csv_file), "--profile-export-file", str(out_dir / f"profile_{tag}.json")]
+               "-f", str(csv_file), "--profile-export-file", str(profile_file)]
     result = subprocess.run(command, env={**os.environ, **env}, capture_output=True, text=True)
     (out_dir / f"perf_{tag}.log").write_text(result.stdout + result.stderr)
     if result.returncode != 0 or not csv_file.exists():

@@ -135,10 +135,10 @@ class TorchBackend:
         past = [seq.num_cached for seq in seqs]
         new = [seq.tokens[seq.num_cached:] for seq in seqs]
         batch, most_new = len(seqs), max(map(len, new))
-        kept = self._batch if self._batch is not None and self._batch.request_ids == [s.request_id for s in seqs] \
-            else None
+        kept = self._batch  # ``forward`` left only a batch cache of exactly these sequences
         if kept is not None:
-            assert kept.lengths == past, "the batch cache and its sequences disagree"
+            assert kept.request_ids == [s.request_id for s in seqs] and kept.lengths == past, \
+                "the batch cache and its sequences disagree"
             cache, past_mask = kept.cache, kept.mask
         else:
             cache, past_mask = self._padded_cache(seqs, past)
@@ -198,9 +198,13 @@ class TorchBackend:
                 own.update(layer.keys[i:i + 1, :, real], layer.values[i:i + 1, :, real], index)
             self._caches[request_id] = own
 
+    def _batch_row(self, seq: Sequence) -> int | None:
+        """The sequence's row in the batch cache, None when its cache is its own."""
+        return None if self._batch is None else self._batch.row(seq.request_id)
+
     @torch.inference_mode()  # the batch cache's tensors were made in inference mode
     def truncate(self, seq: Sequence, length: int) -> None:
-        row = None if self._batch is None else self._batch.row(seq.request_id)
+        row = self._batch_row(seq)
         if row is not None:  # its keys after the first ``length`` become holes
             batch = self._batch
             if length < batch.lengths[row]:
@@ -213,13 +217,13 @@ class TorchBackend:
 
     @torch.inference_mode()
     def release(self, seq: Sequence) -> None:
-        if self._batch is not None and self._batch.row(seq.request_id) is not None:
+        if self._batch_row(seq) is not None:
             self._unbatch()
         self._caches.pop(seq.request_id, None)
         seq.num_cached = 0
 
     def cache_length(self, seq: Sequence) -> int:
-        row = None if self._batch is None else self._batch.row(seq.request_id)
+        row = self._batch_row(seq)
         if row is not None:
             return self._batch.lengths[row]
         cache = self._caches.get(seq.request_id)

@@ -16,7 +16,7 @@ from pearl.sequence import Sequence
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 CPU_LINEARS = ("default", "onednn")
-ATTENTIONS = ("sdpa", "eager")  # transformers attn_implementation values we allow
+ATTENTIONS = ("sdpa", "eager", "grouped")  # attn_implementation values we allow (grouped: pearl.backends.attention)
 
 
 @dataclass(frozen=True)
@@ -29,7 +29,7 @@ class ModelSpec:
     num_layers: int | None = None  # keep only the first N decoder layers (a self-draft)
     backend: str = "torch"
     cpu_linear: str = "default"  # "onednn": decoder linears and LM head with oneDNN-packed weights (CPU)
-    attention: str = "sdpa"  # "eager": plain matmuls; on a CPU faster for a padded batch's short queries
+    attention: str = "sdpa"  # "eager": plain matmuls; "grouped": eager without copying kv heads (CPU batches)
 
     def __post_init__(self) -> None:
         if self.cpu_linear not in CPU_LINEARS:

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import torch
 
+from pearl.backends import attention
 from pearl.backends.base import DTYPES, ModelSpec
 
 
@@ -35,6 +36,8 @@ def resolve(path: str) -> tuple[Path, str | None]:
 def load_model(spec: ModelSpec) -> torch.nn.Module:
     from transformers import AutoModelForCausalLM
 
+    if spec.attention == attention.NAME:
+        attention.register()
     folder, gguf_file = resolve(spec.path)
     kwargs = {"gguf_file": gguf_file} if gguf_file else {"use_safetensors": True}
     model = AutoModelForCausalLM.from_pretrained(folder, dtype=DTYPES[spec.dtype], local_files_only=True,

@@ -43,7 +43,7 @@ from pearl.processes import kill_if_alive, process_alive  # noqa: E402
 
 WORKER_RANKS = (DRAFT_RANK, TARGET_RANK)
 ROLE_NAMES = {DRAFT_RANK: "draft", TARGET_RANK: "target"}
-RECEIVER_MAX_SLEEP_S = 1e-3
+RECEIVER_MAX_SLEEP_S = 5e-3  # see pearl.dist.worker.IDLE_MAX_SLEEP_S: idle probes slow the ranks
 
 
 class WorldError(RuntimeError):
@@ -126,7 +126,7 @@ class World:
     def _receive(self) -> None:
         while self._receiving.is_set():
             try:
-                # tokens reach a client a millisecond late at most; the ranks keep the cores
+                # tokens reach a client 5 ms late at most; the ranks keep the cores
                 message, source, tag = self.endpoint.recv(timeout=0.1, max_sleep=RECEIVER_MAX_SLEEP_S)
             except TimeoutError:
                 continue

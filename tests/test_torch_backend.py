@@ -107,7 +107,8 @@ def test_a_long_prefill_does_not_pad_the_decodes_of_its_batch(tiny):
     backend = TorchBackend.load(ModelSpec(str(tiny["target"])))
     assert backend._groups([200, 1, 3, 1]) == [[0], [2, 1, 3]]  # the prompt alone, the windows together
     assert backend._groups([5, 1, 1, 1, 2]) == [[0, 4, 1, 2, 3]]  # windows of a few tokens share a forward
-    assert backend._groups([120, 100, 1]) == [[0, 1], [2]]  # prefills of similar length share one
+    assert backend._groups([120, 110, 1]) == [[0, 1], [2]]  # prefills of similar length share one
+    assert backend._groups([120, 100, 1]) == [[0], [1], [2]]  # but 20 pad tokens cost more than a forward
 
 
 ONEDNN, GROUPED = {"cpu_linear": "onednn"}, {"attention": "grouped"}

@@ -131,7 +131,7 @@ class TorchBackend:
     def _forward_batch(self, seqs: list[Sequence], num_logits: list[int]) -> list[torch.Tensor]:
         """One forward for sequences of different cached and new lengths. Row i holds sequence i's cache
         (the kept batch cache, or each sequence's own cache left-padded with zeros to the longest), then its
-        new tokens right-padded to the most new tokens (N): a 2D attention mask hides every pad and hole,
+        new tokens right-padded to the most new tokens (N): the attention mask hides every pad and hole,
         position ids give each token its true position, and no query row is left with nothing to attend to
         (a pad query after real tokens sees them), so no NaN reaches a real row. The result is kept as the
         batch cache."""
@@ -156,8 +156,8 @@ class TorchBackend:
         # Logits only at the positions some row asks for (a prefill wants its last one): the LM head over
         # every position of a batched prefill would cost as much as a sixth of the forward.
         wanted = sorted({p for tokens, n in zip(new, num_logits) for p in range(len(tokens) - n, len(tokens))})
-        out = self.model(input_ids=ids, attention_mask=mask, position_ids=positions, past_key_values=cache,
-                         use_cache=True, logits_to_keep=torch.tensor(wanted, device=self.device))
+        out = self.model(input_ids=ids, attention_mask=self._attention_bias(mask, most_new), position_ids=positions,
+                         past_key_values=cache, use_cache=True, logits_to_keep=torch.tensor(wanted, device=self.device))
         self._batch = BatchCache([seq.request_id for seq in seqs], cache, mask,
                                  [cached + len(tokens) for cached, tokens in zip(past, new)])
         logits = []
@@ -167,6 +167,17 @@ class TorchBackend:
             first = wanted.index(len(tokens) - n)  # a row's positions are consecutive in ``wanted`` too
             logits.append(out.logits[i, first:first + n].float())
         return logits
+
+    def _attention_bias(self, mask: torch.Tensor, num_new: int) -> torch.Tensor:
+        """The additive [batch, 1, N, keys] mask transformers builds from a 2D one for eager attention (0 where a
+        query sees a key, the dtype's min elsewhere): query i, at column ``keys - N + i``, sees the real keys up
+        to its own column. Built here in three ops; transformers' generic builder took 1.8 ms of a 0.15 s
+        batch-8 decode step. sdpa takes the same additive form."""
+        columns = torch.arange(mask.shape[1], device=self.device)
+        query_columns = torch.arange(mask.shape[1] - num_new, mask.shape[1], device=self.device)
+        hidden = ~(mask.bool()[:, None, None, :] & (columns <= query_columns[:, None]))
+        return torch.zeros(hidden.shape, dtype=self.dtype, device=self.device).masked_fill_(
+            hidden, torch.finfo(self.dtype).min)
 
     def _padded_cache(self, seqs: list[Sequence], past: list[int]) -> tuple[DynamicCache, torch.Tensor]:
         """The batch's cache and mask: each sequence's keys and values right-aligned in zeros of the longest

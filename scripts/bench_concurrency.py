@@ -17,7 +17,8 @@ def main() -> int:
     parser.add_argument("--engines", type=Path, required=True, help="a pair's engine directory")
     parser.add_argument("--concurrency", default="1,2,4,8,16")
     parser.add_argument("--prompts", type=int, default=16, help="the first N HumanEval problems (default 16)")
-    parser.add_argument("--min-requests", type=int, default=2, help="requests per level, at least (default 2)")
+    parser.add_argument("--min-requests", type=int, default=8,
+                        help="requests per level, at least (default 8: levels up to 8 serve the same 8 prompts)")
     parser.add_argument("--max-tokens", type=int, default=64)
     parser.add_argument("--mode", default="pearl", choices=["pearl", "sd", "ar"])
     parser.add_argument("--gamma", default="auto", help="a number, or auto: the profile's gamma per batch size")

@@ -25,9 +25,10 @@ from pearl.dist.transport import MAX_SLEEP_S, MIN_SLEEP_S, Endpoint, wait_until
 from pearl.profiling import forward_seconds
 
 INTERCOMM_TAG = 77
-# With no request in its batch a rank wakes up at most 10 ms late, once a round at most. Its probes run on
-# the cores of the rank that works: a 1 ms poller in each of two idle processes slowed a batch-8 step on
-# 2 threads by 11% (one thread preempted stalls the other at the next barrier), 10 ms ones by ~2%.
+# A rank with no request in its batch (the target between requests, the draft once it is off) notices a
+# new one up to 10 ms late, once per request. Its probes run on the cores of the rank that works: a 1 ms
+# poller in each of two idle processes slowed a batch-8 step on 2 threads by 11% (one thread preempted
+# stalls the other at the next barrier), 10 ms ones by ~2%.
 IDLE_MAX_SLEEP_S = 10e-3
 DRAIN_QUIET_S = 1e-3  # at a round boundary: probing this long after the driver's last message adds <1% a round
 

@@ -111,50 +111,39 @@ def test_a_long_prefill_does_not_pad_the_decodes_of_its_batch(tiny):
     assert backend._groups([120, 100, 1]) == [[0], [1], [2]]  # but 20 pad tokens cost more than a forward
 
 
-ONEDNN, GROUPED = {"cpu_linear": "onednn"}, {"attention": "grouped"}
+ONEDNN, GROUPED, EAGER = {"cpu_linear": "onednn"}, {"attention": "grouped"}, {"attention": "eager"}
 
 
-@pytest.mark.parametrize("model, dtype, tolerance, setting", [
-    ("target", "float32", 1e-4, ONEDNN), ("qwen_target", "float32", 1e-4, ONEDNN),
-    ("qwen_target", "bfloat16", 0.03, ONEDNN),  # bfloat16: its rounding of a sum depends on the kernel's order
-    ("target", "float32", 1e-4, GROUPED), ("qwen_target", "float32", 1e-4, GROUPED)])
-def test_cpu_settings_give_the_default_logits(tiny, model, dtype, tolerance, setting):
+@pytest.mark.parametrize("model, dtype, tolerance, setting, reference", [
+    ("target", "float32", 1e-4, ONEDNN, {}), ("qwen_target", "float32", 1e-4, ONEDNN, {}),
+    ("qwen_target", "bfloat16", 0.03, ONEDNN, {}),  # bfloat16: its rounding of a sum depends on the kernel's order
+    ("target", "float32", 1e-4, GROUPED, {}), ("qwen_target", "float32", 1e-4, GROUPED, {}),
+    # In bfloat16 (the CPU pair's dtype) sdpa rounds its softmax differently from eager (logits apart by ~0.1
+    # here); the grouped attention keeps eager's float32 softmax and its rounding to bfloat16.
+    ("qwen_target", "bfloat16", 0.01, GROUPED, EAGER)])
+def test_cpu_settings_give_the_reference_logits(tiny, model, dtype, tolerance, setting, reference):
     """cpu_linear onednn (every decoder linear and the LM head swapped) and the grouped attention change
-    nothing but rounding, in a ragged batch with windows or alone."""
-    default, tuned = (TorchBackend.load(ModelSpec(str(tiny[model]), dtype=dtype, **kwargs))
-                      for kwargs in ({}, setting))
+    nothing but rounding against the default settings (or ``reference``), in a ragged batch with windows or
+    alone."""
+    expected_backend, tuned = (TorchBackend.load(ModelSpec(str(tiny[model]), dtype=dtype, **kwargs))
+                               for kwargs in (reference, setting))
     if setting.get("cpu_linear") == "onednn":
         swapped = [m for m in tuned.model.modules() if isinstance(m, OnednnLinear)]
         assert swapped and not any(type(m) is torch.nn.Linear for m in tuned.model.modules())
     else:
         assert tuned.model.config._attn_implementation == setting["attention"]
     prompts = [[3, 14, 15, 9, 2], [6, 5], [1, 2, 3, 4, 5, 6, 7, 8, 9]]
-    for backend in (default, tuned):
+    for backend in (expected_backend, tuned):
         backend.seqs = [Sequence(i, p) for i, p in enumerate(prompts)]
     for num_logits in ([1, 2, 3], [1, 1, 1], [2, 2, 2], [1, 1, 1]):
-        expected, got = (b.forward(b.seqs, num_logits) for b in (default, tuned))
+        expected, got = (b.forward(b.seqs, num_logits) for b in (expected_backend, tuned))
         for e, g in zip(expected, got):
             assert torch.allclose(e, g, atol=tolerance, rtol=tolerance) and torch.equal(e.argmax(-1), g.argmax(-1))
-        for backend in (default, tuned):
+        for backend in (expected_backend, tuned):
             for i, seq in enumerate(backend.seqs):
                 seq.tokens += [7 + i] * (2 if num_logits == [1, 1, 1] else 1)
-    expected, got = (b.forward(b.seqs[1:2], [1]) for b in (default, tuned))  # one sequence alone
+    expected, got = (b.forward(b.seqs[1:2], [1]) for b in (expected_backend, tuned))  # one sequence alone
     assert torch.allclose(expected[0], got[0], atol=tolerance, rtol=tolerance)
-
-
-def test_grouped_attention_rounds_like_eager_in_bfloat16(tiny):
-    """In bfloat16 (the CPU pair's dtype) sdpa rounds its softmax differently from eager (logits apart by
-    ~0.1 here); the grouped attention keeps eager's float32 softmax and its rounding to bfloat16."""
-    eager, grouped = (TorchBackend.load(ModelSpec(str(tiny["qwen_target"]), dtype="bfloat16", attention=kind))
-                      for kind in ("eager", "grouped"))
-    for backend in (eager, grouped):
-        backend.seqs = [Sequence(i, p) for i, p in enumerate([[3, 14, 15, 9, 2], [6, 5], [1, 2, 3, 4, 5, 6]])]
-    for num_logits in ([1, 1, 2], [3, 1, 1], [1, 1, 1]):
-        for e, g in zip(*(b.forward(b.seqs, num_logits) for b in (eager, grouped))):
-            assert torch.allclose(e, g, atol=0.01, rtol=0.01) and torch.equal(e.argmax(-1), g.argmax(-1))
-        for backend in (eager, grouped):
-            for seq in backend.seqs:
-                seq.tokens += [8, 9, 10]
 
 
 def test_a_steady_batch_keeps_its_cache_and_gives_each_sequence_its_rows_back(tiny):

@@ -8,7 +8,8 @@
     threads_per_rank: 1       # torch threads in each MPI rank
     cpu_linear: default       # default | onednn: decoder linears and LM head with oneDNN-packed weights (CPU,
                               # float32 or bfloat16; much faster for the 1-48 rows of a decode or a round)
-    attention: sdpa           # sdpa | eager: transformers' attention; eager is faster on a CPU for padded batches
+    attention: sdpa           # sdpa | eager | grouped (eager without repeat_kv copies; fastest on a CPU for
+                              # padded batches, pearl.backends.attention)
     draft_acceptance: 0.8     # a draft token's expected chance to be accepted; the profile's gamma rule uses it
     draft_off_batch_size: 8   # optional: from this many sequences in a round, the target decodes alone
     target_alone_threads: 2   # optional: torch threads of the target while no sequence uses the draft

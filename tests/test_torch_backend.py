@@ -4,7 +4,8 @@ import torch
 from transformers import AutoModelForCausalLM
 
 from pearl.backends.base import ModelSpec
-from pearl.backends.loading import ModelPathError, OnednnLinear, load_model, resolve
+from pearl.backends.linears import FbgemmFp16Linear, OnednnLinear, bf16_native, has_fbgemm
+from pearl.backends.loading import ModelPathError, load_model, resolve
 from pearl.backends.torch_backend import TorchBackend
 from pearl.sampling import Verdict
 from pearl.sequence import Sequence
@@ -111,24 +112,32 @@ def test_a_long_prefill_does_not_pad_the_decodes_of_its_batch(tiny):
     assert backend._groups([120, 100, 1]) == [[0], [1], [2]]  # but 20 pad tokens cost more than a forward
 
 
-ONEDNN, GROUPED, EAGER = {"cpu_linear": "onednn"}, {"attention": "grouped"}, {"attention": "eager"}
+ONEDNN, FBGEMM = {"cpu_linear": "onednn"}, {"cpu_linear": "fbgemm"}
+GROUPED, EAGER = {"attention": "grouped"}, {"attention": "eager"}
+KERNEL_CLASSES = {"onednn": OnednnLinear, "fbgemm": FbgemmFp16Linear}
+needs_bf16 = pytest.mark.skipif(not bf16_native(), reason="oneDNN's packed bfloat16 needs native bfloat16 support")
+needs_fbgemm = pytest.mark.skipif(not has_fbgemm(), reason="this torch has no FBGEMM (not x86)")
 
 
 @pytest.mark.parametrize("model, dtype, tolerance, setting, reference", [
     ("target", "float32", 1e-4, ONEDNN, {}), ("qwen_target", "float32", 1e-4, ONEDNN, {}),
-    ("qwen_target", "bfloat16", 0.03, ONEDNN, {}),  # bfloat16: its rounding of a sum depends on the kernel's order
+    # bfloat16: its rounding of a sum depends on the kernel's order
+    pytest.param("qwen_target", "bfloat16", 0.03, ONEDNN, {}, marks=needs_bf16),
+    # float16 weights multiplied in float32: the float32 model's logits within float16's rounding
+    pytest.param("target", "float32", 0.01, FBGEMM, {}, marks=needs_fbgemm),
+    pytest.param("qwen_target", "bfloat16", 0.03, FBGEMM, {}, marks=needs_fbgemm),
     ("target", "float32", 1e-4, GROUPED, {}), ("qwen_target", "float32", 1e-4, GROUPED, {}),
     # In bfloat16 (the CPU pair's dtype) sdpa rounds its softmax differently from eager (logits apart by ~0.1
     # here); the grouped attention keeps eager's float32 softmax and its rounding to bfloat16.
     ("qwen_target", "bfloat16", 0.01, GROUPED, EAGER)])
 def test_cpu_settings_give_the_reference_logits(tiny, model, dtype, tolerance, setting, reference):
-    """cpu_linear onednn (every decoder linear and the LM head swapped) and the grouped attention change
-    nothing but rounding against the default settings (or ``reference``), in a ragged batch with windows or
-    alone."""
+    """cpu_linear onednn and fbgemm (every decoder linear and the LM head swapped) and the grouped attention
+    change nothing but rounding against the default settings (or ``reference``), in a ragged batch with windows
+    or alone."""
     expected_backend, tuned = (TorchBackend.load(ModelSpec(str(tiny[model]), dtype=dtype, **kwargs))
                                for kwargs in (reference, setting))
-    if setting.get("cpu_linear") == "onednn":
-        swapped = [m for m in tuned.model.modules() if isinstance(m, OnednnLinear)]
+    if "cpu_linear" in setting:
+        swapped = [m for m in tuned.model.modules() if isinstance(m, KERNEL_CLASSES[setting["cpu_linear"]])]
         assert swapped and not any(type(m) is torch.nn.Linear for m in tuned.model.modules())
     else:
         assert tuned.model.config._attn_implementation == setting["attention"]

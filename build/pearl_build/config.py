@@ -6,8 +6,8 @@
     max_draft_len: 8          # longest draft window the target verifies (gamma's upper bound)
     max_batch_size: 8         # sequences served together: tensorrt_llm's engine limit; the profile's gamma table
     threads_per_rank: 1       # torch threads in each MPI rank
-    cpu_linear: default       # default | onednn: decoder linears and LM head with oneDNN-packed weights (CPU,
-                              # float32 or bfloat16; much faster for the 1-48 rows of a decode or a round)
+    cpu_linear: auto          # default | onednn | fbgemm | auto: the CPU kernels of the decoder linears and
+                              # the LM head (pearl.backends.linears; auto: the fastest this host has)
     attention: sdpa           # sdpa | eager | grouped (eager without repeat_kv copies; fastest on a CPU for
                               # padded batches, pearl.backends.attention)
     draft_acceptance: 0.8     # a draft token's expected chance to be accepted; the profile's gamma rule uses it
@@ -17,6 +17,8 @@
       source: {...}           # see sources.py: a local path, a hub id, or pinned PyPI wheels
       devices: cpu            # "cpu", or GPU indices: [0]; the target's [1, 2, 3, 4] means tensor parallel 4
       num_layers: 12          # optional: keep the first N decoder layers (a self-draft of the target)
+      quantization: int8      # optional: none | int8 (per output channel) | int4 (group-wise) weights
+      group_size: 128         # int4's group size (32, 64, 128 or 256)
     target: {...}
 
 Everything is validated here, so a bad config fails before anything is downloaded or built.
@@ -29,8 +31,9 @@ from pathlib import Path
 import yaml
 
 from pearl.backends import BACKENDS
-from pearl.backends.base import ATTENTIONS, CPU_LINEARS
+from pearl.backends.base import ATTENTIONS
 from pearl.backends.base import DTYPES as RUNTIME_DTYPES
+from pearl.backends.linears import CPU_LINEARS, INT4_GROUP_SIZES, QUANTIZATIONS
 from pearl.profiling import DEFAULT_ACCEPTANCE
 from pearl_build.sources import Source
 
@@ -48,6 +51,8 @@ class ModelConfig:
     source: Source
     devices: tuple[str, ...]  # ("cpu",) or GPU indices as strings ("0",), ("1", "2", "3", "4")
     num_layers: int | None = None
+    quantization: str = "none"  # none | int8 | int4: the weights the engine stores
+    group_size: int = 128  # int4's inputs per scale
 
     @property
     def on_gpu(self) -> bool:
@@ -57,8 +62,15 @@ class ModelConfig:
     def tp_size(self) -> int:
         return len(self.devices)
 
+    @property
+    def quantization_info(self) -> dict:
+        """What the model's engine.json records of its quantization."""
+        return {"method": self.quantization} | ({"group_size": self.group_size} if self.quantization == "int4" else {})
+
     def to_dict(self) -> dict:
-        return {"source": self.source.to_dict(), "devices": list(self.devices), "num_layers": self.num_layers}
+        quantized = {"quantization": self.quantization_info} if self.quantization != "none" else {}
+        return {"source": self.source.to_dict(), "devices": list(self.devices), "num_layers": self.num_layers,
+                **quantized}  # unquantized models keep the build key they had before quantization existed
 
 
 @dataclass(frozen=True)
@@ -163,6 +175,9 @@ def parse_pair(data: dict, default_name: str) -> PairConfig:
             if model.tp_size != 1:
                 raise ValueError(f"{model.role}: the torch backend runs a model on one device; got devices "
                                  f"{list(model.devices)} (use backend: tensorrt_llm for tensor parallelism)")
+            if model.quantization != "none" and model.on_gpu:
+                raise ValueError(f"{model.role}: quantized torch engines run on the CPU (their kernels are "
+                                 f"CPU ones); use backend: tensorrt_llm for weight-only quantization on GPUs")
     if backend == "tensorrt_llm":
         for model in (draft, target):
             if not model.on_gpu:
@@ -178,7 +193,7 @@ def parse_pair(data: dict, default_name: str) -> PairConfig:
 def parse_model(role: str, data: dict) -> ModelConfig:
     if not isinstance(data, dict) or "source" not in data:
         raise ValueError(f"{role}: expected a mapping with a 'source'")
-    unknown = set(data) - {"source", "devices", "num_layers"}
+    unknown = set(data) - {"source", "devices", "num_layers", "quantization", "group_size"}
     if unknown:
         raise ValueError(f"{role}: unknown keys {sorted(unknown)}")
     devices = data.get("devices", "cpu")
@@ -193,5 +208,11 @@ def parse_model(role: str, data: dict) -> ModelConfig:
     num_layers = data.get("num_layers")
     if num_layers is not None and (not isinstance(num_layers, int) or num_layers < 1):
         raise ValueError(f"{role}: num_layers must be a positive integer, got {num_layers!r}")
+    quantization = data.get("quantization", "none")
+    if quantization not in QUANTIZATIONS:
+        raise ValueError(f"{role}: quantization must be one of {QUANTIZATIONS}, got {quantization!r}")
+    group_size = data.get("group_size", 128)
+    if group_size not in INT4_GROUP_SIZES:
+        raise ValueError(f"{role}: group_size must be one of {INT4_GROUP_SIZES}, got {group_size!r}")
     return ModelConfig(role=role, source=Source.parse(data["source"]), devices=devices,
-                       num_layers=num_layers)
+                       num_layers=num_layers, quantization=quantization, group_size=group_size)

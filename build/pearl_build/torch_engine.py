@@ -1,7 +1,9 @@
 """Torch engines: a model converted once into safetensors in the engine dtype, so ranks load it in seconds.
 
 The conversion goes through the runtime's own loader (``pearl.backends.loading``), so a GGUF is
-dequantized exactly as the runtime would do it, and a self-draft is cut to its layers before saving.
+dequantized exactly as the runtime would do it, and a self-draft is cut to its layers before saving. A
+quantized model stores its linears in the portable int8 / int4 format of ``pearl.backends.linears`` beside
+the rest of its weights, in one safetensors file; engine.json's ``quantization`` tells the loader.
 """
 from __future__ import annotations
 
@@ -10,6 +12,7 @@ import time
 from pathlib import Path
 
 from pearl.backends.base import ModelSpec
+from pearl.backends.linears import quantize_linears
 from pearl.backends.loading import load_model, load_tokenizer
 from pearl.engine_files import write_engine_json
 from pearl_build.artifacts import file_manifest
@@ -27,7 +30,10 @@ def build_torch_engine(pair: PairConfig, model: ModelConfig, resolved: Resolved,
     tokenizer = load_tokenizer(str(resolved.path))
     if tokenizer is None:
         raise ValueError(f"{model.role}: {resolved.path} has no tokenizer; an engine needs one for serving")
-    net.save_pretrained(partial, safe_serialization=True)
+    if model.quantization == "none":
+        net.save_pretrained(partial, safe_serialization=True)
+    else:
+        save_quantized(net, model.quantization, model.group_size, partial)
     tokenizer.save_pretrained(partial)
     info = {
         "backend": "torch",
@@ -36,7 +42,8 @@ def build_torch_engine(pair: PairConfig, model: ModelConfig, resolved: Resolved,
         "devices": list(model.devices),
         "architecture": net.config.architectures[0] if net.config.architectures else type(net).__name__,
         "num_layers": net.config.num_hidden_layers,
-        "vocab_size": net.get_output_embeddings().weight.shape[0],
+        "quantization": model.quantization_info,
+        "vocab_size": net.get_output_embeddings().out_features,
         "tokenizer_size": len(tokenizer),
         "max_seq_len": min(pair.max_seq_len, int(net.config.max_position_embeddings)),
         "max_draft_len": pair.max_draft_len,
@@ -51,3 +58,18 @@ def build_torch_engine(pair: PairConfig, model: ModelConfig, resolved: Resolved,
     shutil.rmtree(out_dir, ignore_errors=True)
     partial.replace(out_dir)
     return info
+
+
+def save_quantized(net, method: str, group_size: int, folder: Path) -> None:
+    """The model's config, and one safetensors file: the quantized linears' portable tensors (their biases
+    under their own names), and every other weight as it is (a tied LM head is quantized on its own)."""
+    from safetensors.torch import save_file
+
+    quantized = quantize_linears(net, method, group_size)
+    linear_weights = {name.rpartition(".")[0] + ".weight" for name in quantized}
+    rest = {name: tensor.contiguous() for name, tensor in net.state_dict().items() if name not in linear_weights}
+    folder.mkdir(parents=True, exist_ok=True)
+    net.config.save_pretrained(folder)
+    if getattr(net, "generation_config", None) is not None:
+        net.generation_config.save_pretrained(folder)
+    save_file(rest | quantized, folder / "model.safetensors", metadata={"format": "pt", "quantization": method})

@@ -12,10 +12,10 @@ from typing import Protocol
 
 import torch
 
+from pearl.backends.linears import CPU_LINEARS
 from pearl.sequence import Sequence
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
-CPU_LINEARS = ("default", "onednn")
 ATTENTIONS = ("sdpa", "eager", "grouped")  # attn_implementation values we allow (grouped: pearl.backends.attention)
 
 
@@ -28,7 +28,7 @@ class ModelSpec:
     dtype: str = "float32"
     num_layers: int | None = None  # keep only the first N decoder layers (a self-draft)
     backend: str = "torch"
-    cpu_linear: str = "default"  # "onednn": decoder linears and LM head with oneDNN-packed weights (CPU)
+    cpu_linear: str = "default"  # CPU kernels of the decoder linears and LM head (pearl.backends.linears)
     attention: str = "sdpa"  # "eager": plain matmuls; "grouped": eager without copying kv heads (CPU batches)
 
     def __post_init__(self) -> None:

@@ -1,4 +1,5 @@
-"""Loading transformers models and tokenizers from a local folder (safetensors) or a GGUF file.
+"""Loading transformers models and tokenizers from a local folder (safetensors) or a GGUF file, and quantized
+engines (int8 / int4 tensors in safetensors, ``pearl.backends.linears``) from their engine folder.
 
 Nothing is ever fetched from a hub here (``local_files_only``): paths must exist, and folders are loaded with
 safetensors only (no pickle-based weights). Fetching sources is the engine build's job (``pearl_build``).
@@ -11,6 +12,8 @@ import torch
 
 from pearl.backends import attention
 from pearl.backends.base import DTYPES, ModelSpec
+from pearl.backends.linears import use_cpu_kernels
+from pearl.engine_files import read_engine_json
 
 
 class ModelPathError(ValueError):
@@ -34,54 +37,50 @@ def resolve(path: str) -> tuple[Path, str | None]:
 
 
 def load_model(spec: ModelSpec) -> torch.nn.Module:
+    """The spec's model, on its device, with the spec's CPU kernels. A quantized engine (its engine.json says
+    so) is built from its stored int8 / int4 tensors; anything else loads through transformers."""
     from transformers import AutoModelForCausalLM
 
     if spec.attention == attention.NAME:
         attention.register()
     folder, gguf_file = resolve(spec.path)
-    kwargs = {"gguf_file": gguf_file} if gguf_file else {"use_safetensors": True}
-    model = AutoModelForCausalLM.from_pretrained(folder, dtype=DTYPES[spec.dtype], local_files_only=True,
-                                                 attn_implementation=spec.attention, **kwargs)
+    quantization = engine_quantization(folder) if gguf_file is None else "none"
+    state = None
+    if quantization != "none":
+        if spec.device != "cpu":
+            raise ValueError(f"{spec.path} is an {quantization} engine; quantized engines run on the CPU")
+        model, state = _quantized_skeleton(folder, spec)
+    else:
+        kwargs = {"gguf_file": gguf_file} if gguf_file else {"use_safetensors": True}
+        model = AutoModelForCausalLM.from_pretrained(folder, dtype=DTYPES[spec.dtype], local_files_only=True,
+                                                     attn_implementation=spec.attention, **kwargs)
     if spec.num_layers is not None:
         truncate_layers(model, spec.num_layers)
-    model = model.to(spec.device).eval()
-    if spec.cpu_linear == "onednn" and spec.device == "cpu":
-        use_onednn_linears(model)
-    return model
+    if spec.device == "cpu":
+        use_cpu_kernels(model, spec.cpu_linear, quantization if quantization != "none" else spec.dtype, state)
+    if state is not None:  # what the kernels did not take: embeddings, norms, the other modules' biases
+        model.load_state_dict(state, strict=True, assign=True)
+    return model.to(spec.device).eval()
 
 
-class OnednnLinear(torch.nn.Module):
-    """A linear layer whose weight oneDNN packed once at load, for its own CPU GEMM kernels (float32 or
-    bfloat16). PyTorch's default CPU GEMM on one or two threads is far from the memory bandwidth for the
-    1-48 rows of a decode or a batched round: on the 1.5B target in bfloat16, a decode step of 8 sequences
-    on 2 threads went 0.30 s -> 0.20 s, one sequence on 1 thread 0.35 s -> 0.20 s, with the same logits."""
-
-    ROWS_HINT = 8  # the packing is tuned for about this many rows; any number works
-
-    def __init__(self, linear: torch.nn.Linear) -> None:
-        super().__init__()
-        self.out_features = linear.out_features
-        weight = linear.weight.detach()
-        self.register_buffer("weight", torch.ops.mkldnn._reorder_linear_weight(weight, self.ROWS_HINT))
-        self.register_buffer("bias", None if linear.bias is None else linear.bias.detach().to(weight.dtype))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return torch.ops.mkldnn._linear_pointwise(x, self.weight, self.bias, "none", [], "")
+def engine_quantization(folder: Path) -> str:
+    """The quantization a model engine folder stores ("none" for a plain HF folder)."""
+    return ((read_engine_json(folder) or {}).get("quantization") or {}).get("method", "none")
 
 
-def use_onednn_linears(model: torch.nn.Module) -> None:
-    """Swap every linear of the decoder layers, and the LM head, for an ``OnednnLinear`` (CPU only). A
-    tied LM head then has a packed copy of its own beside the embedding (its size in memory again): a
-    decode step reads it whole, and unpacked it ran a lone decode 1.5x slower."""
-    dtype = next(model.parameters()).dtype
-    if dtype not in (torch.float32, torch.bfloat16):
-        raise ValueError(f"cpu_linear onednn needs float32 or bfloat16 weights, got {dtype}")
-    for layer in model.model.layers:
-        for parent in list(layer.modules()):
-            for name, child in list(parent.named_children()):
-                if isinstance(child, torch.nn.Linear):
-                    setattr(parent, name, OnednnLinear(child))
-    model.lm_head = OnednnLinear(model.lm_head)
+def _quantized_skeleton(folder: Path, spec: ModelSpec) -> tuple[torch.nn.Module, dict[str, torch.Tensor]]:
+    """The model's modules with no weights (nothing random is initialised), and the engine's tensors."""
+    from accelerate import init_empty_weights
+    from safetensors.torch import load_file
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    config = AutoConfig.from_pretrained(folder, local_files_only=True)
+    with init_empty_weights(include_buffers=False):  # buffers (rotary frequencies) are computed, not stored
+        model = AutoModelForCausalLM.from_config(config, dtype=DTYPES[spec.dtype], attn_implementation=spec.attention)
+    state = {}
+    for path in sorted(folder.glob("*.safetensors")):
+        state.update(load_file(path))
+    return model, state
 
 
 def truncate_layers(model: torch.nn.Module, num_layers: int) -> None:

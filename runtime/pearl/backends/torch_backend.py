@@ -62,7 +62,7 @@ class TorchBackend:
         self.model = model
         self.device = next(model.parameters()).device
         self.dtype = next(model.parameters()).dtype
-        self.vocab_size = model.get_output_embeddings().weight.shape[0]
+        self.vocab_size = model.get_output_embeddings().out_features
         self.eos_token_ids = eos_token_ids(model)
         self.max_seq_len = int(model.config.max_position_embeddings)
         self._caches: dict[int, DynamicCache] = {}  # sequences not in the batch cache

@@ -1,0 +1,257 @@
+"""CPU linear kernels of the torch backend, and the weight formats of quantized engines.
+
+What a model engine stores (``quantization``, per model, applied once by ``make engines``):
+  none   the weights in the engine dtype (``save_pretrained``)
+  int8   per output channel, symmetric: ``qweight`` int8 [out, in], ``scales`` float32 [out]
+  int4   group-wise, asymmetric: ``qweight`` uint8 [out, in / 2] (two 4-bit values a byte, the even input
+         first, in the low nibble), ``scales`` and ``mins`` float32 [out, in / group_size];
+         a weight is ``q * scale + min`` with q in 0..15
+Every linear of the decoder layers and the LM head is quantized; embeddings and norms keep the engine dtype.
+
+Which kernels run the linears (``cpu_linear``, chosen when a rank loads its model, CPU only):
+  default  torch's own: ``nn.Linear``; int8 and int4 weights through the weight-only kernels
+           ``aten._weight_int8pack_mm`` / ``aten._weight_int4pack_mm_for_cpu``
+  onednn   float32 / bfloat16 weights packed for oneDNN's GEMM (bfloat16 needs a CPU with native bfloat16
+           support: avx512bw+vl+dq or avx_ne_convert); int8 and int4 as ``default``
+  fbgemm   FBGEMM's x86 linears: float32 / bfloat16 weights stored as float16 and multiplied in float32
+           (bfloat16 values keep their 8-bit mantissa; only magnitudes below float16's range, ~6e-5, lose
+           bits); int8 weights with each input row quantized to 8 bits on the fly (not weight-only:
+           faster, slightly lossier); int4 as ``default``
+  auto     per host: on a CPU with native bfloat16 ``onednn`` (int8: weight-only), otherwise ``fbgemm``
+           where torch has it, else ``default``
+A kernel's activations stay in the model's dtype between layers; each kernel converts a layer's input to
+what it multiplies in and its output back.
+"""
+from __future__ import annotations
+
+import torch
+
+QUANTIZATIONS = ("none", "int8", "int4")
+CPU_LINEARS = ("default", "onednn", "fbgemm", "auto")
+INT4_GROUP_SIZES = (32, 64, 128, 256)  # what _weight_int4pack_mm_for_cpu takes
+
+
+# -- the portable formats ------------------------------------------------------------------------------
+
+def quantize_int8(weight: torch.Tensor) -> dict[str, torch.Tensor]:
+    """Per output channel, symmetric: the largest magnitude of a row maps to 127."""
+    weight = weight.detach().float()
+    scales = (weight.abs().amax(dim=1) / 127).clamp(min=1e-10)
+    qweight = torch.round(weight / scales[:, None]).clamp(-127, 127).to(torch.int8)
+    return {"qweight": qweight, "scales": scales}
+
+
+def quantize_int4(weight: torch.Tensor, group_size: int) -> dict[str, torch.Tensor]:
+    """Group-wise, asymmetric: each group's minimum maps to 0 and its maximum to 15."""
+    out_features, in_features = weight.shape
+    check_int4_shape(out_features, in_features, group_size)
+    groups = weight.detach().float().reshape(out_features, in_features // group_size, group_size)
+    mins, maxs = groups.amin(dim=-1), groups.amax(dim=-1)
+    scales = ((maxs - mins) / 15).clamp(min=1e-10)
+    q = torch.round((groups - mins[..., None]) / scales[..., None]).clamp(0, 15).to(torch.uint8)
+    q = q.reshape(out_features, in_features)
+    return {"qweight": q[:, 0::2] | (q[:, 1::2] << 4), "scales": scales, "mins": mins}
+
+
+def check_int4_shape(out_features: int, in_features: int, group_size: int) -> None:
+    if group_size not in INT4_GROUP_SIZES:
+        raise ValueError(f"int4 group_size must be one of {INT4_GROUP_SIZES}, got {group_size}")
+    if in_features % group_size:
+        raise ValueError(f"int4 group_size {group_size} does not divide a linear's {in_features} inputs; "
+                         f"choose a group size that does")
+    if out_features % 16:
+        raise ValueError(f"int4 needs a multiple of 16 outputs per linear, got {out_features}")
+
+
+def int4_values(qweight: torch.Tensor) -> torch.Tensor:
+    """The 4-bit values of a packed ``qweight``, as int32 [out, in]."""
+    low, high = qweight & 0x0F, qweight >> 4
+    return torch.stack([low, high], dim=-1).reshape(qweight.shape[0], -1).to(torch.int32)
+
+
+def dequantize(method: str, tensors: dict[str, torch.Tensor]) -> torch.Tensor:
+    """The float32 weight a portable quantized format stands for."""
+    if method == "int8":
+        return tensors["qweight"].float() * tensors["scales"][:, None]
+    values = int4_values(tensors["qweight"]).float()
+    group_size = values.shape[1] // tensors["scales"].shape[1]
+    scales = tensors["scales"].repeat_interleave(group_size, dim=1)
+    return values * scales + tensors["mins"].repeat_interleave(group_size, dim=1)
+
+
+# -- kernels --------------------------------------------------------------------------------------------
+
+def bf16_native() -> bool:
+    """Whether oneDNN has native bfloat16 kernels on this CPU (its packed bfloat16 path refuses others)."""
+    return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+
+
+def has_fbgemm() -> bool:
+    return "fbgemm" in torch.backends.quantized.supported_engines
+
+
+def resolve_kernel(cpu_linear: str, weights: str) -> str:
+    """The kernel family that runs linears holding ``weights`` (a dtype name, or int8 / int4) on this host."""
+    if cpu_linear not in CPU_LINEARS:
+        raise ValueError(f"cpu_linear must be one of {CPU_LINEARS}, got {cpu_linear!r}")
+    if cpu_linear == "auto":
+        if weights == "float16":
+            return "default"
+        if bf16_native() or (weights == "float32" and not has_fbgemm()):
+            return "onednn"
+        return "fbgemm" if has_fbgemm() else "default"
+    if cpu_linear == "onednn" and weights == "bfloat16" and not bf16_native():
+        raise ValueError("cpu_linear onednn with bfloat16 weights needs a CPU with native bfloat16 support "
+                         "(avx512bw, avx512vl and avx512dq, or avx_ne_convert), which this one lacks; "
+                         "use cpu_linear auto or fbgemm")
+    if cpu_linear in ("onednn", "fbgemm") and weights == "float16":
+        raise ValueError(f"cpu_linear {cpu_linear} needs float32, bfloat16, int8 or int4 weights, got float16")
+    if cpu_linear == "fbgemm" and not has_fbgemm():
+        raise ValueError("cpu_linear fbgemm needs a torch build with FBGEMM (x86)")
+    return cpu_linear
+
+
+class _FlatLinear(torch.nn.Module):
+    """A kernel over 2-D inputs: flattens the leading dims, casts to the kernel's dtype and back."""
+
+    compute_dtype: torch.dtype
+
+    def __init__(self, out_features: int, bias: torch.Tensor | None) -> None:
+        super().__init__()
+        self.out_features = out_features
+        bias = None if bias is None else bias.detach().to(self.compute_dtype)
+        self.register_buffer("bias", bias, persistent=False)  # loaders hand it over; state_dict has none
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        rows = x.reshape(-1, x.shape[-1]).to(self.compute_dtype)
+        y = self.multiply(rows)
+        return y.reshape(*x.shape[:-1], self.out_features).to(x.dtype)
+
+    def multiply(self, rows: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+
+class OnednnLinear(_FlatLinear):
+    """A float32 / bfloat16 weight that oneDNN packed once at load, for its own GEMM. PyTorch's default CPU
+    GEMM stays far from the memory bandwidth for the 1-48 rows of a decode or a batched round."""
+
+    ROWS_HINT = 8  # the packing is tuned for about this many rows; any number works
+
+    def __init__(self, weight: torch.Tensor, bias: torch.Tensor | None) -> None:
+        self.compute_dtype = weight.dtype
+        super().__init__(weight.shape[0], bias)
+        self.register_buffer("weight", torch.ops.mkldnn._reorder_linear_weight(weight.detach(), self.ROWS_HINT))
+
+    def multiply(self, rows: torch.Tensor) -> torch.Tensor:
+        return torch.ops.mkldnn._linear_pointwise(rows, self.weight, self.bias, "none", [], "")
+
+
+class FbgemmFp16Linear(_FlatLinear):
+    """FBGEMM's float16-weight linear: weights read as float16, multiplied in float32 (AVX2 and up)."""
+
+    compute_dtype = torch.float32
+
+    def __init__(self, weight: torch.Tensor, bias: torch.Tensor | None) -> None:
+        super().__init__(weight.shape[0], bias)
+        self.packed = torch.ops.quantized.linear_prepack_fp16(weight.detach().float(), self.bias)
+
+    def multiply(self, rows: torch.Tensor) -> torch.Tensor:
+        return torch.ops.quantized.linear_dynamic_fp16(rows, self.packed)
+
+
+class Int8Linear(_FlatLinear):
+    """int8 weights, one scale per output channel. ``fbgemm``: each input row quantized to 8 bits on the fly
+    and an int8 GEMM; otherwise weight-only (``_weight_int8pack_mm``, bfloat16 activations)."""
+
+    def __init__(self, tensors: dict[str, torch.Tensor], bias: torch.Tensor | None, kernel: str) -> None:
+        self.fbgemm = kernel == "fbgemm"
+        self.compute_dtype = torch.float32 if self.fbgemm else torch.bfloat16
+        super().__init__(tensors["qweight"].shape[0], bias)
+        if self.fbgemm:
+            qweight = torch._make_per_channel_quantized_tensor(
+                tensors["qweight"], tensors["scales"].double(), torch.zeros_like(tensors["scales"], dtype=torch.long), 0)
+            self.packed = torch.ops.quantized.linear_prepack(qweight, self.bias)
+        else:
+            self.register_buffer("qweight", tensors["qweight"], persistent=False)
+            self.register_buffer("scales", tensors["scales"].to(self.compute_dtype), persistent=False)
+
+    def multiply(self, rows: torch.Tensor) -> torch.Tensor:
+        if self.fbgemm:
+            return torch.ops.quantized.linear_dynamic(rows, self.packed, False)
+        y = torch.ops.aten._weight_int8pack_mm(rows, self.qweight, self.scales)
+        return y if self.bias is None else y + self.bias
+
+
+class Int4Linear(_FlatLinear):
+    """4-bit weights in groups (``_weight_int4pack_mm_for_cpu``, bfloat16 activations): the kernel keeps a
+    scale and a zero point per group, ``(q - 8) * scale + zero``, so zero = min + 8 * scale."""
+
+    compute_dtype = torch.bfloat16
+
+    def __init__(self, tensors: dict[str, torch.Tensor], bias: torch.Tensor | None) -> None:
+        out_features, groups = tensors["scales"].shape
+        super().__init__(out_features, bias)
+        values = int4_values(tensors["qweight"])
+        self.group_size = values.shape[1] // groups
+        check_int4_shape(out_features, values.shape[1], self.group_size)
+        scales, zeros = tensors["scales"], tensors["mins"] + 8 * tensors["scales"]
+        scales_and_zeros = torch.stack([scales, zeros], dim=-1).transpose(0, 1).contiguous()  # [groups, out, 2]
+        self.register_buffer("packed", torch.ops.aten._convert_weight_to_int4pack_for_cpu(values, 1),
+                             persistent=False)
+        self.register_buffer("scales_and_zeros", scales_and_zeros.to(self.compute_dtype), persistent=False)
+
+    def multiply(self, rows: torch.Tensor) -> torch.Tensor:
+        y = torch.ops.aten._weight_int4pack_mm_for_cpu(rows, self.packed, self.group_size, self.scales_and_zeros)
+        return y if self.bias is None else y + self.bias
+
+
+# -- whole models ---------------------------------------------------------------------------------------
+
+def linear_names(model: torch.nn.Module) -> list[str]:
+    """The linears a quantization or a kernel covers: every one of the decoder layers', and the LM head."""
+    names = [f"model.layers.{i}.{name}" for i, layer in enumerate(model.model.layers)
+             for name, module in layer.named_modules() if isinstance(module, torch.nn.Linear)]
+    return names + ["lm_head"]
+
+
+def replace_linears(model: torch.nn.Module, make) -> None:
+    """Swap each of ``linear_names`` for ``make(name, linear)``. A tied LM head gets a module of its own beside
+    the embedding (its size in memory again): a decode step reads it whole, in the kernel's format."""
+    for name in linear_names(model):
+        parent_name, _, child = name.rpartition(".")
+        parent = model.get_submodule(parent_name) if parent_name else model
+        setattr(parent, child, make(name, getattr(parent, child)))
+
+
+def quantize_linears(model: torch.nn.Module, method: str, group_size: int) -> dict[str, torch.Tensor]:
+    """The portable tensors (``<linear>.qweight`` ...) of every linear the quantization covers; a linear's
+    bias stays a float tensor of the model's state (``<linear>.bias``)."""
+    tensors = {}
+    for name in linear_names(model):
+        weight = model.get_submodule(name).weight
+        parts = quantize_int8(weight) if method == "int8" else quantize_int4(weight, group_size)
+        tensors.update({f"{name}.{part}": value for part, value in parts.items()})
+    return tensors
+
+
+def use_cpu_kernels(model: torch.nn.Module, cpu_linear: str, weights: str,
+                    state: dict[str, torch.Tensor] | None = None) -> str:
+    """Put the kernels ``cpu_linear`` resolves to on this host in place of the model's linears, which hold
+    ``weights`` (the model's dtype name, or int8 / int4). A quantized model's linears are built from its
+    engine's ``state`` (each one's portable tensors and bias, which this takes out of ``state``); the others
+    from the linears in place. Returns the kernel family used."""
+    kernel = resolve_kernel(cpu_linear, weights)
+
+    def make(name: str, linear: torch.nn.Module) -> torch.nn.Module:
+        if weights in ("int8", "int4"):
+            parts = {key.removeprefix(f"{name}."): state.pop(key) for key in list(state)
+                     if key.rpartition(".")[0] == name}
+            bias = parts.pop("bias", None)
+            return Int8Linear(parts, bias, kernel) if weights == "int8" else Int4Linear(parts, bias)
+        if kernel == "onednn":
+            return OnednnLinear(linear.weight, linear.bias)
+        return FbgemmFp16Linear(linear.weight, linear.bias)
+
+    if weights in ("int8", "int4") or kernel != "default":
+        replace_linears(model, make)
+    return kernel

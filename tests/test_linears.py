@@ -1,0 +1,193 @@
+"""CPU linear kernels and quantized engines (pearl.backends.linears): each kernel computes what its weights
+stand for, quantized engines load from their stored tensors, and their logits stay close to the float model's."""
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+from transformers import AutoModelForCausalLM
+
+from pearl.backends.base import ModelSpec
+from pearl.backends.linears import (FbgemmFp16Linear, Int4Linear, Int8Linear, OnednnLinear, bf16_native, dequantize,
+                                    has_fbgemm, linear_names, quantize_int4, quantize_int8, resolve_kernel)
+from pearl.backends.loading import load_model, load_tokenizer
+from pearl.backends.torch_backend import TorchBackend
+from pearl.engine_files import read_engine_json
+from pearl.sequence import Sequence
+from pearl_build.config import ModelConfig, parse_pair
+from pearl_build.sources import resolve as resolve_source
+from pearl_build.torch_engine import build_torch_engine
+from tiny_models import save_tiny_tokenizer
+
+needs_fbgemm = pytest.mark.skipif(not has_fbgemm(), reason="this torch has no FBGEMM (not x86)")
+
+
+@pytest.fixture(scope="module")
+def weight() -> torch.Tensor:
+    torch.manual_seed(0)
+    return torch.randn(48, 128) * 0.05
+
+
+def test_int8_keeps_each_weight_within_half_a_step_of_its_row(weight):
+    parts = quantize_int8(weight)
+    assert parts["qweight"].dtype == torch.int8 and parts["scales"].shape == (48,)
+    error = (dequantize("int8", parts) - weight).abs()
+    assert (error <= parts["scales"][:, None] / 2 + 1e-7).all()
+    assert parts["qweight"].abs().amax(dim=1).eq(127).all()  # each row's largest weight uses the full range
+
+
+@pytest.mark.parametrize("group_size", [32, 64])
+def test_int4_keeps_each_weight_within_half_a_step_of_its_group(weight, group_size):
+    parts = quantize_int4(weight, group_size)
+    assert parts["qweight"].dtype == torch.uint8 and parts["qweight"].shape == (48, 64)
+    assert parts["scales"].shape == parts["mins"].shape == (48, 128 // group_size)
+    step = parts["scales"].repeat_interleave(group_size, dim=1)
+    assert ((dequantize("int4", parts) - weight).abs() <= step / 2 + 1e-6).all()
+
+
+def test_int4_refuses_shapes_its_kernel_cannot_take(weight):
+    with pytest.raises(ValueError, match="group_size 256 does not divide"):
+        quantize_int4(weight, 256)
+    with pytest.raises(ValueError, match="multiple of 16 outputs"):
+        quantize_int4(weight[:40], 32)
+    with pytest.raises(ValueError, match="must be one of"):
+        quantize_int4(weight, 48)
+
+
+def kernels(weight: torch.Tensor):
+    """(name, module, the float32 weight it stands for, its tolerance relative to the output's scale)."""
+    bias = torch.linspace(-1, 1, weight.shape[0])
+    int8, int4 = quantize_int8(weight), quantize_int4(weight, 32)
+    yield "int8 weight-only", Int8Linear(int8, bias, "default"), dequantize("int8", int8), 0.02
+    yield "int4", Int4Linear(int4, bias), dequantize("int4", int4), 0.02
+    yield "onednn float32", OnednnLinear(weight, bias), weight, 1e-5
+    if has_fbgemm():
+        # its inputs are rounded to 256 levels over their range too: ~1% of the range each, adding up over 128
+        yield "fbgemm int8 (8-bit inputs)", Int8Linear(int8, bias, "fbgemm"), dequantize("int8", int8), 0.12
+        yield "fbgemm float16", FbgemmFp16Linear(weight, bias), weight.half().float(), 1e-3
+    if bf16_native():
+        yield "onednn bfloat16", OnednnLinear(weight.bfloat16(), bias), weight.bfloat16().float(), 0.02
+
+
+def test_each_kernel_computes_its_weights_product(weight):
+    torch.manual_seed(1)
+    bias = torch.linspace(-1, 1, weight.shape[0])
+    for name, module, stands_for, tolerance in kernels(weight):
+        for shape in ((1, 128), (3, 5, 128)):  # a decode row, and a batch of windows
+            x = torch.randn(*shape)
+            expected = x @ stands_for.T + bias
+            got = module(x.to(module.compute_dtype if name.startswith("onednn") else x.dtype)).float()
+            assert got.shape == expected.shape, name
+            scale = expected.abs().max()
+            assert (got - expected).abs().max() <= tolerance * scale, name
+
+
+@pytest.mark.parametrize("weights", ["float32", "bfloat16", "int8", "int4"])
+def test_auto_picks_a_kernel_this_host_runs(weights):
+    kernel = resolve_kernel("auto", weights)
+    if bf16_native():
+        assert kernel == "onednn"
+    else:
+        assert kernel == ("fbgemm" if has_fbgemm() else "default") or (weights == "float32" and kernel == "onednn")
+    assert resolve_kernel("auto", "float16") == "default"
+
+
+def test_a_kernel_the_host_cannot_run_is_refused_with_what_to_use():
+    if bf16_native():
+        assert resolve_kernel("onednn", "bfloat16") == "onednn"
+    else:
+        with pytest.raises(ValueError, match="native bfloat16 support.*use cpu_linear auto or fbgemm"):
+            resolve_kernel("onednn", "bfloat16")
+    with pytest.raises(ValueError, match="cpu_linear must be one of"):
+        resolve_kernel("mkl", "float32")
+
+
+@pytest.fixture(scope="module")
+def source(tiny, tmp_path_factory):
+    """The tiny qwen target with a tokenizer (an engine needs one)."""
+    folder = tmp_path_factory.mktemp("source") / "qwen"
+    shutil.copytree(tiny["qwen_target"], folder)
+    return save_tiny_tokenizer(folder, [f"w{i}" for i in range(63)])
+
+
+def quantized_engine(source, out, quantization: str, dtype: str = "float32"):
+    pair = parse_pair({"dtype": dtype, "max_seq_len": 256, "max_draft_len": 4,
+                       "draft": {"source": {"path": str(source)}},
+                       "target": {"source": {"path": str(source)}, "quantization": quantization,
+                                  "group_size": 32}}, default_name="quantized")
+    model: ModelConfig = pair.target
+    return build_torch_engine(pair, model, resolve_source(model.source, out / "cache"), out / quantization, "key")
+
+
+def logits_of(spec: ModelSpec, prompts: list[list[int]]) -> list[torch.Tensor]:
+    """Each prompt's logits at every position after the first, through the runtime's backend."""
+    backend = TorchBackend.load(spec)
+    rows = []
+    for i, prompt in enumerate(prompts):
+        seq = Sequence(i, prompt[:1])
+        backend.forward([seq], [1])
+        seq.tokens += prompt[1:]
+        rows.append(backend.forward([seq], [len(prompt) - 1])[0])
+    return rows
+
+
+def dequantized_model(engine: Path, float_source: Path) -> ModelSpec:
+    """A float32 HF folder whose linears hold what the engine's stored int8 / int4 tensors stand for."""
+    model = AutoModelForCausalLM.from_pretrained(float_source)
+    stored = load_file(engine / "model.safetensors")
+    method = read_engine_json(engine)["quantization"]["method"]
+    for name in linear_names(model):
+        parts = {key.rpartition(".")[2]: value for key, value in stored.items() if key.rpartition(".")[0] == name}
+        model.get_submodule(name).weight.data = dequantize(method, parts)
+    model.save_pretrained(engine.parent / f"{engine.name}-dequantized")
+    return ModelSpec(str(engine.parent / f"{engine.name}-dequantized"))
+
+
+@pytest.mark.parametrize("quantization", ["int8", "int4"])
+def test_a_quantized_engine_computes_what_its_stored_weights_stand_for(source, tmp_path, quantization):
+    info = quantized_engine(source, tmp_path, quantization)
+    folder = tmp_path / quantization
+    assert info["quantization"]["method"] == quantization and read_engine_json(folder)["quantization"] == \
+        info["quantization"]
+    model = load_model(ModelSpec(str(folder)))
+    quantized = [m for m in model.modules() if isinstance(m, (Int8Linear, Int4Linear))]
+    assert len(quantized) == 2 * 7 + 1 and not any(type(m) is torch.nn.Linear for m in model.modules())
+    assert not any(p.is_meta for p in model.parameters())
+    prompts = [[3, 14, 15, 9, 2, 6, 5, 35], [1, 2, 3, 4, 5, 6, 7, 8, 9, 10]]
+    reference = logits_of(dequantized_model(folder, source), prompts)
+    for got, expected in zip(logits_of(ModelSpec(str(folder)), prompts), reference):
+        # the kernels multiply in bfloat16: rounding, nothing else
+        assert (got - expected).abs().max() <= 0.05 * expected.abs().max()
+    if quantization == "int8":  # 255 levels a row: the float model's logits within a few percent
+        for got, expected in zip(logits_of(ModelSpec(str(folder)), prompts), logits_of(ModelSpec(str(source)), prompts)):
+            assert (got - expected).abs().max() <= 0.05 * expected.abs().max()
+
+
+def test_quantized_engines_are_smaller_and_refuse_gpus(source, tmp_path):
+    quantized_engine(source, tmp_path, "int4")
+    plain = sum(p.numel() * 4 for p in load_model(ModelSpec(str(source))).parameters())
+    assert (tmp_path / "int4" / "model.safetensors").stat().st_size < plain
+    with pytest.raises(ValueError, match="quantized engines run on the CPU"):
+        load_model(ModelSpec(str(tmp_path / "int4"), device="cuda:0"))
+    with pytest.raises(ValueError, match="quantized torch engines run on the CPU"):
+        parse_pair({"draft": {"source": {"path": "d"}},
+                    "target": {"source": {"path": "t"}, "devices": [0], "quantization": "int8"}}, "gpu")
+
+
+TEXT = ("def quicksort(arr):\n    if len(arr) <= 1:\n        return arr\n    pivot = arr[len(arr) // 2]\n"
+        "The three primary colors are red, yellow and blue. Mixing them gives every other color.")
+
+
+@pytest.mark.parametrize("quantization, agreement", [("int8", 0.9), ("int4", 0.7)])
+def test_quantized_smollm2_keeps_the_float_models_choices(smollm2, tmp_path, quantization, agreement):
+    """Real weights: the next-token choice of a quantized SmolLM2-135M is the float model's at most positions
+    of a real text (int4 in groups of 64, its hidden size 576 being 9 of them)."""
+    pair = parse_pair({"max_seq_len": 256, "draft": {"source": {"path": str(smollm2)}},
+                       "target": {"source": {"path": str(smollm2)}, "quantization": quantization, "group_size": 64}},
+                      default_name="smollm2-quantized")
+    build_torch_engine(pair, pair.target, resolve_source(pair.target.source, tmp_path), tmp_path / "engine", "key")
+    ids = load_tokenizer(str(smollm2))(TEXT).input_ids
+    expected, got = (logits_of(ModelSpec(str(folder)), [ids])[0] for folder in (smollm2, tmp_path / "engine"))
+    same = (expected.argmax(-1) == got.argmax(-1)).float().mean().item()
+    assert same >= agreement, same  # measured: int8 0.94, int4 0.79 (its GGUF source is 4-bit already)

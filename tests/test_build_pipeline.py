@@ -12,7 +12,7 @@ import pytest
 
 from conftest import SMOLLM2_DRAFT_LAYERS
 from pearl.engine import Engine, VocabularyMismatch
-from pearl.engine_files import gamma_table, load_pair, read_engine_json
+from pearl.engine_files import load_pair, read_engine_json
 from pearl.params import SamplingParams
 from pearl_build.config import PairConfig, parse_pair
 from pearl_build.pipeline import build_pair
@@ -81,14 +81,15 @@ def test_pair_json_has_shared_vocab_and_profile(built):
     for row in table.values():
         assert len(row["target_verify_s"]) == 4 and all(t > 0 for t in row["target_verify_s"])
         assert row["draft_step_s"] > 0 and 1 <= row["recommended_gamma"] <= 4
-    assert gamma_table(built) == {int(size): row["recommended_gamma"] for size, row in table.items()}
+        assert row["target_alone_step_s"] > 0
+    costs = load_pair(built)[1]
+    assert sorted(costs.rows) == [1, 2, 3] and costs.max_window == 4
+    assert costs.at(16) == costs.rows[3] and costs.rows[2].verify_s == tuple(table["2"]["target_verify_s"])
 
 
-def test_engine_dir_runs_lossless_with_the_profiled_gamma(built):
+def test_engine_dir_runs_lossless_with_the_profiled_costs(built):
     with Engine.from_engine_dir(built) as engine:
-        assert engine.auto_gamma() == read_engine_json(built)["profile"]["recommended_gamma"]
-        gammas = gamma_table(built)
-        assert [engine.auto_gamma(size) for size in (2, 3, 16)] == [gammas[2], gammas[3], gammas[3]]
+        assert engine.costs == load_pair(built)[1]
         assert engine.max_seq_len == 256
         prompt = engine.tokenizer("w1 w2 w3 w4").input_ids
         sampling = SamplingParams(max_tokens=24, ignore_eos=True)
@@ -151,16 +152,19 @@ def test_round_trip_engines_match_the_original_gguf(smollm2_engines, smollm2_ggu
     assert from_engines["text"] == from_gguf["text"]
 
 
-def test_draft_off_settings_reach_the_world_without_a_rebuild(built, folders):
+def test_draft_off_settings_reach_the_world_and_the_profile_without_rebuilding_models(built, folders):
     config, _ = load_pair(built)
     assert config.draft_off_batch_size is None and config.alone_threads == config.threads_per_rank
     pair = tiny_pair(folders["draft"], folders["target"], max_batch_size=3, draft_off_batch_size=2,
                      target_alone_threads=2)
     try:
+        models = {role: read_engine_json(built / role)["built_at"] for role in ("draft", "target")}
         build_pair(pair, built.parent, built.parent / "cache")
-        config, _ = load_pair(built)
+        config, costs = load_pair(built)
         assert config.draft_off_batch_size == 2 and config.alone_threads == 2
-        assert read_engine_json(built)["profile"] is not None  # they do not change what was profiled
+        assert {role: read_engine_json(built / role)["built_at"] for role in models} == models
+        profile = read_engine_json(built)["profile"]  # reprofiled: the target alone on 2 threads, and no
+        assert profile["target_alone_threads"] == 2 and list(costs.rows) == [1]  # windows from 2 sequences on
     finally:
         build_pair(tiny_pair(folders["draft"], folders["target"], max_batch_size=3), built.parent,
                    built.parent / "cache")

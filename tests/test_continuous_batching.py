@@ -20,6 +20,8 @@ REQUESTS = [
     ([3, 1, 4, 1, 5, 9, 2, 6], "sd", 4, SamplingParams(temperature=1.2, top_k=20, seed=5, max_tokens=20)),
     ([50, 20, 30], "pearl", 2, SamplingParams(max_tokens=33, stop_token_ids=((1, 2),))),
     ([60] * 12, "pearl", 6, SamplingParams(max_tokens=9)),
+    ([2, 7, 1, 8], "pearl", "auto", SamplingParams(max_tokens=35)),  # adaptive windows, by batch size too
+    ([9, 4], "sd", "auto", SamplingParams(max_tokens=20)),
 ]
 
 
@@ -98,9 +100,9 @@ def test_cancelling_one_request_leaves_the_others_untouched(engine, alone):
 
 
 def test_the_draft_drops_out_of_a_large_batch_and_greedy_outputs_stay_the_targets(engine_factory, tiny, alone):
-    """draft_off_batch_size 3: once a round holds 3 sequences, the target decodes every one of them alone from
-    its verified tokens (pending draft tokens dropped, the draft told to let them go); the draft serves
-    requests again once the batch is small."""
+    """draft_off_batch_size 3: while a round holds 3 sequences, the target decodes every one of them alone from
+    its verified tokens (pending draft tokens dropped on both ranks, window 0); the draft serves requests
+    again once the batch is small."""
     engine = engine_factory(tiny["close_draft"], tiny["target"], max_batch_size=8, draft_off_batch_size=3,
                             target_alone_threads=2)
     together = run_concurrently(engine, REQUESTS, 0.3)

@@ -2,6 +2,7 @@
 import pytest
 
 from pearl.params import SamplingParams
+from pearl.speculation import CostRow, SpeculationCosts
 
 PROMPTS = [[1, 2, 3], [5, 9, 11, 3, 4], [42]]
 GAMMAS = [1, 2, 3, 5]
@@ -58,3 +59,35 @@ def test_stop_sequences_and_eos_agree_across_modes(engine_factory, tiny):
     first = next(i for i in range(len(free.token_ids)) if tuple(free.token_ids[i:i + 2]) == stop)
     for out in outputs.values():
         assert out.token_ids == free.token_ids[:first + 2] and out.finish_reason == "stop"
+
+
+# Costs under which drafting pays only above ~0.65 acceptance: weak drafts stop and start again.
+SWITCHING_COSTS = SpeculationCosts({1: CostRow(draft_step_s=0.01, verify_s=(0.1,) * 6, alone_step_s=0.06)}, 0.8)
+
+
+@pytest.mark.parametrize("draft", ["close_draft", "random_draft"])
+def test_adaptive_windows_stay_lossless_as_drafting_stops_and_starts(engine_factory, tiny, draft):
+    """gamma "auto": each round's window from the sequence's acceptance; when the target alone is faster
+    the sequence stops drafting (both ranks drop its pending draft tokens), and probes again later. Greedy
+    output stays the target's own throughout."""
+    engine = engine_factory(tiny[draft], tiny["target"], costs=SWITCHING_COSTS)
+    runs = []
+    for prompt in PROMPTS:
+        params = SamplingParams(max_tokens=60, ignore_eos=True)
+        ref = engine.generate(prompt, params, mode="ar").collect()
+        for mode in ("pearl", "sd"):
+            out = engine.generate(prompt, params, mode=mode, gamma="auto").collect()
+            assert out.token_ids == ref.token_ids, (mode, prompt)
+            assert out.stats.gamma is None and 0 < out.stats.mean_gamma <= 6
+            runs.append(out.stats)
+    assert any(0 < s.drafted_rounds < s.rounds for s in runs)  # drafting stopped and started within requests
+    sampled = SamplingParams(temperature=0.9, max_tokens=60, seed=3, ignore_eos=True)
+    a, b = (engine.generate([5, 9], sampled, mode="pearl", gamma="auto").collect() for _ in range(2))
+    assert a.token_ids == b.token_ids and len(a.token_ids) == 60
+
+
+def test_adaptive_windows_grow_with_a_draft_that_is_always_right(engine_factory, tiny):
+    engine = engine_factory(tiny["target"], tiny["target"], costs=SWITCHING_COSTS)
+    out = engine.generate([1, 2, 3], SamplingParams(max_tokens=60, ignore_eos=True), mode="pearl").collect()
+    assert out.stats.drafted_rounds == out.stats.rounds and out.stats.mean_gamma > 4
+    assert out.stats.tokens_per_target_forward > 4

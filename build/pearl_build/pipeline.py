@@ -16,6 +16,8 @@ from pearl_build.artifacts import build_key, is_current
 from pearl_build.config import PairConfig
 from pearl_build.sources import resolve
 
+PROFILE_FORMAT = 2  # 2: a target step alone per batch size (what adaptive windows compare drafting with)
+
 
 def log(message: str) -> None:
     tqdm.write(f"[make engines] {message}")
@@ -49,7 +51,8 @@ def finish_pair(pair: PairConfig, out: Path, keys: dict[str, str], profile: bool
     """Check the tokenizers, write the pair's engine.json, and profile the pair unless that is current."""
     vocab = check_pair_vocabulary(out)
     key = build_key(keys, pair.threads_per_rank, pair.max_draft_len, pair.max_batch_size, pair.cpu_linear,
-                    pair.attention, pair.draft_acceptance)
+                    pair.attention, pair.draft_acceptance, pair.target_alone_threads, pair.draft_off_batch_size,
+                    PROFILE_FORMAT)
     previous = read_engine_json(out) or {}
     info = {"pair": pair.name, "backend": pair.backend, "models": {role: role for role in ROLES},
             "threads_per_rank": pair.threads_per_rank, "shared_vocab_size": vocab, "build_key": key,
@@ -66,8 +69,9 @@ def finish_pair(pair: PairConfig, out: Path, keys: dict[str, str], profile: bool
         info["profile"] = profile_pair(out, pair.max_draft_len, pair.max_batch_size, pair.draft_acceptance)
         write_engine_json(out, info)
         p = info["profile"]
-        log(f"draft step {1000 * p['draft_step_s']:.1f} ms, target step {1000 * p['target_step_s']:.1f} ms, "
-            f"speed ratio {p['speed_ratio']:.2f}, recommended gamma {p['recommended_gamma']}")
+        log(f"draft step {1000 * p['draft_step_s']:.1f} ms, target step {1000 * p['target_step_s']:.1f} ms "
+            f"({1000 * p['target_alone_step_s']:.1f} ms alone), speed ratio {p['speed_ratio']:.2f}, "
+            f"window at acceptance {p['draft_acceptance']}: {p['recommended_gamma']}")
         if len(p["by_batch_size"]) > 1:
             log("gamma by batch size: " + ", ".join(f"{size}: {row['recommended_gamma']}"
                                                     for size, row in p["by_batch_size"].items()))

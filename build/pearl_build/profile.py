@@ -11,7 +11,8 @@ from pathlib import Path
 
 from pearl.engine import Engine
 from pearl.engine_files import load_pair
-from pearl.profiling import DEFAULT_ACCEPTANCE, recommended_gamma, speed_ratio
+from pearl.profiling import DEFAULT_ACCEPTANCE
+from pearl.speculation import CostRow, best_window
 
 STEPS = 5  # timed forwards per window length (the median is kept)
 
@@ -30,42 +31,53 @@ def hardware(device: str) -> str:
     return platform.processor() or platform.machine()
 
 
-def batch_sizes(max_batch_size: int) -> list[int]:
-    """The batch sizes a pair's gamma table covers: powers of two up to max_batch_size, and it."""
+def batch_sizes(max_batch_size: int, draft_off_batch_size: int | None = None) -> list[int]:
+    """The batch sizes a pair's profile covers: powers of two up to max_batch_size, and it; none from
+    draft_off_batch_size on, where no sequence drafts and no window is chosen."""
     sizes = [1]
     while sizes[-1] * 2 <= max_batch_size:
         sizes.append(sizes[-1] * 2)
-    return sizes + ([max_batch_size] if sizes[-1] != max_batch_size else [])
+    sizes += [max_batch_size] if sizes[-1] != max_batch_size else []
+    return [size for size in sizes if draft_off_batch_size is None or size < draft_off_batch_size] or [1]
 
 
 def profile_pair(pair_dir: Path, max_draft_len: int, max_batch_size: int = 1,
                  draft_acceptance: float = DEFAULT_ACCEPTANCE) -> dict:
-    """Draft and target step times, the target's cost to verify k = 1..max_draft_len tokens, and gamma, for a
-    lone sequence (the top-level fields) and for each batch size up to max_batch_size ("by_batch_size"):
-    batched, a verify costs more and gamma moves with it (nano-PEARL measures it the same way). Gamma is
-    the window with the most expected tokens per second at the pair's ``draft_acceptance``."""
+    """For each batch size up to max_batch_size ("by_batch_size"; a lone sequence's also at the top level):
+    a draft step, the target's cost to verify k = 1..max_draft_len tokens per sequence (both on the pair's
+    threads per rank), and a target step on ``target_alone_threads`` (the draft idle). Batched, a verify costs
+    more and the best window moves with it (nano-PEARL measures it the same way). ``recommended_gamma`` is the
+    PEARL window with the most expected tokens per second at the pair's ``draft_acceptance``; adaptive
+    requests start from it and move with their own acceptance."""
     config, _ = load_pair(pair_dir)
     table = {}
     with Engine(config) as engine:
-        for size in batch_sizes(max_batch_size):
+        for size in batch_sizes(max_batch_size, config.draft_off_batch_size):
             seconds = engine.world.profile({"draft": 1, "target": max_draft_len}, steps=STEPS, batch_size=size)
-            draft_step, verify = seconds["draft"][0], seconds["target"]
+            alone = seconds["target"][0]
+            if config.alone_threads != config.threads_per_rank:
+                alone = engine.world.profile({"target": 1}, steps=STEPS, batch_size=size,
+                                             threads={"target": config.alone_threads})["target"][0]
+            row = CostRow(seconds["draft"][0], tuple(seconds["target"]), alone)
             table[str(size)] = {  # JSON keys are strings
-                "draft_step_s": draft_step,
-                "target_verify_s": verify,  # [k-1]: seconds for the target to take k new tokens per sequence
-                "speed_ratio": speed_ratio(draft_step, verify[0]),
-                "recommended_gamma": recommended_gamma(draft_step, verify, draft_acceptance),
+                "draft_step_s": row.draft_step_s,
+                "target_verify_s": list(row.verify_s),  # [k-1]: seconds for the target to take k new tokens
+                "target_alone_step_s": row.alone_step_s,
+                "speed_ratio": row.verify_s[0] / row.draft_step_s,
+                "recommended_gamma": best_window("pearl", draft_acceptance, row, max_draft_len)[0],
             }
     lone = table["1"]
     return {
         "draft_step_s": lone["draft_step_s"],
         "target_step_s": lone["target_verify_s"][0],
         "target_verify_s": lone["target_verify_s"],
+        "target_alone_step_s": lone["target_alone_step_s"],
         "speed_ratio": lone["speed_ratio"],
         "recommended_gamma": lone["recommended_gamma"],
         "by_batch_size": table,
         "draft_acceptance": draft_acceptance,
         "threads_per_rank": config.threads_per_rank,
+        "target_alone_threads": config.alone_threads,
         "draft_hardware": hardware(config.draft.device),
         "target_hardware": hardware(config.target.device),
         "measured_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),

@@ -35,7 +35,9 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--target", help="target model: engine or HF folder (safetensors), or a .gguf file")
     g.add_argument("--draft-layers", type=_positive_int, help="use only the first N layers of the draft")
     g.add_argument("--mode", choices=[m.name.lower() for m in Mode], default="pearl")
-    g.add_argument("--gamma", type=_gamma, default="auto", help="draft window length, or 'auto' (speed ratio)")
+    g.add_argument("--gamma", type=_gamma, default="auto",
+                   help="draft window length, or 'auto': adaptive, each round's window from the acceptance so far "
+                        "and the pair's measured costs (none while the target alone is faster)")
     g.add_argument("--max-tokens", type=_positive_int, default=128)
     g.add_argument("--temperature", type=float, default=0.0, help="0 = greedy")
     g.add_argument("--top-k", type=int, default=0, help="0 = off")
@@ -114,7 +116,8 @@ def format_stats(stats, verbose: bool) -> str:
              f"target forwards {stats.target_forwards}, draft forwards {stats.draft_forwards}, "
              f"tokens per target forward {stats.tokens_per_target_forward:.2f}",
              f"mean accepted length {stats.mean_accepted_length:.2f}, acceptance rate {stats.acceptance_rate:.2f}"
-             f" (mode {stats.mode}, gamma {stats.gamma})"]
+             f" (mode {stats.mode}, gamma {stats.gamma or 'auto'}: drafted {stats.drafted_rounds} of "
+             f"{stats.rounds} rounds, mean window {stats.mean_gamma:.1f})"]
     if verbose:
         lines.append(f"target: forwards {stats.target_forward_s:.3f} s, waiting for draft "
                      f"{stats.target_wait_s:.3f} s, round overhead {100 * stats.round_overhead:.1f}% "

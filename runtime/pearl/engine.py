@@ -1,7 +1,7 @@
 """The public API: an ``Engine`` owns a world of worker ranks and turns prompt ids into streamed tokens.
 
     with Engine(WorldConfig(draft=ModelSpec(path), target=ModelSpec(path))) as engine:
-        stream = engine.generate(prompt_ids, SamplingParams(max_tokens=64), mode="pearl", gamma=4)
+        stream = engine.generate(prompt_ids, SamplingParams(max_tokens=64), mode="pearl", gamma="auto")
         for chunk in stream:      # lists of token ids, as they are accepted
             ...
         stream.stats              # RequestStats once the stream is exhausted
@@ -21,17 +21,18 @@ from typing import Iterator
 
 from pearl.backends import check_model_path
 from pearl.backends.loading import load_tokenizer
-from pearl.engine_files import gamma_table, load_pair
 from pearl.dist.config import WorldConfig
 from pearl.dist.protocol import DRAFT_RANK, TARGET_RANK
 from pearl.dist.world import World
+from pearl.engine_files import load_pair
 from pearl.params import GenerationRequest, Mode, SamplingParams
-from pearl.profiling import recommended_gamma
+from pearl.profiling import DEFAULT_ACCEPTANCE
+from pearl.speculation import CostRow, SpeculationCosts
 from pearl.stats import RequestStats
 from pearl.stopping import FinishReason
 from pearl.streams import GenerationStream, check_fits
 
-MAX_AUTO_GAMMA = 16
+MAX_UNPROFILED_WINDOW = 16  # adaptive windows of a pair measured at start-up only (its verify taken as flat)
 
 
 class VocabularyMismatch(ValueError):
@@ -66,10 +67,10 @@ def shared_vocab_size(target_tokenizer, draft_logits: int, target_logits: int) -
 
 
 class Engine:
-    """``recommended_gamma``: what ``gamma="auto"`` means; None measures the speed ratio at first use."""
+    """``costs``: the pair's measured costs (``make engines`` profiles them), from which ``gamma="auto"``
+    requests get their windows round by round; None measures a draft and a target step at the first one."""
 
-    def __init__(self, config: WorldConfig, recommended_gamma: int | None = None,
-                 gamma_by_batch_size: dict[int, int] | None = None) -> None:
+    def __init__(self, config: WorldConfig, costs: SpeculationCosts | None = None) -> None:
         for spec in (config.draft, config.target):
             check_model_path(spec)  # a missing path fails here, before any process starts
         self.config = config
@@ -87,21 +88,22 @@ class Engine:
         self.eos_token_ids = target.eos_token_ids
         self.max_seq_len = min(draft.max_seq_len, target.max_seq_len)
         self.world.begin(self.vocab_size)
-        self._profile_lock = threading.Lock()
+        self._costs_lock = threading.Lock()
         self._ids = itertools.count(1)
-        self._auto_gamma = recommended_gamma
-        self._gamma_by_batch_size = dict(gamma_by_batch_size or {})
+        self.costs = costs
+        if costs is not None:
+            self.world.send_costs(costs)
 
     @classmethod
     def from_engine_dir(cls, folder: str | Path, threads_per_rank: int | None = None,
                         check_hashes: bool = False) -> "Engine":
-        """An engine over a pair built by ``make engines``; its measured gamma is ``gamma="auto"``.
-        ``threads_per_rank`` overrides the pair's setting (the gamma was profiled with the pair's);
+        """An engine over a pair built by ``make engines``, with the costs its build measured.
+        ``threads_per_rank`` overrides the pair's setting (the costs were measured with the pair's);
         ``check_hashes`` verifies every engine file's sha256 against the build's manifest first."""
-        config, gamma = load_pair(folder, check_hashes=check_hashes)
+        config, costs = load_pair(folder, check_hashes=check_hashes)
         if threads_per_rank is not None:
             config = replace(config, threads_per_rank=threads_per_rank)
-        return cls(config, recommended_gamma=gamma, gamma_by_batch_size=gamma_table(folder))
+        return cls(config, costs)
 
     def __enter__(self) -> "Engine":
         return self
@@ -116,28 +118,25 @@ class Engine:
     def max_batch_size(self) -> int:
         return self.config.max_batch_size
 
-    def auto_gamma(self, batch_size: int = 1) -> int:
-        """PEARL's gamma: from the engine directory's profile (its table's largest batch size not above
-        ``batch_size``), else the target/draft decode time ratio measured once on the ranks (a verify then
-        counts as costing one decode step)."""
-        profiled = [size for size in self._gamma_by_batch_size if size <= batch_size]
-        if profiled:
-            return self._gamma_by_batch_size[max(profiled)]
-        with self._profile_lock:
-            if self._auto_gamma is None:
+    def ensure_costs(self) -> None:
+        """Costs for adaptive windows: without a profile, one draft step and one target step measured on the
+        ranks now (a verify then counts as costing one target step; the target's threads stay its own)."""
+        with self._costs_lock:
+            if self.costs is None:
                 seconds = self.world.profile({"draft": 1, "target": 1})
-                draft_step, target_step = seconds["draft"][0], seconds["target"][0]
-                self._auto_gamma = recommended_gamma(draft_step, [target_step] * MAX_AUTO_GAMMA)
-        return self._auto_gamma
+                step = seconds["target"][0]
+                row = CostRow(seconds["draft"][0], (step,) * MAX_UNPROFILED_WINDOW, step)
+                self.costs = SpeculationCosts({1: row}, DEFAULT_ACCEPTANCE)
+                self.world.send_costs(self.costs)
 
     def generate(self, prompt_ids: list[int], sampling: SamplingParams = SamplingParams(),
-                 mode: Mode | str = Mode.PEARL, gamma: int | str = 4) -> GenerationStream:
-        """Stream one request; ``gamma="auto"`` takes the profiled gamma for the batch it is likely to join
-        (the requests in flight and this one, up to max_batch_size)."""
+                 mode: Mode | str = Mode.PEARL, gamma: int | str = "auto") -> GenerationStream:
+        """Stream one request. ``gamma="auto"``: adaptive, each round's window (none at all when the target
+        alone is faster) from the sequence's acceptance so far and the pair's costs (``pearl.speculation``)."""
         mode = Mode.parse(mode) if isinstance(mode, str) else mode
-        if gamma == "auto":
-            gamma = self.auto_gamma(min(self.world.in_flight + 1, self.max_batch_size))
-        gamma = int(gamma)
+        gamma = None if gamma == "auto" else int(gamma)
+        if gamma is None and mode is not Mode.AR:
+            self.ensure_costs()
         request = GenerationRequest(next(self._ids), tuple(int(t) for t in prompt_ids), sampling, mode, gamma)
         check_fits(request, self.vocab_size, self.max_seq_len)
         return GenerationStream(lambda stream: self._serve(request, stream),

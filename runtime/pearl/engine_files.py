@@ -2,10 +2,12 @@
 
     engines/<pair>/
       engine.json      the pair: its two model folders, threads per rank, the shared vocabulary, and the
-                       profile measured at build time (step times, speed ratio, recommended gamma)
-      draft/, target/  one model each: weights (torch: model*.safetensors + config.json; tensorrt_llm:
-                       rank<i>.engine + config.json), tokenizer files, and an engine.json of its own
-                       (backend, dtype, devices, vocab size, max lengths, source and hashes, build key/time)
+                       profile measured at build time (per batch size: a draft step, a target verify of
+                       1..max_draft_len tokens, a target step alone: the costs adaptive windows come from)
+      draft/, target/  one model each: weights (torch: model*.safetensors + config.json, int8 / int4
+                       tensors when quantized; tensorrt_llm: rank<i>.engine + config.json), tokenizer files,
+                       and an engine.json of its own (backend, dtype, quantization, devices, vocab size, max
+                       lengths, source and hashes, build key/time)
 
 A model folder's engine.json is written last, so its presence means the folder is complete.
 """
@@ -93,9 +95,12 @@ def pair_models(folder: str | Path, check_files: bool = True,
 
 
 def load_pair(folder: str | Path, check_files: bool = True, check_hashes: bool = False):
-    """(WorldConfig, recommended gamma or None) for a pair's engine directory (checked by ``pair_models``)."""
+    """(WorldConfig, SpeculationCosts or None when the pair was not profiled) for a pair's engine directory
+    (checked by ``pair_models``)."""
     from pearl.backends.base import ModelSpec
     from pearl.dist.config import WorldConfig
+    from pearl.profiling import DEFAULT_ACCEPTANCE
+    from pearl.speculation import SpeculationCosts
 
     models = pair_models(folder, check_files, check_hashes)  # first: a clear error for a folder that is no pair
     pair = read_engine_json(folder)
@@ -110,12 +115,5 @@ def load_pair(folder: str | Path, check_files: bool = True, check_hashes: bool =
                          max_batch_size=int(settings.get("max_batch_size", 1)),
                          draft_off_batch_size=settings.get("draft_off_batch_size"),
                          target_alone_threads=settings.get("target_alone_threads"))
-    return config, profile.get("recommended_gamma")
-
-
-def gamma_table(folder: str | Path) -> dict[int, int]:
-    """The profiled gamma per batch size ({} when the pair was not profiled; {1: gamma} for a profile from
-    before the table existed)."""
-    profile = (read_engine_json(folder) or {}).get("profile") or {}
-    rows = profile.get("by_batch_size") or ({"1": profile} if "recommended_gamma" in profile else {})
-    return {int(size): int(row["recommended_gamma"]) for size, row in rows.items()}
+    prior = settings.get("draft_acceptance", DEFAULT_ACCEPTANCE)
+    return config, SpeculationCosts.from_profile(profile, prior) if "by_batch_size" in profile else None

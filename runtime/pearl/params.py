@@ -62,19 +62,20 @@ class SamplingParams:
 
 @dataclass(frozen=True)
 class GenerationRequest:
-    """One request as the ranks see it: prompt ids, decoder, draft window length and sampling."""
+    """One request as the ranks see it: prompt ids, decoder, draft window length and sampling. ``gamma``
+    None: adaptive, the target picks each round's window (``pearl.speculation``)."""
 
     request_id: int
     prompt_ids: tuple[int, ...]
     sampling: SamplingParams
     mode: Mode = Mode.PEARL
-    gamma: int = 4
+    gamma: int | None = 4
 
     def __post_init__(self) -> None:
         if not self.prompt_ids:
             raise ValueError("the prompt is empty: give at least one token")
-        if self.gamma < 1:
-            raise ValueError(f"gamma must be >= 1, got {self.gamma}")
+        if self.gamma is not None and self.gamma < 1:
+            raise ValueError(f"gamma must be >= 1 (or None: adaptive), got {self.gamma}")
         if any(t < 0 for t in self.prompt_ids):
             raise ValueError("prompt token ids must be >= 0")
 

@@ -1,4 +1,4 @@
-"""Measuring a backend's forward cost, and PEARL's gamma from it (the window with the most tokens per second)."""
+"""Measuring a backend's forward cost: what the pair's profile (and from it every adaptive window) is made of."""
 from __future__ import annotations
 
 import statistics
@@ -40,29 +40,3 @@ def forward_seconds(backend: ModelBackend, max_tokens: int, steps: int = 5, prom
 
 
 DEFAULT_ACCEPTANCE = 0.8  # a draft token's chance to be accepted, when the pair config does not say
-
-
-def recommended_gamma(draft_step_s: float, target_verify_s: list[float],
-                      acceptance: float = DEFAULT_ACCEPTANCE) -> int:
-    """The window k in 1..len(target_verify_s) with the most expected tokens per second of a round.
-
-    ``target_verify_s[k-1]`` is the target's cost for k tokens. Draft and target run at once, so a round
-    takes max(k draft steps, one verify of k tokens); in post-verify it keeps the window's accepted prefix,
-    1 + a + ... + a^(k-1) tokens expected for a per-token acceptance a (the token the target corrects ends
-    the window; PEARL takes no bonus token there). With a flat verify cost (decode on a GPU) the best k is
-    where the draft fills one verify, PEARL's gamma = speed ratio. Where a verify costs more the more tokens
-    it takes (a CPU, a large batch), a longer window buys tokens at a price and the best k is shorter than
-    the one that balances the two sides.
-    """
-    if not 0 < acceptance < 1:
-        raise ValueError(f"acceptance must be in (0, 1), got {acceptance}")
-
-    def tokens_per_s(k: int) -> float:
-        expected_tokens = (1 - acceptance ** k) / (1 - acceptance)
-        return expected_tokens / max(k * draft_step_s, target_verify_s[k - 1])
-
-    return max(range(1, len(target_verify_s) + 1), key=tokens_per_s)
-
-
-def speed_ratio(draft_step_s: float, target_step_s: float) -> float:
-    return target_step_s / draft_step_s

@@ -11,7 +11,7 @@ from pearl.dist.protocol import STATS_FIELDS
 @dataclass(frozen=True)
 class RequestStats:
     mode: str
-    gamma: int
+    gamma: int | None  # the request's fixed window; None: adaptive (see mean_gamma)
     wall_s: float  # on the driver: from sending the request to the last token (model loading excluded)
     generated_tokens: int
     target_forwards: int
@@ -20,13 +20,14 @@ class RequestStats:
     accepted_draft_tokens: int
     accepted_runs: int
     rounds: int
+    drafted_rounds: int
     batched_sequences: int
     target_forward_s: float
     target_wait_s: float
     target_busy_s: float
 
     @classmethod
-    def from_message(cls, message: np.ndarray, mode: str, gamma: int, wall_s: float) -> "RequestStats":
+    def from_message(cls, message: np.ndarray, mode: str, gamma: int | None, wall_s: float) -> "RequestStats":
         values = dict(zip(STATS_FIELDS, message.tolist()))
         ints = {k: int(v) for k, v in values.items() if not k.endswith("_s")}
         floats = {k: v for k, v in values.items() if k.endswith("_s")}
@@ -51,6 +52,11 @@ class RequestStats:
         return self.batched_sequences / self.rounds if self.rounds else 0.0
 
     @property
+    def mean_gamma(self) -> float:
+        """Draft tokens per round that drafted: the window it used on average."""
+        return self.draft_tokens / self.drafted_rounds if self.drafted_rounds else 0.0
+
+    @property
     def acceptance_rate(self) -> float:
         return self.accepted_draft_tokens / self.draft_tokens if self.draft_tokens else 0.0
 
@@ -62,5 +68,5 @@ class RequestStats:
 
     def to_dict(self) -> dict:
         derived = ("tokens_per_s", "tokens_per_target_forward", "mean_accepted_length", "acceptance_rate",
-                   "round_overhead", "mean_batch_size")
+                   "round_overhead", "mean_batch_size", "mean_gamma")
         return {**asdict(self), **{name: getattr(self, name) for name in derived}}

@@ -11,16 +11,30 @@ from pearl.decoding.sd import SdStep
 from pearl.decoding.target import TargetState, target_round
 from pearl.params import GenerationRequest, Mode
 from pearl.sampling import DRAFT_STREAM, TARGET_STREAM
+from pearl.speculation import WindowPolicy
 
 STEPS = {Mode.AR: ArStep, Mode.SD: SdStep, Mode.PEARL: PearlStep}
 
 
-def target_state(request: GenerationRequest, backend: ModelBackend, vocab_size: int) -> TargetState:
-    return TargetState(request, backend, vocab_size, TARGET_STREAM, step=STEPS[request.mode]())
+def target_state(request: GenerationRequest, backend: ModelBackend, vocab_size: int,
+                 policy: WindowPolicy | None = None) -> TargetState:
+    """A request's state on the target; it decodes alone (``ArStep``) until ``set_window`` gives it a window."""
+    return TargetState(request, backend, vocab_size, TARGET_STREAM, step=ArStep(), policy=policy)
 
 
-def draft_state(request: GenerationRequest, backend: ModelBackend, vocab_size: int) -> RankState:
-    return RankState(request, backend, vocab_size, DRAFT_STREAM)
+def set_window(state: TargetState, window: int) -> None:
+    """The target's side of ``RankState.set_window``: the sequence's decoder step follows (its mode's while it
+    drafts, ``ArStep`` while it does not)."""
+    if (window > 0) != state.step.uses_draft:
+        state.step = STEPS[state.request.mode]() if window else ArStep()
+    state.set_window(window)
 
 
-__all__ = ["Draft", "RankState", "TargetState", "draft_round", "draft_state", "target_round", "target_state"]
+def draft_state(request: GenerationRequest, backend: ModelBackend, vocab_size: int, window: int) -> RankState:
+    state = RankState(request, backend, vocab_size, DRAFT_STREAM)
+    state.set_window(window)
+    return state
+
+
+__all__ = ["Draft", "RankState", "TargetState", "draft_round", "draft_state", "set_window", "target_round",
+           "target_state"]

@@ -38,6 +38,7 @@ class RankState:
     generator: torch.Generator = field(init=False)
     forwards: int = 0  # batched forwards this sequence took part in
     forward_s: float = 0.0  # their wall time (a sequence waits for the whole batch)
+    window: int = 0  # this round's draft window; 0: the draft sits this round out
 
     def __post_init__(self) -> None:
         self.seq = Sequence(self.request.request_id, list(self.request.prompt_ids))
@@ -59,8 +60,17 @@ class RankState:
             # Rollback invariant: after a rejection the cache holds exactly the accepted tokens.
             assert self.backend.cache_length(self.seq) == self.seq.num_cached == keep
 
+    def set_window(self, window: int) -> None:
+        """Next round's window. Both ranks set the same one at the same boundary; at 0 both drop the draft
+        tokens not yet checked, so the target's next tokens are its own decode's."""
+        if window == 0 and self.window:
+            keep = self.seq.drop_pending()
+            if self.seq.num_cached > keep:
+                self.backend.truncate(self.seq, keep)
+        self.window = window
+
     def num_to_draft(self) -> int:
-        return self.seq.num_to_draft(self.request.gamma, self.request.max_total_tokens)
+        return self.seq.num_to_draft(self.window, self.request.max_total_tokens)
 
     def release(self) -> None:
         self.backend.release(self.seq)

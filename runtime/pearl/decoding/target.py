@@ -20,6 +20,7 @@ import torch
 from pearl.decoding.common import Draft, RankState, forward_batch
 from pearl.dist.protocol import STATS_FIELDS
 from pearl.sampling import Verdict
+from pearl.speculation import WindowPolicy
 from pearl.stopping import OutputTracker
 
 
@@ -34,10 +35,11 @@ class Step(Protocol):
 
 @dataclass
 class TargetState(RankState):
-    """The target's view of a request: its decoder step, output tracker, this round's draft and verdict, and
-    the counters that become the request's statistics."""
+    """The target's view of a request: its decoder step, its window policy (adaptive requests), output
+    tracker, this round's draft and verdict, and the counters that become the request's statistics."""
 
     step: Step | None = None
+    policy: WindowPolicy | None = None
     tracker: OutputTracker = field(init=False)
     draft: Draft | None = None  # this round's window
     verdict: Verdict | None = None  # this round's decision
@@ -50,6 +52,7 @@ class TargetState(RankState):
     accepted_runs: int = 0
     current_run: int = 0
     rounds: int = 0
+    drafted_rounds: int = 0
     batched_sequences: int = 0
 
     def __post_init__(self) -> None:
@@ -71,7 +74,10 @@ class TargetState(RankState):
     def record(self, verdict: Verdict, num_checked: int, batch_size: int) -> None:
         """Count one round. A run is the accepted draft tokens between two rejections (PEARL's metric)."""
         self.rounds += 1
+        self.drafted_rounds += num_checked > 0
         self.batched_sequences += batch_size
+        if self.policy is not None:
+            self.policy.observe(num_checked, verdict.num_accepted)
         self.accepted_draft_tokens += verdict.num_accepted
         self.current_run += verdict.num_accepted
         if verdict.num_accepted < num_checked:  # a rejection closes the current run
@@ -85,8 +91,8 @@ class TargetState(RankState):
                       target_busy_s=time.perf_counter() - self.started,
                       accepted_runs=self.accepted_runs + (1 if self.current_run else 0))
         values.update({name: getattr(self, name) for name in
-                       ("draft_forwards", "draft_tokens", "accepted_draft_tokens", "rounds",
-                                    "batched_sequences")})
+                       ("draft_forwards", "draft_tokens", "accepted_draft_tokens", "rounds", "drafted_rounds",
+                        "batched_sequences")})
         return np.array([values[name] for name in STATS_FIELDS], dtype=np.float64)
 
 

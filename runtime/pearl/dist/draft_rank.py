@@ -1,6 +1,8 @@
 """The draft rank's side of continuous batching: it holds the same batch as the target, which it learns
-from the target's PLAN messages (verdicts to apply, who leaves, who joins), and answers each PLAN with one
-DRAFT carrying a window per sequence (protocol in ``pearl.dist.protocol``).
+from the target's PLAN messages (verdicts to apply, each sequence's next window, who leaves, who joins), and
+answers each PLAN with one DRAFT carrying a window per sequence whose window is not 0 (protocol in
+``pearl.dist.protocol``). A sequence at window 0 stays, following the target's tokens without a forward
+until it drafts again; its first window then feeds the draft everything it missed.
 
 Requests arrive from the driver (OP_GENERATE) on their own schedule and wait here until a PLAN lets them
 join; a PLAN naming one that has not arrived yet waits for it.
@@ -40,14 +42,15 @@ class DraftRank:
 
     @property
     def busy(self) -> bool:
-        """A batch in flight: the next PLAN is due within a round."""
-        return bool(self.active)
+        """A sequence drafts: the next PLAN is due within a round (idle probing would slow the target, which
+        has the cores to itself while no sequence drafts)."""
+        return any(state.window for state in self.active.values())
 
     def step(self) -> None:
         verdicts, joins = decode_plan(self.peers.recv_from(TARGET_RANK, PLAN))
         if missing := set(self.active) - set(verdicts):
             raise ProtocolError(f"the plan has no verdict for requests {sorted(missing)} of the batch")
-        for request_id, (verdict, finished) in verdicts.items():
+        for request_id, (verdict, finished, window) in verdicts.items():
             state = self.active.pop(request_id, None)
             if state is None:  # cancelled while waiting to join
                 if self.arrived.pop(request_id, None) is None:
@@ -56,13 +59,16 @@ class DraftRank:
                 state.release()
             else:
                 state.apply(verdict)
+                state.set_window(window)
                 self.active[request_id] = state
-        for request_id in joins:
+        for request_id, window in joins.items():
             while request_id not in self.arrived:
                 self.await_driver()
-            self.active[request_id] = draft_state(self.arrived.pop(request_id), self.backend, self.vocab_size)
-        if self.active:
-            self._send(draft_round(list(self.active.values())))
+            self.active[request_id] = draft_state(self.arrived.pop(request_id), self.backend, self.vocab_size,
+                                                  window)
+        drafting = [state for state in self.active.values() if state.window]
+        if drafting:
+            self._send(draft_round(drafting))
 
     def _send(self, drafts) -> None:
         windows = [(request_id, draft.forwards, draft.tokens) for request_id, draft in drafts.items()]

@@ -13,9 +13,12 @@ Driver -> each worker
   CONFIG       uint8    UTF-8 JSON of the WorldConfig (once, first message)
   CONTROL      int64    [OP_GENERATE, request_id, mode, gamma, max_tokens, top_k, seed, ignore_eos,
                          n_prompt, n_stops, prompt ids..., stop lengths..., stop ids...]
-                        (to the target, and to the draft unless mode is AR: the draft never hears of those)
+                        (to the target, and to the draft unless mode is AR: the draft never hears of those;
+                        gamma 0: adaptive, the target picks each round's window, see pearl.speculation)
                         [OP_START, shared vocab size]  (once, after every worker is READY)
-                        [OP_PROFILE, steps, max_tokens, batch_size]   [OP_SHUTDOWN]
+                        [OP_PROFILE, steps, max_tokens, batch_size, threads (0: the rank's own)]   [OP_SHUTDOWN]
+  COSTS        float64  SpeculationCosts.to_message(): the pair's measured costs, what adaptive requests'
+                        windows are chosen from (target only; before the first adaptive request)
   SAMPLING     float64  [temperature, top_p]            (right after an OP_GENERATE CONTROL)
   CANCEL       int64    [request_id]  (target only, any time; it ends that request after the current round
                         with finish_reason CANCELLED; a CANCEL for a request no longer served is dropped)
@@ -28,14 +31,17 @@ Worker -> driver
   PROFILE      float64  [seconds of a forward over k new tokens, for k = 1..max_tokens]
 Draft <-> target (peers): continuous batching, one PLAN and one DRAFT per round, in lock step
   PLAN         int64    target -> draft at each round boundary (only when there is something to say):
-                        [n_verdicts, (request_id, num_accepted, next_token (-1: none), finished) * n_verdicts,
-                         ids of the requests that join the batch now...]
-                        It carries the verdict of every sequence of the round just verified (finished ones
-                        leave the batch; a request cancelled before it joined appears once, finished; so does
-                        one the draft drops out of at draft_off_batch_size, its verdict then meaningless) and
-                        the requests admitted for the next round. The target admits requests (at most the world's
-                        max_batch_size at once), so both ranks always agree on the batch.
-  DRAFT        int64    draft -> target, when its batch is not empty after a PLAN:
+                        [n_verdicts, (request_id, num_accepted, next_token (-1: none), finished, window)
+                         * n_verdicts, (request_id, window) of each request that joins the batch now...]
+                        It carries the verdict of every sequence the draft holds for the round just verified
+                        (finished ones leave the batch; a request cancelled before it joined appears once,
+                        finished) and the requests admitted for the next round, with each one's draft window
+                        for the next round. Window 0: the sequence does not draft this round (the target
+                        decodes it alone); the draft first drops its pending tokens, as the target does, and
+                        keeps applying its verdicts (the target's tokens) until a window > 0 comes. The target
+                        admits requests (at most the world's max_batch_size at once), so both ranks always
+                        agree on the batch.
+  DRAFT        int64    draft -> target, when a sequence of its batch has a window > 0 after a PLAN:
                         [n_seqs, (request_id, draft_forwards so far, n_new) * n_seqs, new draft ids...]
   DRAFT_PROBS  float32  right after a DRAFT that has sampling sequences: their rows [n_new * vocab] in order
 """
@@ -49,11 +55,12 @@ from pearl.sampling import Verdict
 DRAFT_RANK, TARGET_RANK = 0, 1
 DRIVER_RANK = 0
 
-CONFIG, CONTROL, SAMPLING, READY, ERROR, TOKENS, STATS, PROFILE, DRAFT, DRAFT_PROBS, PLAN, CANCEL = range(1, 13)
+(CONFIG, CONTROL, SAMPLING, READY, ERROR, TOKENS, STATS, PROFILE, DRAFT, DRAFT_PROBS, PLAN, CANCEL,
+ COSTS) = range(1, 14)
 TAG_DTYPES = {
     CONFIG: np.uint8, CONTROL: np.int64, SAMPLING: np.float64, READY: np.int64, ERROR: np.uint8,
     TOKENS: np.int64, STATS: np.float64, PROFILE: np.float64, DRAFT: np.int64, DRAFT_PROBS: np.float32,
-    PLAN: np.int64, CANCEL: np.int64,
+    PLAN: np.int64, CANCEL: np.int64, COSTS: np.float64,
 }
 
 OP_GENERATE, OP_PROFILE, OP_SHUTDOWN, OP_START = 1, 2, 3, 4
@@ -67,6 +74,7 @@ STATS_FIELDS = (
     "accepted_draft_tokens",  # draft tokens that became output
     "accepted_runs",  # runs of accepted tokens between rejections (PEARL's mean accepted length)
     "rounds",  # draft/verify exchanges (AR: decode steps)
+    "drafted_rounds",  # rounds in which the draft proposed a window for it
     "batched_sequences",  # sum over its rounds of the sequences in the round (its own included)
     "target_forward_s",  # time inside target forwards
     "target_wait_s",  # time the target waited for the draft
@@ -84,7 +92,7 @@ def message_text(message: np.ndarray) -> str:
 
 def encode_request(req: GenerationRequest) -> tuple[np.ndarray, np.ndarray]:
     s = req.sampling
-    header = [OP_GENERATE, req.request_id, int(req.mode), req.gamma, s.max_tokens, s.top_k, s.seed,
+    header = [OP_GENERATE, req.request_id, int(req.mode), req.gamma or 0, s.max_tokens, s.top_k, s.seed,
               int(s.ignore_eos), len(req.prompt_ids), len(s.stop_token_ids)]
     stops = [len(stop) for stop in s.stop_token_ids] + [t for stop in s.stop_token_ids for t in stop]
     ints = np.array(header + list(req.prompt_ids) + stops, dtype=np.int64)
@@ -102,30 +110,31 @@ def decode_request(ints: np.ndarray, floats: np.ndarray) -> GenerationRequest:
     sampling = SamplingParams(temperature=float(floats[0]), top_p=float(floats[1]), top_k=top_k, seed=seed,
                               max_tokens=max_tokens, stop_token_ids=tuple(stops), ignore_eos=bool(ignore_eos))
     return GenerationRequest(request_id=request_id, prompt_ids=tuple(prompt), sampling=sampling,
-                             mode=Mode(mode), gamma=gamma)
+                             mode=Mode(mode), gamma=gamma or None)
 
 
 class ProtocolError(RuntimeError):
     """A message that does not fit the batch its receiver holds."""
 
 
-# PLAN: the verdicts of a round, by request id, with each request's finished flag
-Verdicts = dict[int, tuple[Verdict, bool]]
+# PLAN: the verdicts of a round, by request id: (verdict, finished, next round's window)
+Verdicts = dict[int, tuple[Verdict, bool, int]]
+Joins = dict[int, int]  # request id -> its first window
 
 
-def encode_plan(verdicts: Verdicts, joins: list[int]) -> np.ndarray:
-    entries = [value for request_id, (verdict, finished) in verdicts.items()
-               for value in (request_id, verdict.num_accepted, verdict.next_token, int(finished))]
-    return np.array([len(verdicts), *entries, *joins], dtype=np.int64)
+def encode_plan(verdicts: Verdicts, joins: Joins) -> np.ndarray:
+    entries = [value for request_id, (verdict, finished, window) in verdicts.items()
+               for value in (request_id, verdict.num_accepted, verdict.next_token, int(finished), window)]
+    return np.array([len(verdicts), *entries, *(v for item in joins.items() for v in item)], dtype=np.int64)
 
 
-def decode_plan(message: np.ndarray) -> tuple[Verdicts, list[int]]:
+def decode_plan(message: np.ndarray) -> tuple[Verdicts, Joins]:
     values = message.tolist()
     count = values[0]
-    entries = values[1:1 + 4 * count]
-    verdicts = {entries[i]: (Verdict(entries[i + 1], entries[i + 2]), bool(entries[i + 3]))
-                for i in range(0, len(entries), 4)}
-    return verdicts, values[1 + 4 * count:]
+    entries, joins = values[1:1 + 5 * count], values[1 + 5 * count:]
+    verdicts = {entries[i]: (Verdict(entries[i + 1], entries[i + 2]), bool(entries[i + 3]), entries[i + 4])
+                for i in range(0, len(entries), 5)}
+    return verdicts, dict(zip(joins[0::2], joins[1::2]))
 
 
 def encode_drafts(windows: list[tuple[int, int, list[int]]]) -> np.ndarray:

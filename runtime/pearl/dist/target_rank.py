@@ -6,10 +6,13 @@ a finished request leaves at once (its last tokens and statistics go out right a
 ends a request at the next boundary without another round. The draft learns of joins and leaves only from
 the PLAN, so both ranks always hold the same batch (protocol in ``pearl.dist.protocol``).
 
-Once a round holds ``draft_off_batch_size`` sequences, the draft drops out of all of them for good: each
-keeps its verified tokens and the target decodes it alone (``ArStep``), which stays lossless. Where a
-batched verify is compute-bound (a CPU), drafting then costs more than it saves, and a round with no
-drafting sequence lets the target take the draft's idle cores too (``target_alone_threads``).
+At each boundary every sequence that uses the draft gets its window for the next round, sent in the PLAN:
+a fixed-gamma request its gamma, an adaptive one (gamma "auto") what its ``WindowPolicy`` picks from its
+acceptance so far and the pair's costs (``pearl.speculation``, sent by the driver as COSTS). Window 0: the
+sequence keeps its verified tokens and the target decodes it alone this round (``ArStep``), which stays
+lossless. While a round holds ``draft_off_batch_size`` sequences, every window is 0: where a batched verify is
+compute-bound (a CPU), drafting then costs more than it saves. A round with no drafting sequence lets the
+target take the draft's idle cores too (``target_alone_threads``).
 """
 from __future__ import annotations
 
@@ -18,14 +21,14 @@ from collections import deque
 import numpy as np
 import torch
 
-from pearl.decoding import Draft, TargetState, target_round, target_state
-from pearl.decoding.ar import ArStep
-from pearl.dist.protocol import (DRAFT, DRAFT_PROBS, DRAFT_RANK, DRIVER_RANK, PLAN, STATS, TOKENS, ProtocolError,
-                                 Verdicts, decode_drafts, encode_plan)
+from pearl.decoding import Draft, TargetState, set_window, target_round, target_state
 from pearl.dist.config import WorldConfig
+from pearl.dist.protocol import (DRAFT, DRAFT_PROBS, DRAFT_RANK, DRIVER_RANK, PLAN, STATS, TOKENS, ProtocolError,
+                                 decode_drafts, encode_plan)
 from pearl.dist.transport import Endpoint
-from pearl.params import GenerationRequest
+from pearl.params import GenerationRequest, Mode
 from pearl.sampling import Verdict
+from pearl.speculation import SpeculationCosts, WindowPolicy
 
 
 class TargetRank:
@@ -35,9 +38,11 @@ class TargetRank:
         self.draft_off_batch_size = config.draft_off_batch_size
         self.threads = {True: config.threads_per_rank, False: config.alone_threads}  # by "a sequence drafts"
         self.vocab_size = 0  # set by OP_START
+        self.costs: SpeculationCosts | None = None  # set by COSTS, before the first adaptive request
         self.active: dict[int, TargetState] = {}
         self.waiting: deque[GenerationRequest] = deque()
-        self.verdicts: Verdicts = {}  # the last round's, for the draft at the next boundary
+        # the last round's verdicts of the sequences the draft holds, (verdict, finished), for the next PLAN
+        self.verdicts: dict[int, tuple[Verdict, bool]] = {}
 
     def add(self, request: GenerationRequest) -> None:
         self.waiting.append(request)
@@ -56,7 +61,7 @@ class TargetRank:
                 self.waiting.remove(request)
                 state = target_state(request, self.backend, self.vocab_size)
                 state.tracker.cancel()
-                if state.step.uses_draft:  # the draft holds it too, waiting to join: let it go
+                if request.mode is not Mode.AR:  # the draft holds it too, waiting to join: let it go
                     self.verdicts[request_id] = (Verdict(0), True)
                 self._report(state)
                 return
@@ -69,19 +74,21 @@ class TargetRank:
         return self.ready()
 
     def step(self) -> None:
-        """A round boundary (admit, tell the draft), then one round over the batch, then its results."""
+        """A round boundary (admit, pick windows, tell the draft), then one round over the batch, then its
+        results."""
         joins = []
         while self.waiting and len(self.active) < self.max_batch_size:
-            state = target_state(self.waiting.popleft(), self.backend, self.vocab_size)
+            state = self._admit(self.waiting.popleft())
             self.active[state.request_id] = state
             joins.append(state)
-        if self.draft_off_batch_size is not None and len(self.active) >= self.draft_off_batch_size:
-            for state in self.active.values():
-                if state.step.uses_draft:
-                    self._decode_alone(state)
-        drafting_joins = [state.request_id for state in joins if state.step.uses_draft]
-        if self.verdicts or drafting_joins:
-            self.peers.send(encode_plan(self.verdicts, drafting_joins), DRAFT_RANK, PLAN)
+        windows = {request_id: self._window(state) for request_id, state in self.active.items()
+                   if state.request.mode is not Mode.AR}
+        verdicts = {request_id: (verdict, finished, windows.get(request_id, 0))
+                    for request_id, (verdict, finished) in self.verdicts.items()}
+        drafting_joins = {state.request_id: windows[state.request_id] for state in joins
+                          if state.request.mode is not Mode.AR}
+        if verdicts or drafting_joins:
+            self.peers.send(encode_plan(verdicts, drafting_joins), DRAFT_RANK, PLAN)
             self.verdicts = {}
         if not self.active:
             return
@@ -91,17 +98,29 @@ class TargetRank:
             torch.set_num_threads(threads)
         target_round(states, self._receive_drafts)
         for state in states:
-            if state.step.uses_draft:
+            if state.request.mode is not Mode.AR:
                 self.verdicts[state.request_id] = (state.verdict, state.finished)
             self._report(state)
 
-    def _decode_alone(self, state: TargetState) -> None:
-        """The draft drops out of this sequence: its unchecked draft tokens go, the target decodes it alone
-        from its verified tokens, and the next PLAN tells the draft to let it go (as if it had finished; one
-        that never joined the draft is dropped there like a cancelled one)."""
-        state.backend.truncate(state.seq, state.seq.drop_pending())
-        state.step = ArStep()
-        self.verdicts[state.request_id] = (Verdict(0), True)
+    def _admit(self, request: GenerationRequest) -> TargetState:
+        policy = None
+        if request.gamma is None and request.mode is not Mode.AR:
+            if self.costs is None:
+                raise ProtocolError(f"request {request.request_id} is adaptive but no COSTS came before it")
+            policy = WindowPolicy(request.mode.name.lower(), self.costs, self.costs.max_window)
+        return target_state(request, self.backend, self.vocab_size, policy)
+
+    def _window(self, state: TargetState) -> int:
+        """The sequence's window for the next round (set on its state too): 0 in a round of at least
+        ``draft_off_batch_size`` sequences, else its policy's or its fixed gamma."""
+        if self.draft_off_batch_size is not None and len(self.active) >= self.draft_off_batch_size:
+            window = 0
+        elif state.policy is not None:
+            window = state.policy.next_window(len(self.active))
+        else:
+            window = state.request.gamma
+        set_window(state, window)
+        return window
 
     def _receive_drafts(self) -> dict[int, Draft]:
         windows = decode_drafts(self.peers.recv_from(DRAFT_RANK, DRAFT))

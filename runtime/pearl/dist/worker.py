@@ -17,12 +17,13 @@ from mpi4py import MPI
 from pearl.backends import load_backend
 from pearl.dist.config import WorldConfig
 from pearl.dist.draft_rank import DraftRank
-from pearl.dist.protocol import (CANCEL, CONFIG, CONTROL, DRIVER_RANK, ERROR, OP_GENERATE, OP_PROFILE,
+from pearl.dist.protocol import (CANCEL, CONFIG, CONTROL, COSTS, DRIVER_RANK, ERROR, OP_GENERATE, OP_PROFILE,
                                  OP_SHUTDOWN, OP_START, PROFILE, READY, SAMPLING, TARGET_RANK, decode_request,
                                  message_text, text_message)
 from pearl.dist.target_rank import TargetRank
 from pearl.dist.transport import MAX_SLEEP_S, MIN_SLEEP_S, Endpoint, wait_until
 from pearl.profiling import forward_seconds
+from pearl.speculation import SpeculationCosts
 
 INTERCOMM_TAG = 77
 # A rank with no request in its batch (the target between requests, the draft once it is off) notices a
@@ -104,14 +105,20 @@ class Worker:
         if tag == CANCEL:
             self.scheduler.cancel(int(message[0]))
             return
+        if tag == COSTS:
+            self.scheduler.costs = SpeculationCosts.from_message(message)
+            return
         op = int(message[0])
         if op == OP_SHUTDOWN:
             raise Shutdown
         if op == OP_START:
             self.scheduler.vocab_size = int(message[1])
         elif op == OP_PROFILE:  # between rounds: a batch in flight would slow the timings down
+            threads = torch.get_num_threads()
+            torch.set_num_threads(int(message[4]) or self.config.threads_per_rank)
             seconds = forward_seconds(self.backend, max_tokens=int(message[2]), steps=int(message[1]),
                                       batch_size=int(message[3]))
+            torch.set_num_threads(threads)
             self.driver.send(np.array(seconds), DRIVER_RANK, PROFILE)
         elif op == OP_GENERATE:
             sampling = self.driver.recv_from(DRIVER_RANK, SAMPLING)

@@ -33,13 +33,14 @@ _put_mpiexec_on_path()
 from mpi4py import MPI  # noqa: E402  (after PATH is set)
 
 from pearl.dist.config import WorldConfig  # noqa: E402
-from pearl.dist.protocol import (CANCEL, CONFIG, CONTROL, DRAFT_RANK, ERROR, OP_GENERATE, OP_PROFILE,  # noqa: E402
-                                 OP_SHUTDOWN, OP_START, PROFILE, READY, SAMPLING, STATS, TARGET_RANK, TOKENS,
-                                 encode_request, message_text, text_message)
+from pearl.dist.protocol import (CANCEL, CONFIG, CONTROL, COSTS, DRAFT_RANK, ERROR, OP_GENERATE,  # noqa: E402
+                                 OP_PROFILE, OP_SHUTDOWN, OP_START, PROFILE, READY, SAMPLING, STATS, TARGET_RANK,
+                                 TOKENS, encode_request, message_text, text_message)
 from pearl.dist.transport import Endpoint  # noqa: E402
 from pearl.dist.worker import INTERCOMM_TAG  # noqa: E402
 from pearl.params import GenerationRequest, Mode  # noqa: E402
 from pearl.processes import kill_if_alive, process_alive  # noqa: E402
+from pearl.speculation import SpeculationCosts  # noqa: E402
 
 WORKER_RANKS = (DRAFT_RANK, TARGET_RANK)
 ROLE_NAMES = {DRAFT_RANK: "draft", TARGET_RANK: "target"}
@@ -150,20 +151,28 @@ class World:
         for results in requests.values():
             results.put((ERROR, reason))
 
-    def profile(self, max_tokens: dict[str, int], steps: int = 5, batch_size: int = 1) -> dict[str, list[float]]:
-        """Per model: seconds of a forward over k new tokens for each of ``batch_size`` sequences,
-        k = 1..max_tokens[role], measured on its own rank, one rank at a time (so neither disturbs the
-        other's timing)."""
+    def profile(self, max_tokens: dict[str, int], steps: int = 5, batch_size: int = 1,
+                threads: dict[str, int] | None = None) -> dict[str, list[float]]:
+        """Per model named in ``max_tokens``: seconds of a forward over k new tokens for each of ``batch_size``
+        sequences, k = 1..max_tokens[role], measured on its own rank (on ``threads[role]`` threads, default its
+        own), one rank at a time (so neither disturbs the other's timing)."""
         seconds = {}
         with self._profile_lock:
             for rank in WORKER_RANKS:
                 role = ROLE_NAMES[rank]
+                if role not in max_tokens:
+                    continue
+                message = [OP_PROFILE, steps, max_tokens[role], batch_size, (threads or {}).get(role, 0)]
                 with self._send_lock:
-                    self.endpoint.send(np.array([OP_PROFILE, steps, max_tokens[role], batch_size], dtype=np.int64),
-                                       rank, CONTROL)
-                source, message = self._profiles.get()
-                seconds[ROLE_NAMES[source]] = message.tolist()
+                    self.endpoint.send(np.array(message, dtype=np.int64), rank, CONTROL)
+                source, result = self._profiles.get()
+                seconds[ROLE_NAMES[source]] = result.tolist()
         return seconds
+
+    def send_costs(self, costs: SpeculationCosts) -> None:
+        """The pair's costs, from which the target picks adaptive requests' windows."""
+        with self._send_lock:
+            self.endpoint.send(costs.to_message(), TARGET_RANK, COSTS)
 
     def submit(self, request: GenerationRequest) -> Iterator[tuple[list[int], int] | np.ndarray]:
         """Send the request to its ranks (the draft only hears of requests that use it); iterate the result

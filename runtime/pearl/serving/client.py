@@ -17,7 +17,7 @@ import numpy as np
 
 MODEL = "ensemble"  # or "pearl_bls": the same pipeline as one model, which honours gRPC cancellation
 STATS = ("total_draft_tokens", "total_accepted_draft_tokens", "acceptance_rate", "target_forwards",
-         "mean_accepted_length")
+         "mean_accepted_length", "drafted_rounds", "mean_gamma")
 # Triton datatypes of the ensemble's inputs (triton_repo/ensemble/config.pbtxt).
 INPUT_TYPES = {
     "text_input": "BYTES", "max_tokens": "INT32", "bad_words": "BYTES", "stop_words": "BYTES", "end_id": "INT32",

@@ -14,7 +14,7 @@ stdin to the ranks, and anything that prints cannot touch them).
                     {"op": "cancel", "id": n}           end request n after the ranks' current round
                     {"op": "close"}                     shut the world down and exit (so does EOF)
     host -> parent  {"event": "ready", "eos_token_ids": [...], "vocab_size": v, "max_seq_len": m,
-                     "max_batch_size": b, "auto_gamma": g, "ranks": {"draft": pid, "target": pid},
+                     "max_batch_size": b, "ranks": {"draft": pid, "target": pid},
                      "helpers": [pids of the MPI process manager], "shm": [/dev/shm files the world maps]}
                     {"event": "start_failed", "message": "..."}   then the host exits
                     {"event": "tokens", "id": n, "tokens": [...]}
@@ -142,7 +142,7 @@ def main() -> int:
     protocol_in, protocol_out = take_protocol_streams()
     try:
         engine = Engine.from_engine_dir(args.engines, args.threads_per_rank, args.check_hashes)
-        auto_gamma = engine.auto_gamma()
+        engine.ensure_costs()  # now, not at the first adaptive request
     except Exception as exc:
         protocol_out.write(json.dumps({"event": "start_failed", "message": str(exc)}) + "\n")
         protocol_out.flush()
@@ -151,7 +151,7 @@ def main() -> int:
     host = Host(engine, protocol_out)
     host.send({"event": "ready", "eos_token_ids": list(engine.eos_token_ids), "vocab_size": engine.vocab_size,
                "max_seq_len": engine.max_seq_len, "max_batch_size": engine.max_batch_size,
-               "auto_gamma": auto_gamma, "ranks": ranks,
+               "ranks": ranks,
                "helpers": process_manager_pids(list(ranks.values())),
                "shm": shared_memory_of([os.getpid(), *ranks.values()])})
     threading.Thread(target=host.read, args=(protocol_in,), daemon=True).start()

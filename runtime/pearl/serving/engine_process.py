@@ -114,15 +114,14 @@ class EngineProcess:
         return dict(self._host.ready["ranks"])
 
     def generate(self, prompt_ids: list[int], sampling: SamplingParams = SamplingParams(),
-                 mode: Mode | str = Mode.PEARL, gamma: int | str = 4) -> GenerationStream:
-        """As ``Engine.generate``; ``gamma="auto"`` is resolved by the host's engine, which knows the load."""
+                 mode: Mode | str = Mode.PEARL, gamma: int | str = "auto") -> GenerationStream:
+        """As ``Engine.generate`` (``gamma="auto"``: adaptive windows)."""
         mode = Mode.parse(mode) if isinstance(mode, str) else mode
         ready = self._host.ready
-        auto = gamma == "auto"
         request = GenerationRequest(next(self._ids), tuple(int(t) for t in prompt_ids), sampling, mode,
-                                    ready["auto_gamma"] if auto else int(gamma))
+                                    None if gamma == "auto" else int(gamma))
         check_fits(request, ready["vocab_size"], ready["max_seq_len"])
-        return GenerationStream(lambda stream: self._serve(request, stream, "auto" if auto else request.gamma),
+        return GenerationStream(lambda stream: self._serve(request, stream, request.gamma or "auto"),
                                 cancel=lambda: self._host.send({"op": "cancel", "id": request.request_id}))
 
     def close(self) -> None:

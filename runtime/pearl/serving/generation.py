@@ -38,6 +38,8 @@ STATS_OUTPUTS: dict[str, tuple[type, Callable[[RequestStats], float]]] = {
     "acceptance_rate": (np.float32, lambda s: s.acceptance_rate),
     "target_forwards": (np.int32, lambda s: s.target_forwards),
     "mean_accepted_length": (np.float32, lambda s: s.mean_accepted_length),
+    "drafted_rounds": (np.int32, lambda s: s.drafted_rounds),
+    "mean_gamma": (np.float32, lambda s: s.mean_gamma),
 }
 
 Send = Callable[[dict[str, np.ndarray], bool], None]  # (outputs, final)

@@ -104,6 +104,9 @@ class Metrics:
             pb_utils.MetricFamily("pearl_draft_tokens_total", "Draft tokens proposed", counter),
             pb_utils.MetricFamily("pearl_accepted_draft_tokens_total", "Draft tokens accepted", counter),
             pb_utils.MetricFamily("pearl_target_forwards_total", "Target model forward passes", counter),
+            pb_utils.MetricFamily("pearl_rounds_total", "Rounds (draft/verify exchanges, or decode steps)", counter),
+            pb_utils.MetricFamily("pearl_drafted_rounds_total", "Rounds in which the draft proposed a window",
+                                  counter),
             pb_utils.MetricFamily("pearl_requests_total", "Requests completed", counter),
             pb_utils.MetricFamily("pearl_tokens_per_second", "Output tokens/s of the last request", gauge),
         ]
@@ -114,11 +117,13 @@ class Metrics:
                        for kind in KIND_CODES}
 
     def record(self, stats):
-        generated, draft, accepted, forwards, requests, rate = self.metrics
+        generated, draft, accepted, forwards, rounds, drafted, requests, rate = self.metrics
         generated.increment(stats.generated_tokens)
         draft.increment(stats.draft_tokens)
         accepted.increment(stats.accepted_draft_tokens)
         forwards.increment(stats.target_forwards)
+        rounds.increment(stats.rounds)
+        drafted.increment(stats.drafted_rounds)
         requests.increment(1)
         rate.set(stats.tokens_per_s)
 

@@ -1,0 +1,170 @@
+"""How long a sequence's draft window is, round by round: from the acceptance its draft has had so far and the
+pair's measured costs, the window with the most expected tokens per second, or none at all when the target
+decoding alone (on the cores the draft would have used too) is faster.
+
+Costs (``SpeculationCosts``, from the build's profile, one ``CostRow`` per profiled batch size):
+  draft_step_s   one draft decode step of the batch
+  verify_s[k-1]  one target forward over k new tokens per sequence (its threads while the draft runs)
+  alone_step_s   one target decode step with no draft running (``target_alone_threads``)
+
+Expected tokens per second of a window k, for a per-token acceptance a:
+- SD: a round drafts k tokens, then verifies them (k + 1 rows) and keeps 1 + a + ... + a^k tokens.
+- PEARL alternates two kinds of round, drafting k tokens in both while the target verifies:
+  pre-verify (after a rejection) checks the window's first token with a 1-token forward and always gains
+  one token; post-verify checks the pending k - 1 tokens and the next window's first, k rows, and gains
+  1 + a + ... + a^(k-1). A post round leads to a pre round when it rejects (1 - a^k), a pre round to a post
+  round when it accepts (a). The rate is the stationary mix of the two: tokens over seconds, where a round
+  takes max(k draft steps, its forward).
+- none: one token per ``alone_step_s``.
+
+The acceptance estimate forgets old evidence per checked token (``DECAY``), so a sequence that moves from
+code to prose changes its window within a few dozen tokens. A sequence that stopped drafting has no evidence
+coming in: it drafts again after ``PROBE_AFTER_ROUNDS`` rounds, twice as many after each probe that
+does not pay.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+DECAY = 0.95  # per checked draft token: evidence ~20 tokens old weighs a third
+PRIOR_TOKENS = 2.0  # the prior acceptance counts as this many checked tokens
+PROBE_AFTER_ROUNDS = 8
+MAX_PROBE_AFTER_ROUNDS = 64
+MIN_DRAFTED_ROUNDS = 2  # a probe (or any switch to drafting) lasts at least this long
+
+
+@dataclass(frozen=True)
+class CostRow:
+    draft_step_s: float
+    verify_s: tuple[float, ...]
+    alone_step_s: float
+
+    def verify(self, tokens: int) -> float:
+        """A forward over ``tokens`` new tokens per sequence (past the profiled ones: the longest profiled)."""
+        return self.verify_s[min(tokens, len(self.verify_s)) - 1]
+
+
+@dataclass(frozen=True)
+class SpeculationCosts:
+    rows: dict[int, CostRow]  # by batch size
+    prior_acceptance: float = 0.8
+
+    @property
+    def max_window(self) -> int:
+        return min(len(row.verify_s) for row in self.rows.values())
+
+    def at(self, batch_size: int) -> CostRow:
+        """The row of the largest profiled batch size not above ``batch_size`` (the smallest one below all)."""
+        sizes = [size for size in self.rows if size <= batch_size] or [min(self.rows)]
+        return self.rows[max(sizes)]
+
+    @classmethod
+    def from_profile(cls, profile: dict, prior_acceptance: float) -> "SpeculationCosts":
+        """From engine.json's ``profile`` (its ``by_batch_size`` table)."""
+        rows = {}
+        for size, row in profile["by_batch_size"].items():
+            verify = tuple(row["target_verify_s"])
+            rows[int(size)] = CostRow(row["draft_step_s"], verify, row.get("target_alone_step_s", verify[0]))
+        return cls(rows, prior_acceptance)
+
+    def to_message(self) -> np.ndarray:
+        """COSTS: [prior, K, n, (batch_size, draft_step_s, alone_step_s, verify_s[:K]) * n] (see dist.protocol)."""
+        k = self.max_window
+        values = [self.prior_acceptance, k, len(self.rows)]
+        for size, row in sorted(self.rows.items()):
+            values += [size, row.draft_step_s, row.alone_step_s, *row.verify_s[:k]]
+        return np.array(values, dtype=np.float64)
+
+    @classmethod
+    def from_message(cls, message: np.ndarray) -> "SpeculationCosts":
+        prior, k, n = float(message[0]), int(message[1]), int(message[2])
+        rows, width = {}, 3 + k
+        for i in range(n):
+            values = message[3 + i * width:3 + (i + 1) * width].tolist()
+            rows[int(values[0])] = CostRow(values[1], tuple(values[3:]), values[2])
+        return cls(rows, prior)
+
+
+def sd_tokens_per_s(k: int, a: float, row: CostRow) -> float:
+    tokens = sum(a ** i for i in range(k + 1))
+    return tokens / (k * row.draft_step_s + row.verify(k + 1))
+
+
+def pearl_tokens_per_s(k: int, a: float, row: CostRow) -> float:
+    drafting = k * row.draft_step_s
+    pre_s, post_s = max(drafting, row.verify(1)), max(drafting, row.verify(k))
+    post_tokens = sum(a ** i for i in range(k))
+    to_pre, to_post = 1 - a ** k, a  # a post round that rejects; a pre round that accepts
+    pre_share = to_pre / (to_pre + to_post) if to_pre + to_post > 0 else 0.0
+    tokens = pre_share + (1 - pre_share) * post_tokens
+    return tokens / (pre_share * pre_s + (1 - pre_share) * post_s)
+
+
+RATES = {"sd": sd_tokens_per_s, "pearl": pearl_tokens_per_s}
+
+
+def best_window(mode: str, a: float, row: CostRow, max_window: int) -> tuple[int, float]:
+    """(window, tokens/s) of the best window for a drafting ``mode`` ("sd" or "pearl")."""
+    rate = RATES[mode]
+    return max(((k, rate(k, a, row)) for k in range(1, max_window + 1)), key=lambda pair: pair[1])
+
+
+class AcceptanceEstimate:
+    """A draft token's chance to be accepted, for one sequence: accepted over checked-until-rejection tokens,
+    each older checked token weighing ``DECAY`` less; the prior counts as ``PRIOR_TOKENS`` checked tokens."""
+
+    def __init__(self, prior: float) -> None:
+        self.accepted, self.rejected = prior * PRIOR_TOKENS, (1 - prior) * PRIOR_TOKENS
+
+    def observe(self, num_checked: int, num_accepted: int) -> None:
+        """A round checked ``num_checked`` draft tokens and accepted the first ``num_accepted`` of them."""
+        seen = num_accepted + (num_accepted < num_checked)  # tokens after a rejection were never checked
+        fade = DECAY ** seen
+        self.accepted = self.accepted * fade + num_accepted
+        self.rejected = self.rejected * fade + (num_accepted < num_checked)
+
+    @property
+    def rate(self) -> float:
+        return self.accepted / (self.accepted + self.rejected)
+
+
+class WindowPolicy:
+    """One sequence's window each round (0: the target decodes alone this round)."""
+
+    def __init__(self, mode: str, costs: SpeculationCosts, max_window: int) -> None:
+        self.mode, self.costs = mode, costs
+        self.max_window = min(max_window, costs.max_window)
+        self.acceptance = AcceptanceEstimate(costs.prior_acceptance)
+        self.window = 0
+        self.drafted_rounds = 0  # rounds drafted since it last started drafting
+        self.alone_rounds = 0  # rounds decoded alone since it last stopped
+        self.probe_after = PROBE_AFTER_ROUNDS
+        self.probing = False  # drafting only to look at the acceptance again, and it has not paid yet
+
+    def observe(self, num_checked: int, num_accepted: int) -> None:
+        if num_checked:
+            self.acceptance.observe(num_checked, num_accepted)
+
+    def next_window(self, batch_size: int) -> int:
+        row = self.costs.at(batch_size)
+        window, rate = best_window(self.mode, self.acceptance.rate, row, self.max_window)
+        pays = rate >= 1 / row.alone_step_s
+        if not self.window:
+            if pays or self.alone_rounds >= self.probe_after:  # drafting pays, or it is time to look again
+                self.probing = not pays
+                self.window, self.drafted_rounds = window, 1
+                return window
+            self.alone_rounds += 1
+            return 0
+        if not pays and self.drafted_rounds >= MIN_DRAFTED_ROUNDS:
+            # a probe that never paid: look again later; drafting that paid for a while: soon
+            self.probe_after = min(2 * self.probe_after, MAX_PROBE_AFTER_ROUNDS) if self.probing \
+                else PROBE_AFTER_ROUNDS
+            self.window, self.alone_rounds = 0, 1
+            return 0
+        self.probing = self.probing and not pays
+        self.drafted_rounds += 1
+        self.window = window
+        return window

@@ -1,0 +1,85 @@
+"""Adaptive windows (pearl.speculation): the expected-rate model, the acceptance estimate, and the policy that
+drafts when drafting pays, decodes alone when it does not, and probes again."""
+import pytest
+
+from pearl.speculation import (MIN_DRAFTED_ROUNDS, PROBE_AFTER_ROUNDS, AcceptanceEstimate, CostRow, SpeculationCosts,
+                               WindowPolicy, best_window, pearl_tokens_per_s, sd_tokens_per_s)
+
+# A GPU-like pair: a verify costs the same for any window, the draft 1/4 of the target.
+FLAT = CostRow(draft_step_s=0.025, verify_s=(0.1,) * 8, alone_step_s=0.1)
+# A 2-core CPU: each model on one core; a verify grows with its window; alone, the target has both cores.
+CPU = CostRow(draft_step_s=0.07, verify_s=(0.32, 0.35, 0.38, 0.42, 0.48, 0.53, 0.6, 0.66), alone_step_s=0.2)
+
+
+def test_a_flat_verify_gives_pearls_window_the_speed_ratio():
+    """With everything accepted PEARL gains k tokens a round of max(k draft steps, one verify): the best
+    window fills the verify with drafting, k = speed ratio (PEARL's gamma)."""
+    assert best_window("pearl", 0.999, FLAT, 8)[0] == 4
+    assert pearl_tokens_per_s(4, 0.999, FLAT) == pytest.approx(4 / 0.1, rel=0.01)
+
+
+def test_the_rates_match_their_round_by_round_model():
+    a = 0.6
+    # SD: 1 + a + a^2 tokens from 2 draft steps and a verify of 3
+    assert sd_tokens_per_s(2, a, CPU) == pytest.approx((1 + a + a * a) / (2 * 0.07 + 0.38))
+    # PEARL, k = 1: every round is 1 draft step beside a 1-token verify, and gains 1 token
+    assert pearl_tokens_per_s(1, a, CPU) == pytest.approx(1 / 0.32)
+    # PEARL at acceptance 0: every round is a pre-verify round (1 token, max(k draft steps, 1-token verify))
+    assert pearl_tokens_per_s(6, 0.0, CPU) == pytest.approx(1 / (6 * 0.07))
+
+
+def test_low_acceptance_shortens_the_window_and_can_lose_to_the_target_alone():
+    high, low = best_window("pearl", 0.9, CPU, 8), best_window("pearl", 0.4, CPU, 8)
+    assert high[0] > low[0] and high[1] > 1 / CPU.alone_step_s > low[1]
+
+
+def test_the_estimate_weighs_recent_tokens_most():
+    estimate = AcceptanceEstimate(prior=0.8)
+    assert estimate.rate == pytest.approx(0.8)
+    for _ in range(20):
+        estimate.observe(4, 1)  # one accepted, then a rejection: about 1 in 2
+    assert estimate.rate == pytest.approx(0.5, abs=0.05)
+    for _ in range(10):
+        estimate.observe(4, 4)  # 40 accepted in a row
+    assert estimate.rate > 0.85
+    estimate.observe(3, 0)  # a rejection at once counts one checked token, not three
+    assert estimate.rate > 0.8
+
+
+def policy(prior: float = 0.8) -> WindowPolicy:
+    return WindowPolicy("pearl", SpeculationCosts({1: CPU, 4: FLAT}, prior), max_window=8)
+
+
+def test_the_policy_drafts_while_it_pays_and_decodes_alone_when_it_does_not():
+    p = policy()
+    window = p.next_window(1)
+    assert window == best_window("pearl", 0.8, CPU, 8)[0] > 0
+    while p.next_window(1):  # the draft's tokens keep being rejected at once
+        p.observe(window, 0)
+    assert best_window("pearl", p.acceptance.rate, CPU, 8)[1] < 1 / CPU.alone_step_s  # it stopped when it lost
+    # no drafting now, until the probe
+    assert [p.next_window(1) for _ in range(PROBE_AFTER_ROUNDS - 1)] == [0] * (PROBE_AFTER_ROUNDS - 1)
+    assert p.next_window(1) > 0  # the probe
+    for _ in range(MIN_DRAFTED_ROUNDS - 1):
+        p.observe(1, 0)
+        assert p.next_window(1) > 0  # a probe lasts MIN_DRAFTED_ROUNDS
+    assert p.next_window(1) == 0 and p.probe_after == 2 * PROBE_AFTER_ROUNDS  # it did not pay: wait longer
+
+
+def test_a_probe_that_pays_keeps_drafting():
+    p = policy(prior=0.2)  # low expectations: no drafting at first
+    assert p.next_window(1) == 0
+    rounds = 1
+    while not p.next_window(1):
+        rounds += 1
+    assert rounds == PROBE_AFTER_ROUNDS
+    for _ in range(12):
+        p.observe(p.window, p.window)  # everything accepted
+        assert p.next_window(1) > 0
+    assert p.acceptance.rate > 0.9
+
+
+def test_the_batch_size_picks_its_row_of_costs():
+    p = policy()
+    assert p.next_window(4) == best_window("pearl", 0.8, FLAT, 8)[0]  # batch 4 and up: the FLAT row
+    assert SpeculationCosts({1: CPU, 4: FLAT}).at(2) == CPU and SpeculationCosts({2: CPU}).at(1) == CPU

@@ -54,10 +54,11 @@ $(VENV)/.installed: requirements.txt pyproject.toml
 
 setup-gpu: $(GPU_VENV)/.installed-gpu
 
-$(GPU_VENV)/.installed-gpu: requirements-gpu.txt pyproject.toml runtime/pearl/backends/trtllm_pin.py scripts/setup_gpu.sh
+GPU_SETUP_INPUTS = requirements-gpu.txt pyproject.toml runtime/pearl/backends/trtllm_pin.py scripts/setup_gpu.sh
+$(GPU_VENV)/.installed-gpu: $(GPU_SETUP_INPUTS)
 	GPU_VENV=$(GPU_VENV) PYTHON=$(PYTHON) $(if $(MPI_HOME),MPI_HOME=$(MPI_HOME)) scripts/setup_gpu.sh
 
-gpu-check:
+gpu-check: $(SETUP)
 	PYTHON=$(PY) scripts/gpu_check.sh
 
 genai-perf: $(GENAI_VENV)/.installed

@@ -10,9 +10,11 @@ copies read, by file (commit):
 - cpp/tensorrt_llm/pybind/executor/executor.cpp (03961722f65265573cad179baca3bc5fe8c03f76)
 - cpp/tensorrt_llm/pybind/executor/executorConfig.cpp (05843b0a704070599c938655ada137b66143a445)
 - cpp/tensorrt_llm/pybind/executor/bindings.cpp (enums; several stored copies, all alike for these values)
-Every name and keyword pearl-serve passes is also used, with these meanings, by tensorrtllm_backend's Python
-model at its tag v0.19.0 (all_models/inflight_batcher_llm/tensorrt_llm/1/model.py), older than the pin; the
-nanobind twins (cpp/tensorrt_llm/nanobind/executor/) declare the same names for Executor and ParallelConfig.
+Most names pearl-serve passes are also used, with these meanings, by tensorrtllm_backend's Python model at its
+tag v0.19.0 (all_models/inflight_batcher_llm/tensorrt_llm/1/model.py), older than the pin; the README lists
+which rest on these copies alone (SamplingConfig's ``seed``: v0.19 still took ``random_seed``, removed by
+NVIDIA/TensorRT-LLM pull request #3732 in April 2025). The nanobind twins (cpp/tensorrt_llm/nanobind/executor/)
+declare the same names for Executor and ParallelConfig.
 Lists cover whole constructors of the classes we build, so a keyword the copies read lack fails the test.
 """
 from __future__ import annotations

@@ -24,7 +24,8 @@ fi
 PIP=("$GPU_VENV/bin/python" -m pip --disable-pip-version-check)
 constraints=$(mktemp)
 trap 'rm -f "$constraints"' EXIT
-"$PYTHON" -m pip freeze --exclude-editable | grep -v -e "^mpi4py" -e " @ " > "$constraints" || true
+# every container package at its version (`pip list` names wheels installed from files too, unlike `pip freeze`)
+"$PYTHON" -m pip list --format=freeze --exclude-editable | grep -v -i "^mpi4py==" > "$constraints" || true
 MPICC="$MPI_HOME/bin/mpicc" "${PIP[@]}" install -q --no-cache-dir --no-binary=mpi4py --ignore-installed \
     "mpi4py==$(pin MPI4PY_VERSION)"
 "${PIP[@]}" install -q -c "$constraints" -r requirements-gpu.txt

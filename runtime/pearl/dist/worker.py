@@ -18,10 +18,10 @@ from mpi4py import MPI
 from pearl.backends import load_backend
 from pearl.dist.config import WorldConfig
 from pearl.dist.draft_rank import DraftRank
-from pearl.dist.roles import WorldLayout
 from pearl.dist.protocol import (CANCEL, CONFIG, CONTROL, DRIVER_RANK, ERROR, OP_GENERATE, OP_PROFILE,
                                  OP_SHUTDOWN, OP_START, PROFILE, READY, SAMPLING, TARGET_RANK, decode_request,
                                  message_text, text_message)
+from pearl.dist.roles import WorldLayout
 from pearl.dist.target_rank import TargetRank
 from pearl.dist.transport import MAX_SLEEP_S, MIN_SLEEP_S, Endpoint, wait_until
 from pearl.profiling import forward_seconds

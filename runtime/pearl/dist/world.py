@@ -37,7 +37,7 @@ from pearl.dist.protocol import (CANCEL, CONFIG, CONTROL, DRAFT_RANK, ERROR, OP_
                                  OP_SHUTDOWN, OP_START, PROFILE, READY, SAMPLING, STATS, TARGET_RANK, TOKENS,
                                  encode_request, message_text, text_message)
 from pearl.dist.transport import Endpoint  # noqa: E402
-from pearl.dist.roles import WorldLayout  # noqa: E402  (after transport: keeps the protocol import a line apart)
+from pearl.dist.roles import WorldLayout  # noqa: E402
 from pearl.dist.worker import INTERCOMM_TAG  # noqa: E402
 from pearl.params import GenerationRequest, Mode  # noqa: E402
 from pearl.processes import kill_if_alive, process_alive  # noqa: E402

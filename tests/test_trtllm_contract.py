@@ -16,6 +16,11 @@ from pearl.backends.base import ModelSpec
 from pearl.backends.trtllm_backend import TrtllmBackend
 from pearl.backends.trtllm_pin import CONTAINER, VERSION, TrtllmVersionError
 from pearl.decoding import draft_round, draft_state, target_round, target_state
+
+try:  # per-sequence windows (pearl.speculation): states start with theirs; without it, gamma is the window
+    from pearl.decoding import set_window
+except ImportError:
+    set_window = None
 from pearl.dist.config import WorldConfig
 from pearl.dist.roles import WorldLayout
 from pearl.params import GenerationRequest, Mode, SamplingParams
@@ -148,7 +153,11 @@ def test_a_pearl_round_prefill_draft_window_verify_window_rollback_release(pair)
 
 def run_request(draft, target, request: GenerationRequest) -> tuple[list[int], int]:
     """The ranks' rounds in one process (decoding code only, no MPI): tokens out, rounds run."""
-    d, t = draft_state(request, draft, VOCAB), target_state(request, target, VOCAB)
+    if set_window is None:
+        d, t = draft_state(request, draft, VOCAB), target_state(request, target, VOCAB)
+    else:
+        d, t = draft_state(request, draft, VOCAB, request.gamma), target_state(request, target, VOCAB)
+        set_window(t, request.gamma)
     rounds = 0
     while not t.finished:
         drafts = draft_round([d])

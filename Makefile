@@ -6,6 +6,10 @@ GENAI_VENV ?= .venv-genai
 GENAI_PERF := $(GENAI_VENV)/bin/genai-perf
 PIP := $(PY) -m pip --disable-pip-version-check
 
+GPU_VENV ?= .venv-gpu
+# `make engines` and the targets after it set up the venv they run in: the GPU one when VENV=$(GPU_VENV)
+SETUP := $(if $(filter $(GPU_VENV),$(VENV)),setup-gpu,setup)
+
 PAIR ?= qwen2.5-coder-0.5b-1.5b
 ENGINES_DIR ?= engines
 HOST ?= 127.0.0.1
@@ -14,10 +18,13 @@ GRPC_PORT ?= 8001
 METRICS_PORT ?= 8002
 PORTS = --http-port $(HTTP_PORT) --grpc-port $(GRPC_PORT) --metrics-port $(METRICS_PORT)
 
-.PHONY: help setup genai-perf test engines serve demo bench bench-concurrency perf soak clean
+.PHONY: help setup setup-gpu gpu-check genai-perf test engines serve demo bench bench-concurrency perf soak clean
 
 help:
 	@echo "make setup   create $(VENV) with the pinned dependencies and the pearl package"
+	@echo "make setup-gpu  on a GPU host, in the pinned TensorRT-LLM container: $(GPU_VENV) over the container's"
+	@echo "             packages, mpi4py built against its Open MPI; then pass VENV=$(GPU_VENV) to the targets below"
+	@echo "make gpu-check  scripts/gpu_check.sh: torch on CUDA (and TensorRT-LLM if importable), JSON results"
 	@echo "make genai-perf"
 	@echo "             create $(GENAI_VENV) with genai-perf (its own pins: requirements-genai-perf.txt)"
 	@echo "make test    run the test suite (sets up both venvs)"
@@ -45,6 +52,15 @@ $(VENV)/.installed: requirements.txt pyproject.toml
 	$(PIP) install -q --no-deps -e .
 	touch $@
 
+setup-gpu: $(GPU_VENV)/.installed-gpu
+
+GPU_SETUP_INPUTS = requirements-gpu.txt pyproject.toml runtime/pearl/backends/trtllm_pin.py scripts/setup_gpu.sh
+$(GPU_VENV)/.installed-gpu: $(GPU_SETUP_INPUTS)
+	GPU_VENV=$(GPU_VENV) PYTHON=$(PYTHON) $(if $(MPI_HOME),MPI_HOME=$(MPI_HOME)) scripts/setup_gpu.sh
+
+gpu-check: $(SETUP)
+	PYTHON=$(PY) scripts/gpu_check.sh
+
 genai-perf: $(GENAI_VENV)/.installed
 
 $(GENAI_VENV)/.installed: requirements-genai-perf.txt
@@ -55,7 +71,7 @@ $(GENAI_VENV)/.installed: requirements-genai-perf.txt
 test: setup genai-perf
 	PEARL_GENAI_PERF=$(GENAI_PERF) $(PY) -m pytest tests
 
-engines: setup
+engines: $(SETUP)
 	$(PY) -m pearl_build $(PAIR) --engines-dir $(ENGINES_DIR) $(if $(DRY_RUN),--dry-run) $(if $(FORCE),--force)
 
 serve: engines

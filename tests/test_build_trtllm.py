@@ -2,18 +2,24 @@
 1+4-GPU pair, and a clear refusal to build or load TRT-LLM engines."""
 from __future__ import annotations
 
+import importlib.machinery
 import subprocess
+import sys
+import types
 from pathlib import Path
 
 import pytest
 
 from conftest import REPO
-from pearl.backends import load_backend
+from pearl.backends import load_backend, trtllm_pin
 from pearl.backends.base import ModelSpec
 from pearl.backends.loading import ModelPathError
 from pearl_build.__main__ import main as make_engines
-from pearl_build.config import load_pair_config
+from pearl_build.config import available_pairs, load_pair_config
 from pearl_build.plan import plan_pair
+
+TRTLLM_PAIRS = [name for name in available_pairs() if load_pair_config(name).backend == "tensorrt_llm"]
+GPU_PAIRS = [name for name in available_pairs() if load_pair_config(name).target.on_gpu]
 
 
 def lane_commands(pair_name: str) -> tuple[object, dict[str, list]]:
@@ -67,6 +73,34 @@ def test_make_engines_dry_run_prints_the_plan_and_builds_nothing(tmp_path):
     assert f"CUDA_VISIBLE_DEVICES=0 trtllm-build --checkpoint_dir {tmp_path}/llama-3.2-1b-3.1-70b/draft.checkpoint" \
         in result.stdout
     assert "--speculative_decoding_mode draft_tokens_external --max_draft_len 16" in result.stdout
+    assert f"# pinned: TensorRT-LLM {trtllm_pin.VERSION} ({trtllm_pin.GIT_TAG}" in result.stdout
+    assert trtllm_pin.CONTAINER in result.stdout
+    assert "- 1 driver + 5 workers: draft on workers 0 (leader 0); target on workers 1, 2, 3, 4 (leader 1)" \
+        in result.stdout
+    assert "participant_ids [2, 3, 4, 5] under mpiexec" in result.stdout
+    launch = next(line for line in result.stdout.splitlines() if line.startswith("- launch: "))
+    assert launch.startswith(f"- launch: {trtllm_pin.CONTAINER_MPI_HOME}/bin/mpiexec -n 1 ")
+    assert " -m pearl generate --engines " in launch and launch.endswith(" : -n 5 " + launch.split()[-3] +
+                                                                         " -m pearl.dist.worker")
+    assert not any(tmp_path.iterdir())
+
+
+@pytest.mark.parametrize("pair_name", GPU_PAIRS)
+def test_every_gpu_plan_names_its_world_and_every_trtllm_plan_the_pinned_release(pair_name):
+    pair = load_pair_config(pair_name)
+    text = plan_pair(pair, Path("engines"), Path(".cache/pearl")).render()
+    workers = pair.draft.tp_size + pair.target.tp_size
+    assert f"- 1 driver + {workers} workers: " in text and f": -n {workers} " in text
+    assert (f"# pinned: TensorRT-LLM {trtllm_pin.VERSION}" in text) == (pair_name in TRTLLM_PAIRS)
+
+
+def test_building_with_a_tensorrt_llm_other_than_the_pin_fails_naming_the_pin(tmp_path, monkeypatch, capsys):
+    other = types.ModuleType("tensorrt_llm")
+    other.__version__, other.__spec__ = "1.2.0rc2", importlib.machinery.ModuleSpec("tensorrt_llm", None)
+    monkeypatch.setitem(sys.modules, "tensorrt_llm", other)
+    assert make_engines(["qwen2.5-coder-0.5b-1.5b-trtllm", "--engines-dir", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert "TensorRT-LLM 1.2.0rc2 is installed" in err and f"pinned to TensorRT-LLM {trtllm_pin.VERSION}" in err
     assert not any(tmp_path.iterdir())
 
 

@@ -44,7 +44,7 @@ class FakeModels:
             for i in range(self.rounds):
                 if self.pearl_error and i == 1:
                     raise StepFailed(self.pearl_error, "invalid")
-                yield {"output_ids": np.array([[1] * (i + 1)]), "sequence_length": np.array([[i + 1]]),
+                yield {"output_ids": np.array([[[1] * (i + 1)]]), "sequence_length": np.array([[i + 1]]),
                        "previous_length": np.array([[i]]), "is_final": np.array([[i == self.rounds - 1]]),
                        "target_forwards": np.array([[i + 1]], dtype=np.int32)}
 

@@ -51,7 +51,8 @@ def test_a_request_streams_then_ends_with_statistics(service):
     service.submit(inputs(12, streaming=True), client.send, client.fail)
     assert client.done.wait(60) and client.error is None
     final = client.responses[-1]
-    assert final["is_final"][0, 0] and final["sequence_length"][0, 0] == len(final["output_ids"][0])
+    assert final["output_ids"].shape[:2] == final["sequence_length"].shape == (1, 1)  # a beam axis, as TRT-LLM
+    assert final["is_final"][0, 0] and final["sequence_length"][0, 0] == len(final["output_ids"][0, 0])
     assert final["total_draft_tokens"][0, 0] >= final["total_accepted_draft_tokens"][0, 0]
 
 

@@ -117,7 +117,7 @@ def test_postprocessing_emits_only_the_new_text(tokenizer):
     ids = tokenizer.encode("hello world, again")
 
     def run(previous, final):
-        return post({"TOKENS_BATCH": np.array([ids]), "SEQUENCE_LENGTH": np.array([[len(ids)]]),
+        return post({"TOKENS_BATCH": np.array([[ids]]), "SEQUENCE_LENGTH": np.array([[len(ids)]]),
                      "PREVIOUS_LENGTH": np.array([[previous]]), "IS_FINAL": np.array([[final]])})["OUTPUT"][0, 0]
 
     assert run(0, True).decode() == "hello world, again"

@@ -9,7 +9,8 @@ Per model (one lane; the draft's and the target's lanes run in parallel):
    ``--speculative_decoding_mode draft_tokens_external --max_draft_len`` (its forward takes the draft window).
 3. In-process: copy the tokenizer into the engine folder and write engine.json.
 
-Names checked against NVIDIA/TensorRT-LLM's source:
+Names checked against NVIDIA/TensorRT-LLM's source (the release pinned in pearl.backends.trtllm_pin, which
+``build_pair`` requires):
 - ``tensorrt_llm.AutoModelForCausalLM.from_hugging_face(hf_model_or_dir, dtype, mapping=...)``
   (tensorrt_llm/models/automodel.py; picks the class from ``architectures[0]`` via MODEL_MAP in
   tensorrt_llm/models/__init__.py), ``tensorrt_llm.Mapping(world_size, rank, tp_size=...)``
@@ -35,6 +36,7 @@ import threading
 import time
 from pathlib import Path
 
+from pearl.backends import trtllm_pin
 from pearl.engine_files import write_engine_json
 from pearl_build.artifacts import build_key, file_manifest, is_current
 from pearl_build.config import ModelConfig, PairConfig, load_pair_config
@@ -57,7 +59,7 @@ def build_command(pair: PairConfig, model: ModelConfig, out: Path) -> list[str]:
     command = ["trtllm-build", "--checkpoint_dir", str(checkpoint_dir(out, model)), "--output_dir",
                str(out / model.role), "--max_batch_size", str(pair.max_batch_size),
                "--max_seq_len", str(pair.max_seq_len),
-               # below max_seq_len - 1 the runtime cuts draft tokens once prompt + drafts exceed it
+               # the runtime's length limit is min(max_input_len, max_seq_len - 1): keep the whole max_seq_len usable
                "--max_input_len", str(pair.max_seq_len - 1),
                "--kv_cache_type", "paged", "--use_paged_context_fmha", "enable",
                "--gemm_plugin", "auto", "--gather_generation_logits", "--workers", str(model.tp_size)]
@@ -78,11 +80,14 @@ def model_steps(pair: PairConfig, model: ModelConfig, out: Path, cache_dir: Path
 
 
 def require_tensorrt_llm(pair: PairConfig) -> None:
+    """TensorRT-LLM importable here, and the pinned release (``tensorrt_llm.__version__``), or a clear error."""
     if importlib.util.find_spec("tensorrt_llm") is None:
         raise TrtllmUnavailable(
             f"pair {pair.name} builds TensorRT-LLM engines, but tensorrt_llm is not importable here. Use a GPU host "
-            f"with TensorRT-LLM installed (e.g. NVIDIA's TensorRT-LLM container), see the exact plan with "
+            f"with {trtllm_pin.describe()} (`make setup-gpu` there), see the exact plan with "
             f"`make engines PAIR={pair.name} DRY_RUN=1`, or pick a torch pair config for this host")
+    import tensorrt_llm
+    trtllm_pin.check_version(tensorrt_llm.__version__)
 
 
 def build_pair(pair: PairConfig, engines_root: Path, cache_dir: Path, force: bool = False,

@@ -18,11 +18,13 @@ def check_model_path(spec: ModelSpec) -> None:
                              f"build it with `make engines`")
 
 
-def load_backend(spec: ModelSpec) -> ModelBackend:
+def load_backend(spec: ModelSpec, participant_ids: list[int] | None = None) -> ModelBackend:
+    """``participant_ids``: the MPI_COMM_WORLD ranks of the model's shards, leader first (tensorrt_llm; the
+    torch backend runs a model on this rank alone)."""
     check_model_path(spec)
     if spec.backend == "tensorrt_llm":
         from pearl.backends.trtllm_backend import TrtllmBackend
-        return TrtllmBackend.load(spec)
+        return TrtllmBackend.load(spec, participant_ids)
     from pearl.backends.torch_backend import TorchBackend
     return TorchBackend.load(spec)
 

@@ -30,6 +30,7 @@ class ModelSpec:
     backend: str = "torch"
     cpu_linear: str = "default"  # CPU kernels of the decoder linears and LM head (pearl.backends.linears)
     attention: str = "sdpa"  # "eager": plain matmuls; "grouped": eager without copying kv heads (CPU batches)
+    tensor_parallel: int = 1  # ranks (GPUs) the model spans; tensorrt_llm only (pearl.dist.roles places them)
 
     def __post_init__(self) -> None:
         if self.cpu_linear not in CPU_LINEARS:
@@ -38,6 +39,9 @@ class ModelSpec:
             raise ValueError(f"attention must be one of {ATTENTIONS}, got {self.attention!r}")
         if self.dtype not in DTYPES:
             raise ValueError(f"dtype must be one of {sorted(DTYPES)}, got {self.dtype!r}")
+        if self.tensor_parallel < 1 or (self.tensor_parallel > 1 and self.backend != "tensorrt_llm"):
+            raise ValueError(f"tensor_parallel must be 1 (or > 1 with the tensorrt_llm backend), got "
+                             f"{self.tensor_parallel} with backend {self.backend}")
         if self.num_layers is not None and self.num_layers < 1:
             raise ValueError(f"num_layers must be >= 1, got {self.num_layers}")
 

@@ -3,17 +3,28 @@
 Each sequence proposes up to its gamma tokens from everything it holds (verified and pending tokens); step j
 of the round is ONE batched forward over the sequences whose window is longer than j. What differs between
 SD and PEARL is only when the target runs its forward: SD after the windows arrive, PEARL meanwhile.
+
+A backend that drafts whole windows itself (``draft_windows``: TensorRT-LLM, one request per window as its own
+draft-target examples do) samples with its own sampler; the rows it returns are turned into the draft
+probabilities with ``sampling.probabilities``, so the acceptance rule stays exact only where that sampler
+draws from those same probabilities (greedy: always).
 """
 from __future__ import annotations
+
+import time
 
 import torch
 
 from pearl.decoding.common import Draft, RankState, forward_batch
-from pearl.sampling import choose
+from pearl.sampling import choose, probabilities
+
+SEED_BOUND = 2**63 - 1  # a fresh seed per window from the sequence's own draft stream: windows never repeat draws
 
 
 def draft_round(states: list[RankState]) -> dict[int, Draft]:
     """Draft every sequence's window, appending the tokens to its sequence as pending tokens."""
+    if states and hasattr(states[0].backend, "draft_windows"):
+        return _draft_windows(states)
     lengths = {state.request_id: state.num_to_draft() for state in states}
     windows = {state.request_id: ([], []) for state in states}
     for step in range(max(lengths.values(), default=0)):
@@ -26,3 +37,19 @@ def draft_round(states: list[RankState]) -> dict[int, Draft]:
             rows.append(probs)
     return {state.request_id: Draft(tokens, None if state.params.greedy else torch.cat(rows), state.forwards)
             for state in states for tokens, rows in [windows[state.request_id]]}
+
+
+def _draft_windows(states: list[RankState]) -> dict[int, Draft]:
+    backend = states[0].backend
+    seeds = [int(torch.randint(SEED_BOUND, (1,), generator=state.generator)) for state in states]
+    start = time.perf_counter()
+    windows = backend.draft_windows([state.seq for state in states], [state.num_to_draft() for state in states],
+                                    [state.params for state in states], seeds)
+    elapsed = time.perf_counter() - start
+    drafts = {}
+    for state, (tokens, rows) in zip(states, windows):
+        state.forwards += len(tokens)  # the executor ran one decode step per drafted token
+        state.forward_s += elapsed
+        probs = None if state.params.greedy else probabilities(rows[:, :state.vocab_size], state.params)
+        drafts[state.request_id] = Draft(tokens, probs, state.forwards)
+    return drafts

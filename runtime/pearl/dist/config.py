@@ -32,9 +32,9 @@ class WorldConfig:
     def alone_threads(self) -> int:
         return self.target_alone_threads or self.threads_per_rank
 
-    def spec_for(self, rank: int) -> ModelSpec:
-        from pearl.dist.protocol import DRAFT_RANK
-        return self.draft if rank == DRAFT_RANK else self.target
+    def spec_for(self, model: str) -> ModelSpec:
+        """The spec of "draft" or "target" (a rank's model: pearl.dist.roles)."""
+        return self.draft if model == "draft" else self.target
 
     def to_json(self) -> str:
         return json.dumps(asdict(self))

@@ -4,7 +4,9 @@ Communicators
 - ``driver``: an intercommunicator. The driver is rank 0 of its side; the workers are remote ranks
   DRAFT_RANK (0) and TARGET_RANK (1). With ``MPI.COMM_SELF.Spawn`` it is the spawn intercommunicator;
   under ``mpiexec`` (driver first, workers after) it is built from COMM_WORLD.
-- ``peers``: the workers' intracommunicator (draft 0, target 1); later the target may span more ranks.
+- ``peers``: the workers' intracommunicator (draft 0, target 1). A tensor-parallel model's other shards are
+  workers 2 .. (``pearl.dist.roles``): they get CONFIG and OP_SHUTDOWN only, answer READY or ERROR, and take
+  no part in the messages below.
 
 Every message is a 1-D numpy array whose dtype is fixed by its tag (``TAG_DTYPES``); its length is the
 message size. Layouts:

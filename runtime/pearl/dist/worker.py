@@ -1,7 +1,8 @@
 """A worker rank: loads its model, then serves the driver's requests until told to shut down.
 
 Started by the driver with ``MPI.COMM_SELF.Spawn`` or by ``mpiexec`` (driver first, workers after), as
-``python -m pearl.dist.worker``. Rank 0 of the workers runs the draft, rank 1 the target.
+``python -m pearl.dist.worker``. Rank 0 of the workers leads the draft, rank 1 the target; the other ranks are
+tensor-parallel followers of one of them (``pearl.dist.roles``).
 """
 from __future__ import annotations
 
@@ -20,6 +21,7 @@ from pearl.dist.draft_rank import DraftRank
 from pearl.dist.protocol import (CANCEL, CONFIG, CONTROL, COSTS, DRIVER_RANK, ERROR, OP_GENERATE, OP_PROFILE,
                                  OP_SHUTDOWN, OP_START, PROFILE, READY, SAMPLING, TARGET_RANK, decode_request,
                                  message_text, text_message)
+from pearl.dist.roles import WorldLayout
 from pearl.dist.target_rank import TargetRank
 from pearl.dist.transport import MAX_SLEEP_S, MIN_SLEEP_S, Endpoint, wait_until
 from pearl.profiling import forward_seconds
@@ -49,17 +51,19 @@ def connect() -> tuple[MPI.Intercomm, MPI.Intracomm, bool]:
 
 
 class Worker:
-    def __init__(self, driver: Endpoint, peers: Endpoint, rank: int) -> None:
-        self.driver, self.peers, self.rank = driver, peers, rank
+    def __init__(self, driver: Endpoint, peers: Endpoint, rank: int, world_offset: int = 0) -> None:
+        """``world_offset``: this world's MPI_COMM_WORLD rank of worker 0 (see pearl.dist.roles)."""
+        self.driver, self.peers, self.rank, self.world_offset = driver, peers, rank, world_offset
         self.config = WorldConfig.from_json(message_text(driver.recv_from(DRIVER_RANK, CONFIG)))
+        self.role = WorldLayout.of(self.config).role(rank)
         self.backend = None
         self.scheduler: TargetRank | DraftRank | None = None
 
     def load(self) -> bool:
         torch.set_num_threads(self.config.threads_per_rank)
-        spec = self.config.spec_for(self.rank)
+        spec = self.config.spec_for(self.role.model)
         try:
-            self.backend = load_backend(spec)
+            self.backend = load_backend(spec, self.role.participant_ids(self.world_offset))
         except Exception as exc:  # reported to the driver, which refuses to start the world
             self.driver.send(text_message(f"loading {spec.path}: {exc}"), DRIVER_RANK, ERROR)
             return False
@@ -69,7 +73,12 @@ class Worker:
 
     def serve(self) -> None:
         """Answer the driver and run the scheduler's rounds until OP_SHUTDOWN. A failure while serving is
-        reported (ERROR) and ends the serving: the batch's state is lost and the world must be restarted."""
+        reported (ERROR) and ends the serving: the batch's state is lost and the world must be restarted.
+        A follower only keeps its shard of the model running until its leader shuts down."""
+        if not self.role.is_leader:
+            self.backend.follow()
+            self.wait_for_shutdown()
+            return
         if self.rank == TARGET_RANK:
             self.scheduler = TargetRank(self.backend, self.driver, self.peers, self.config)
         else:
@@ -128,15 +137,22 @@ class Worker:
         while int(self.driver.recv_from(DRIVER_RANK, CONTROL)[0]) != OP_SHUTDOWN:
             pass
 
+    def close(self) -> None:
+        """Release the model; a tensor-parallel leader's shutdown is what lets its followers return."""
+        if (close := getattr(self.backend, "close", None)) is not None:
+            close()
+
 
 def main() -> None:
     sys.stdout = sys.stderr  # the driver's stdout may carry --json output; workers never write there
     intercomm, workers, spawned = connect()
-    worker = Worker(Endpoint(intercomm), Endpoint(workers), workers.Get_rank())
+    world_offset = MPI.COMM_WORLD.Get_rank() - workers.Get_rank()
+    worker = Worker(Endpoint(intercomm), Endpoint(workers), workers.Get_rank(), world_offset)
     if worker.load():
         worker.serve()
     else:
         worker.wait_for_shutdown()
+    worker.close()
     if spawned:
         intercomm.Disconnect()
 

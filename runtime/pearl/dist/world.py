@@ -37,12 +37,13 @@ from pearl.dist.protocol import (CANCEL, CONFIG, CONTROL, COSTS, DRAFT_RANK, ERR
                                  OP_PROFILE, OP_SHUTDOWN, OP_START, PROFILE, READY, SAMPLING, STATS, TARGET_RANK,
                                  TOKENS, encode_request, message_text, text_message)
 from pearl.dist.transport import Endpoint  # noqa: E402
+from pearl.dist.roles import WorldLayout  # noqa: E402
 from pearl.dist.worker import INTERCOMM_TAG  # noqa: E402
 from pearl.params import GenerationRequest, Mode  # noqa: E402
 from pearl.processes import kill_if_alive, process_alive  # noqa: E402
 from pearl.speculation import SpeculationCosts  # noqa: E402
 
-WORKER_RANKS = (DRAFT_RANK, TARGET_RANK)
+WORKER_RANKS = (DRAFT_RANK, TARGET_RANK)  # the models' leaders: the ranks that serve requests
 ROLE_NAMES = {DRAFT_RANK: "draft", TARGET_RANK: "target"}
 RECEIVER_MAX_SLEEP_S = 5e-3  # see pearl.dist.worker.IDLE_MAX_SLEEP_S: idle probes slow the ranks
 
@@ -62,8 +63,8 @@ class RankInfo:
 
 
 class World:
-    def __init__(self, intercomm: MPI.Intercomm, spawned: bool) -> None:
-        self.intercomm, self.spawned = intercomm, spawned
+    def __init__(self, intercomm: MPI.Intercomm, spawned: bool, layout: WorldLayout = WorldLayout()) -> None:
+        self.intercomm, self.spawned, self.layout = intercomm, spawned, layout
         self.endpoint = Endpoint(intercomm)
         self.ranks: dict[int, RankInfo] = {}
         self.closed = False
@@ -78,15 +79,18 @@ class World:
 
     @classmethod
     def start(cls, config: WorldConfig) -> "World":
-        world_comm = MPI.COMM_WORLD
+        world_comm, layout = MPI.COMM_WORLD, WorldLayout.of(config)
         if world_comm.Get_size() > 1:  # launched by mpiexec with the workers beside us
             local = world_comm.Split(color=0, key=world_comm.Get_rank())
-            world = cls(local.Create_intercomm(0, world_comm, 1, INTERCOMM_TAG), spawned=False)
+            world = cls(local.Create_intercomm(0, world_comm, 1, INTERCOMM_TAG), spawned=False, layout=layout)
         else:
             intercomm = MPI.COMM_SELF.Spawn(sys.executable, args=["-m", "pearl.dist.worker"],
-                                            maxprocs=len(WORKER_RANKS))
-            world = cls(intercomm, spawned=True)
+                                            maxprocs=layout.num_workers)
+            world = cls(intercomm, spawned=True, layout=layout)
         try:
+            if world.intercomm.Get_remote_size() != layout.num_workers:
+                raise WorldError(f"{world.intercomm.Get_remote_size()} worker ranks were started, this pair needs "
+                                 f"{layout.describe()}")
             world._handshake(config)
         except BaseException:
             world.close()
@@ -94,13 +98,13 @@ class World:
         return world
 
     def _handshake(self, config: WorldConfig) -> None:
-        for rank in WORKER_RANKS:
+        for rank in range(self.layout.num_workers):  # followers too: they load their model's shards
             self.endpoint.send(text_message(config.to_json()), rank, CONFIG)
         errors = []
-        for _ in WORKER_RANKS:
+        for _ in range(self.layout.num_workers):
             message, source, tag = self.endpoint.recv(tag=MPI.ANY_TAG, timeout=config.startup_timeout_s)
             if tag == ERROR:
-                errors.append(f"{ROLE_NAMES[source]} rank: {message_text(message)}")
+                errors.append(f"{self.name(source)} rank: {message_text(message)}")
             elif tag == READY:
                 pid, vocab, max_len, *eos = message.tolist()
                 self.ranks[source] = RankInfo(pid, vocab, max_len, tuple(eos))
@@ -119,6 +123,9 @@ class World:
             for rank in WORKER_RANKS:
                 self.endpoint.send(np.array(values, dtype=np.int64), rank, CONTROL)
 
+    def name(self, rank: int) -> str:
+        return self.layout.name(rank)
+
     @property
     def in_flight(self) -> int:
         """Requests submitted and not finished yet."""
@@ -132,7 +139,7 @@ class World:
             except TimeoutError:
                 continue
             if tag == ERROR:
-                self.failure = f"the {ROLE_NAMES[source]} rank failed:\n{message_text(message)}"
+                self.failure = f"the {self.name(source)} rank failed:\n{message_text(message)}"
                 self._end_all(self.failure)
             elif tag == PROFILE:
                 self._profiles.put((source, message))
@@ -218,7 +225,9 @@ class World:
         if self._receiver is not None:
             self._receiver.join()
         self._end_all("the engine was closed")
-        self._control([OP_SHUTDOWN])
+        with self._send_lock:  # every worker: followers wait for it too (pearl.dist.roles)
+            for rank in range(self.intercomm.Get_remote_size()):
+                self.endpoint.send(np.array([OP_SHUTDOWN], dtype=np.int64), rank, CONTROL)
         if not self.spawned:
             return  # mpiexec's workers finalize MPI together with this process, after it exits
         self.intercomm.Disconnect()

@@ -38,7 +38,6 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import IO
 
-from pearl.dist.world import ROLE_NAMES
 from pearl.engine import Engine
 from pearl.processes import process_tree
 from pearl.params import SamplingParams
@@ -147,7 +146,7 @@ def main() -> int:
         protocol_out.write(json.dumps({"event": "start_failed", "message": str(exc)}) + "\n")
         protocol_out.flush()
         return 1
-    ranks = {ROLE_NAMES[rank]: info.pid for rank, info in engine.world.ranks.items()}
+    ranks = {engine.world.name(rank): info.pid for rank, info in engine.world.ranks.items()}
     host = Host(engine, protocol_out)
     host.send({"event": "ready", "eos_token_ids": list(engine.eos_token_ids), "vocab_size": engine.vocab_size,
                "max_seq_len": engine.max_seq_len, "max_batch_size": engine.max_batch_size,

@@ -78,8 +78,10 @@ class Job:
 
 
 def response_tensors(tokens: list[int], previous: int, final: bool, stats: RequestStats | None) -> dict:
+    """TensorRT-LLM's ``tensorrt_llm`` model shapes, so its clients read them unchanged: ``output_ids``
+    [batch, beam, tokens] and ``sequence_length`` [batch, beam], with one beam."""
     outputs = {
-        "output_ids": np.array([tokens], dtype=np.int32).reshape(1, -1),
+        "output_ids": np.array(tokens, dtype=np.int32).reshape(1, 1, -1),
         "sequence_length": np.array([[len(tokens)]], dtype=np.int32),
         "previous_length": np.array([[previous]], dtype=np.int32),
         "is_final": np.array([[final]], dtype=bool),

@@ -1,8 +1,9 @@
 """The ``postprocessing`` model's work: token ids in, text out, never splitting a UTF-8 character.
 
 Each streamed response reaches postprocessing alone, so the ``pearl`` model sends the whole output so far
-(TOKENS_BATCH, SEQUENCE_LENGTH) plus how many of those tokens earlier responses covered (PREVIOUS_LENGTH)
-and whether this is the last response (IS_FINAL); the text delta follows from those statelessly.
+(TOKENS_BATCH [batch, beam, tokens], SEQUENCE_LENGTH [batch, beam]: TensorRT-LLM's shapes, one beam) plus how
+many of those tokens earlier responses covered (PREVIOUS_LENGTH) and whether this is the last response
+(IS_FINAL); the text delta follows from those statelessly.
 """
 from __future__ import annotations
 
@@ -19,7 +20,8 @@ class Postprocessor:
 
     def __call__(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         length = int(scalar(inputs, "SEQUENCE_LENGTH"))
-        tokens = np.asarray(inputs["TOKENS_BATCH"]).reshape(-1)[:length].tolist()
+        batch = np.asarray(inputs["TOKENS_BATCH"])
+        tokens = batch.reshape(-1, batch.shape[-1])[0, :length].tolist()  # beam 0 of the one request
         text = text_delta(self.tokenizer, tokens, int(scalar(inputs, "PREVIOUS_LENGTH", 0)),
                           bool(scalar(inputs, "IS_FINAL", True)), self.skip_special_tokens)
         return {"OUTPUT": np.array([[text.encode("utf-8")]], dtype=object)}

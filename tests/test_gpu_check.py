@@ -1,0 +1,23 @@
+"""scripts/gpu_check.sh's code path, run here on the CPU (``--cpu``): the GPU run itself stays for a GPU host."""
+import json
+
+from pearl.bench.gpu_check import MODES, main
+
+
+def test_the_gpu_check_runs_its_tiny_pair_and_writes_every_modes_figures(tmp_path, capsys):
+    assert main(["--cpu", "--pairs", "tiny", "--max-tokens", "6", "--requests", "1", "--work", str(tmp_path / "work"),
+                 "--out", str(tmp_path / "out")]) == 0
+    report = json.loads((tmp_path / "out" / "gpu_check.json").read_text())
+    tiny = report["pairs"]["tiny"]
+    assert report["host"]["tensorrt_llm"] is None and "tensorrt_llm" not in tiny  # not importable here
+    assert tiny["torch"]["devices"] == ["cpu", "cpu"]
+    for mode in MODES:
+        figures = tiny["torch"][mode]
+        assert figures["tokens_per_s"] > 0 and 0 <= figures["round_overhead"] < 1
+        assert [r["generated_tokens"] for r in figures["requests"]] == [6]
+    assert tiny["torch"]["pearl"]["acceptance_rate"] > 0  # tied random models agree often enough to draft
+
+
+def test_without_a_gpu_it_says_so_and_runs_nothing(tmp_path, capsys):
+    assert main(["--work", str(tmp_path)]) == 2
+    assert "no CUDA GPU" in capsys.readouterr().err and not any(tmp_path.iterdir())

@@ -118,3 +118,14 @@ def test_loading_a_trtllm_engine_without_tensorrt_llm_says_what_to_install(tmp_p
     (tmp_path / "rank0.engine").write_bytes(b"")
     with pytest.raises(ImportError, match="needs TensorRT-LLM"):
         load_backend(ModelSpec(str(tmp_path), backend="tensorrt_llm"))
+
+
+@pytest.mark.parametrize("quantization, algo", [("int8", "W8A16"), ("int4", "W4A16")])
+def test_a_quantized_model_converts_with_tensorrt_llms_weight_only_quantization(quantization, algo):
+    from dataclasses import replace
+
+    pair = load_pair_config("qwen2.5-coder-0.5b-1.5b-trtllm")
+    pair = replace(pair, draft=replace(pair.draft, quantization=quantization))
+    plan = plan_pair(pair, Path("engines"), Path(".cache/pearl"))
+    draft_convert, target_convert = (plan.lanes[role][0] for role in ("draft", "target"))
+    assert draft_convert.what.endswith(f"weight-only {algo}") and "weight-only" not in target_convert.what

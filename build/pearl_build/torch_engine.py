@@ -12,7 +12,7 @@ import time
 from pathlib import Path
 
 from pearl.backends.base import ModelSpec
-from pearl.backends.linears import quantize_linears
+from pearl.backends.linears import quantize_in_place, quantize_linears, use_cpu_kernels
 from pearl.backends.loading import load_model, load_tokenizer
 from pearl.engine_files import write_engine_json
 from pearl_build.artifacts import file_manifest
@@ -30,10 +30,14 @@ def build_torch_engine(pair: PairConfig, model: ModelConfig, resolved: Resolved,
     tokenizer = load_tokenizer(str(resolved.path))
     if tokenizer is None:
         raise ValueError(f"{model.role}: {resolved.path} has no tokenizer; an engine needs one for serving")
-    if model.quantization == "none":
+    quantization = model.quantization_info
+    if model.quantization == "auto":
+        seconds = decode_seconds(net, pair)
+        quantization = {"method": min(seconds, key=seconds.get), "auto_step_s": seconds}
+    if quantization["method"] == "none":
         net.save_pretrained(partial, safe_serialization=True)
     else:
-        save_quantized(net, model.quantization, model.group_size, partial)
+        save_quantized(net, quantization["method"], model.group_size, partial)
     tokenizer.save_pretrained(partial)
     info = {
         "backend": "torch",
@@ -42,7 +46,7 @@ def build_torch_engine(pair: PairConfig, model: ModelConfig, resolved: Resolved,
         "devices": list(model.devices),
         "architecture": net.config.architectures[0] if net.config.architectures else type(net).__name__,
         "num_layers": net.config.num_hidden_layers,
-        "quantization": model.quantization_info,
+        "quantization": quantization,
         "vocab_size": net.get_output_embeddings().out_features,
         "tokenizer_size": len(tokenizer),
         "max_seq_len": min(pair.max_seq_len, int(net.config.max_position_embeddings)),
@@ -73,3 +77,31 @@ def save_quantized(net, method: str, group_size: int, folder: Path) -> None:
     if getattr(net, "generation_config", None) is not None:
         net.generation_config.save_pretrained(folder)
     save_file(rest | quantized, folder / "model.safetensors", metadata={"format": "pt", "quantization": method})
+
+
+def decode_seconds(net, pair: PairConfig) -> dict[str, float]:
+    """A decode step of the model unquantized and as int8, each with the pair's kernels on its threads per
+    rank: what ``quantization: auto`` chooses from. int8 weight-only keeps the model's choices (tested), so
+    speed alone decides; int4 changes them and is never chosen for you."""
+    import copy
+
+    import torch
+
+    from pearl.backends.torch_backend import TorchBackend
+    from pearl.profiling import forward_seconds
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(pair.threads_per_rank)
+    try:
+        seconds = {}
+        for method in ("none", "int8"):
+            candidate = copy.deepcopy(net)
+            if method == "none":
+                use_cpu_kernels(candidate, pair.cpu_linear, pair.dtype)
+            else:
+                quantize_in_place(candidate, method)
+            seconds[method] = forward_seconds(TorchBackend(candidate), max_tokens=1)[0]
+            del candidate
+        return seconds
+    finally:
+        torch.set_num_threads(threads)

@@ -13,12 +13,13 @@ Which kernels run the linears (``cpu_linear``, chosen when a rank loads its mode
            ``aten._weight_int8pack_mm`` / ``aten._weight_int4pack_mm_for_cpu``
   onednn   float32 / bfloat16 weights packed for oneDNN's GEMM (bfloat16 needs a CPU with native bfloat16
            support: avx512bw+vl+dq or avx_ne_convert); int8 and int4 as ``default``
-  fbgemm   FBGEMM's x86 linears: float32 / bfloat16 weights stored as float16 and multiplied in float32
+  fbgemm   FBGEMM's x86 linear for float32 / bfloat16 weights: stored as float16, multiplied in float32
            (bfloat16 values keep their 8-bit mantissa; only magnitudes below float16's range, ~6e-5, lose
-           bits); int8 weights with each input row quantized to 8 bits on the fly (not weight-only:
-           faster, slightly lossier); int4 as ``default``
-  auto     per host: on a CPU with native bfloat16 ``onednn`` (int8: weight-only), otherwise ``fbgemm``
-           where torch has it, else ``default``
+           bits); int8 and int4 as ``default``. (FBGEMM's int8 linear also quantizes each input to 8 bits on
+           the fly: faster, but it cut the default draft's agreement with the target from ~0.8 to ~0.5 on
+           chat prompts, so int8 weights always run weight-only.)
+  auto     float32 weights: ``onednn``; bfloat16: ``onednn`` on a CPU with native bfloat16, otherwise
+           ``fbgemm`` where torch has it, else ``default``; float16, int8 and int4: ``default``
 A kernel's activations stay in the model's dtype between layers; each kernel converts a layer's input to
 what it multiplies in and its output back.
 """
@@ -94,10 +95,12 @@ def resolve_kernel(cpu_linear: str, weights: str) -> str:
     """The kernel family that runs linears holding ``weights`` (a dtype name, or int8 / int4) on this host."""
     if cpu_linear not in CPU_LINEARS:
         raise ValueError(f"cpu_linear must be one of {CPU_LINEARS}, got {cpu_linear!r}")
+    if weights in ("int8", "int4"):
+        return "default"  # their weight-only kernels, whatever cpu_linear says
     if cpu_linear == "auto":
         if weights == "float16":
             return "default"
-        if bf16_native() or (weights == "float32" and not has_fbgemm()):
+        if weights == "float32" or bf16_native():
             return "onednn"
         return "fbgemm" if has_fbgemm() else "default"
     if cpu_linear == "onednn" and weights == "bfloat16" and not bf16_native():
@@ -160,24 +163,16 @@ class FbgemmFp16Linear(_FlatLinear):
 
 
 class Int8Linear(_FlatLinear):
-    """int8 weights, one scale per output channel. ``fbgemm``: each input row quantized to 8 bits on the fly
-    and an int8 GEMM; otherwise weight-only (``_weight_int8pack_mm``, bfloat16 activations)."""
+    """int8 weights, one scale per output channel, weight-only (``_weight_int8pack_mm``, bfloat16 activations)."""
 
-    def __init__(self, tensors: dict[str, torch.Tensor], bias: torch.Tensor | None, kernel: str) -> None:
-        self.fbgemm = kernel == "fbgemm"
-        self.compute_dtype = torch.float32 if self.fbgemm else torch.bfloat16
+    compute_dtype = torch.bfloat16
+
+    def __init__(self, tensors: dict[str, torch.Tensor], bias: torch.Tensor | None) -> None:
         super().__init__(tensors["qweight"].shape[0], bias)
-        if self.fbgemm:
-            qweight = torch._make_per_channel_quantized_tensor(
-                tensors["qweight"], tensors["scales"].double(), torch.zeros_like(tensors["scales"], dtype=torch.long), 0)
-            self.packed = torch.ops.quantized.linear_prepack(qweight, self.bias)
-        else:
-            self.register_buffer("qweight", tensors["qweight"], persistent=False)
-            self.register_buffer("scales", tensors["scales"].to(self.compute_dtype), persistent=False)
+        self.register_buffer("qweight", tensors["qweight"], persistent=False)
+        self.register_buffer("scales", tensors["scales"].to(self.compute_dtype), persistent=False)
 
     def multiply(self, rows: torch.Tensor) -> torch.Tensor:
-        if self.fbgemm:
-            return torch.ops.quantized.linear_dynamic(rows, self.packed, False)
         y = torch.ops.aten._weight_int8pack_mm(rows, self.qweight, self.scales)
         return y if self.bias is None else y + self.bias
 
@@ -234,6 +229,15 @@ def quantize_linears(model: torch.nn.Module, method: str, group_size: int) -> di
     return tensors
 
 
+def quantize_in_place(model: torch.nn.Module, method: str, group_size: int = 128) -> None:
+    """Swap the model's linears for quantized ones now (what a quantized engine would load)."""
+    tensors = quantize_linears(model, method, group_size)
+    for name in linear_names(model):
+        if model.get_submodule(name).bias is not None:
+            tensors[f"{name}.bias"] = model.get_submodule(name).bias
+    use_cpu_kernels(model, "default", method, tensors)
+
+
 def use_cpu_kernels(model: torch.nn.Module, cpu_linear: str, weights: str,
                     state: dict[str, torch.Tensor] | None = None) -> str:
     """Put the kernels ``cpu_linear`` resolves to on this host in place of the model's linears, which hold
@@ -247,7 +251,7 @@ def use_cpu_kernels(model: torch.nn.Module, cpu_linear: str, weights: str,
             parts = {key.removeprefix(f"{name}."): state.pop(key) for key in list(state)
                      if key.rpartition(".")[0] == name}
             bias = parts.pop("bias", None)
-            return Int8Linear(parts, bias, kernel) if weights == "int8" else Int4Linear(parts, bias)
+            return Int8Linear(parts, bias) if weights == "int8" else Int4Linear(parts, bias)
         if kernel == "onednn":
             return OnednnLinear(linear.weight, linear.bias)
         return FbgemmFp16Linear(linear.weight, linear.bias)

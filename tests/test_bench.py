@@ -23,40 +23,45 @@ def run_script(name: str, *args: str, timeout: int = 900) -> subprocess.Complete
 @pytest.fixture(scope="module")
 def bench(smollm2_engines, tmp_path_factory):
     out = tmp_path_factory.mktemp("bench")
-    args = ("--engines", str(smollm2_engines), "--prompts", "2", "--max-tokens", "16", "--gammas", "2,3",
-            "--sweep-prompts", "1", "--out", str(out))
+    args = ("--engines", str(smollm2_engines), "--per-class", "2", "--classes", "humaneval,chat", "--max-tokens", "12",
+            "--gammas", "2,3", "--no-llama-cpp", "--cache-dir", str(CACHE_DIR), "--out", str(out))
     run_script("bench.py", *args)
     return out, args
 
 
-def test_bench_writes_records_summary_and_charts(bench):
+def test_bench_writes_records_summary_and_chart_per_class(bench):
     out, _ = bench
-    for name in ("records.jsonl", "summary.json", "summary.md", "speedup.png", "accepted_lengths.png"):
+    for name in ("records.jsonl", "summary.json", "summary.md", "speedup.png"):
         assert (out / name).stat().st_size > 0, name
     summary = json.loads((out / "summary.json").read_text())
-    assert set(summary["settings"]) == {"one-core-per-model", "equal-cores"}
-    for setting, data in summary["settings"].items():
+    assert summary["classes"] == ["humaneval", "chat"] and set(summary["groups"]) == {"overall", "humaneval", "chat"}
+    for group, data in summary["groups"].items():
         methods = data["methods"]
+        assert data["prompts"] == (4 if group == "overall" else 2)
         assert {"ar", "pearl(gamma=auto)", "assisted"} <= set(methods)
         assert any(k.startswith("sd(gamma=") for k in methods) and any(k.startswith("pearl(gamma=") and
                                                                       k != "pearl(gamma=auto)" for k in methods)
-        assert methods["ar"]["speedup_vs_ar"] == pytest.approx(1.0)
+        assert methods["ar"]["vs_ar"] == pytest.approx(1.0)
         for label, values in methods.items():
             assert values["tokens_per_s"] > 0 and values["tokens"] > 0, label
             if label.startswith(("sd", "pearl")):
-                assert values["identical_to_ar"] == "2/2", (setting, label, values["divergences"])
-                assert values["target_forwards"] > 0 and values["draft_forwards"] > 0
-                assert 0 <= values["acceptance_rate"] <= 1
-        assert set(data["sweeps"]) >= {"sd(gamma=2)", "sd(gamma=3)"}
-    assert "## one-core-per-model" in (out / "summary.md").read_text()
+                assert values["identical_to_ar"] == f"{data['prompts']}/{data['prompts']}", (group, label,
+                                                                                              values["divergences"])
+                assert values["target_forwards"] > 0 and 0 <= values["acceptance_rate"] <= 1
+                assert 0 < values["drafted_share"] <= 1 and values["mean_gamma"] > 0
+    assert set(summary["sweeps"]) == {"sd(gamma=2)", "sd(gamma=3)", "pearl(gamma=2)", "pearl(gamma=3)"}
+    steps = summary["draft_step_s"]
+    assert steps["served"] > 0 and steps["float32, default linears"] > 0 and steps["float32, cpu_linear auto"] > 0
+    text = (out / "summary.md").read_text()
+    assert "## humaneval (2 prompts)" in text and "## chat (2 prompts)" in text and "draft step as served" in text
 
 
 def test_bench_resumes_without_redoing_finished_runs(bench):
     out, args = bench
     before = (out / "records.jsonl").read_text()
-    result = run_script("bench.py", *args)
+    result = run_script("bench.py", *args, "--no-draft-step")
     assert (out / "records.jsonl").read_text() == before  # nothing ran again
-    assert "Against the targets" in result.stdout or "pearl" in result.stdout
+    assert "pearl(gamma=auto) vs ar, humaneval" in result.stdout
 
 
 # `make test` names the genai-perf that `make genai-perf` installs into its own venv

@@ -81,9 +81,10 @@ def test_adaptive_windows_stay_lossless_as_drafting_stops_and_starts(engine_fact
             assert out.stats.gamma is None and 0 < out.stats.mean_gamma <= 6
             runs.append(out.stats)
     assert any(0 < s.drafted_rounds < s.rounds for s in runs)  # drafting stopped and started within requests
+    # sampled: its windows follow measured speed too, so a seed repeats a sample only with a fixed gamma
     sampled = SamplingParams(temperature=0.9, max_tokens=60, seed=3, ignore_eos=True)
-    a, b = (engine.generate([5, 9], sampled, mode="pearl", gamma="auto").collect() for _ in range(2))
-    assert a.token_ids == b.token_ids and len(a.token_ids) == 60
+    out = engine.generate([5, 9], sampled, mode="pearl", gamma="auto").collect()
+    assert len(out.token_ids) == 60 and out.stats.generated_tokens == 60
 
 
 def test_adaptive_windows_grow_with_a_draft_that_is_always_right(engine_factory, tiny):

@@ -27,4 +27,4 @@ def test_plan_and_draft_messages_round_trip():
     assert decode_plan(encode_plan(verdicts, {12: 3, 13: 0})) == (verdicts, {12: 3, 13: 0})
     assert decode_plan(encode_plan({}, {5: 1})) == ({}, {5: 1})
     windows = [(7, 30, [1, 2, 3]), (9, 4, [8]), (11, 12, [])]
-    assert decode_drafts(encode_drafts(windows)) == windows
+    assert decode_drafts(encode_drafts(0.125, windows)) == (0.125, windows)

@@ -2,8 +2,8 @@
 drafts when drafting pays, decodes alone when it does not, and probes again."""
 import pytest
 
-from pearl.speculation import (MIN_DRAFTED_ROUNDS, PROBE_AFTER_ROUNDS, AcceptanceEstimate, CostRow, SpeculationCosts,
-                               WindowPolicy, best_window, pearl_tokens_per_s, sd_tokens_per_s)
+from pearl.speculation import (MIN_DRAFTED_ROUNDS, PROBE_AFTER_ROUNDS, AcceptanceEstimate, Calibration, CostRow,
+                               SpeculationCosts, WindowPolicy, best_window, pearl_tokens_per_s, sd_tokens_per_s)
 
 # A GPU-like pair: a verify costs the same for any window, the draft 1/4 of the target.
 FLAT = CostRow(draft_step_s=0.025, verify_s=(0.1,) * 8, alone_step_s=0.1)
@@ -47,39 +47,53 @@ def test_the_estimate_weighs_recent_tokens_most():
 
 
 def policy(prior: float = 0.8) -> WindowPolicy:
-    return WindowPolicy("pearl", SpeculationCosts({1: CPU, 4: FLAT}, prior), max_window=8)
+    return WindowPolicy("pearl", prior, max_window=8)
 
 
 def test_the_policy_drafts_while_it_pays_and_decodes_alone_when_it_does_not():
     p = policy()
-    window = p.next_window(1)
+    window = p.next_window(CPU)
     assert window == best_window("pearl", 0.8, CPU, 8)[0] > 0
-    while p.next_window(1):  # the draft's tokens keep being rejected at once
+    while p.next_window(CPU):  # the draft's tokens keep being rejected at once
         p.observe(window, 0)
     assert best_window("pearl", p.acceptance.rate, CPU, 8)[1] < 1 / CPU.alone_step_s  # it stopped when it lost
     # no drafting now, until the probe
-    assert [p.next_window(1) for _ in range(PROBE_AFTER_ROUNDS - 1)] == [0] * (PROBE_AFTER_ROUNDS - 1)
-    assert p.next_window(1) > 0  # the probe
+    assert [p.next_window(CPU) for _ in range(PROBE_AFTER_ROUNDS - 1)] == [0] * (PROBE_AFTER_ROUNDS - 1)
+    assert p.next_window(CPU) > 0  # the probe
     for _ in range(MIN_DRAFTED_ROUNDS - 1):
         p.observe(1, 0)
-        assert p.next_window(1) > 0  # a probe lasts MIN_DRAFTED_ROUNDS
-    assert p.next_window(1) == 0 and p.probe_after == 2 * PROBE_AFTER_ROUNDS  # it did not pay: wait longer
+        assert p.next_window(CPU) > 0  # a probe lasts MIN_DRAFTED_ROUNDS
+    assert p.next_window(CPU) == 0 and p.probe_after == 2 * PROBE_AFTER_ROUNDS  # it did not pay: wait longer
 
 
 def test_a_probe_that_pays_keeps_drafting():
     p = policy(prior=0.2)  # low expectations: no drafting at first
-    assert p.next_window(1) == 0
+    assert p.next_window(CPU) == 0
     rounds = 1
-    while not p.next_window(1):
+    while not p.next_window(CPU):
         rounds += 1
     assert rounds == PROBE_AFTER_ROUNDS
     for _ in range(12):
         p.observe(p.window, p.window)  # everything accepted
-        assert p.next_window(1) > 0
+        assert p.next_window(CPU) > 0
     assert p.acceptance.rate > 0.9
 
 
 def test_the_batch_size_picks_its_row_of_costs():
-    p = policy()
-    assert p.next_window(4) == best_window("pearl", 0.8, FLAT, 8)[0]  # batch 4 and up: the FLAT row
-    assert SpeculationCosts({1: CPU, 4: FLAT}).at(2) == CPU and SpeculationCosts({2: CPU}).at(1) == CPU
+    costs = SpeculationCosts({1: CPU, 4: FLAT})
+    assert costs.at(2) == CPU and costs.at(4) == costs.at(16) == FLAT and SpeculationCosts({2: CPU}).at(1) == CPU
+    assert costs.max_window == 8
+
+
+def test_calibration_moves_the_profile_toward_what_rounds_took():
+    """Beside the draft the target's verify took 1.5x its profiled time: after a few such rounds the costs
+    say so, and drafting that paid on paper may no longer pay."""
+    calibration = Calibration()
+    assert calibration.apply(CPU) == CPU
+    for _ in range(12):
+        calibration.observe("verify", 1.5 * CPU.verify(3), CPU.verify(3))
+        calibration.observe("alone", CPU.alone_step_s, CPU.alone_step_s)
+    row = calibration.apply(CPU)
+    assert row.verify(3) == pytest.approx(1.5 * CPU.verify(3), rel=0.02) and row.alone_step_s == CPU.alone_step_s
+    assert row.draft_step_s == CPU.draft_step_s
+    assert best_window("pearl", 0.75, CPU, 8)[1] > 1 / CPU.alone_step_s > best_window("pearl", 0.75, row, 8)[1]

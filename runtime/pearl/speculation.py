@@ -21,6 +21,11 @@ The acceptance estimate forgets old evidence per checked token (``DECAY``), so a
 code to prose changes its window within a few dozen tokens. A sequence that stopped drafting has no evidence
 coming in: it drafts again after ``PROBE_AFTER_ROUNDS`` rounds, twice as many after each probe that
 does not pay.
+
+The profile times each model alone on a short context; serving, PEARL's two models run at once and share the
+memory bandwidth of a CPU, contexts grow, and a VM's speed drifts. ``Calibration`` scales the profile by what
+lone sequences' rounds actually took (observed over profiled, per kind of forward), so the comparison between
+drafting and decoding alone is made in today's costs.
 """
 from __future__ import annotations
 
@@ -130,13 +135,31 @@ class AcceptanceEstimate:
         return self.accepted / (self.accepted + self.rejected)
 
 
+class Calibration:
+    """Observed over profiled seconds of each kind of forward ("draft" step, target "verify" beside the draft,
+    target step "alone"), a running mean that weighs the latest observation by ``WEIGHT``."""
+
+    WEIGHT = 0.3
+
+    def __init__(self) -> None:
+        self.ratios = {"draft": 1.0, "verify": 1.0, "alone": 1.0}
+
+    def observe(self, kind: str, observed_s: float, profiled_s: float) -> None:
+        if observed_s > 0 and profiled_s > 0:
+            self.ratios[kind] += self.WEIGHT * (observed_s / profiled_s - self.ratios[kind])
+
+    def apply(self, row: CostRow) -> CostRow:
+        verify = self.ratios["verify"]
+        return CostRow(row.draft_step_s * self.ratios["draft"], tuple(v * verify for v in row.verify_s),
+                       row.alone_step_s * self.ratios["alone"])
+
+
 class WindowPolicy:
     """One sequence's window each round (0: the target decodes alone this round)."""
 
-    def __init__(self, mode: str, costs: SpeculationCosts, max_window: int) -> None:
-        self.mode, self.costs = mode, costs
-        self.max_window = min(max_window, costs.max_window)
-        self.acceptance = AcceptanceEstimate(costs.prior_acceptance)
+    def __init__(self, mode: str, prior_acceptance: float, max_window: int) -> None:
+        self.mode, self.max_window = mode, max_window
+        self.acceptance = AcceptanceEstimate(prior_acceptance)
         self.window = 0
         self.drafted_rounds = 0  # rounds drafted since it last started drafting
         self.alone_rounds = 0  # rounds decoded alone since it last stopped
@@ -147,8 +170,8 @@ class WindowPolicy:
         if num_checked:
             self.acceptance.observe(num_checked, num_accepted)
 
-    def next_window(self, batch_size: int) -> int:
-        row = self.costs.at(batch_size)
+    def next_window(self, row: CostRow) -> int:
+        """The window for the next round, given the costs of a round of the batch it is in."""
         window, rate = best_window(self.mode, self.acceptance.rate, row, self.max_window)
         pays = rate >= 1 / row.alone_step_s
         if not self.window:

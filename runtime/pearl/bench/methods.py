@@ -1,9 +1,15 @@
-"""What ``make bench`` compares, and how each method runs one prompt.
+"""What ``make bench`` compares, and how each method runs one prompt, all greedy with the same max_tokens on the
+same cores (the pair's: one core per model for PEARL's two ranks, so two on the default pair):
 
-Methods: ``ar`` (target alone), ``sd`` (our vanilla speculative decoding), ``pearl`` (gamma from the
-engine's profile, or a fixed one), all on the MPI ranks through an Engine; and ``assisted``: transformers'
-assisted generation (``generate(assistant_model=...)``) on the same engines in one process, what a CPU
-user would pick instead. Everything is greedy with the same max_tokens; EOS ends a request and is not output.
+- ``ar``: the target alone, on all the cores (a rank with that many threads);
+- ``sd(gamma=g)``: our vanilla speculative decoding, draft then verify, each rank on all the cores in turn;
+- ``pearl(gamma=auto)`` (adaptive windows) and ``pearl(gamma=g)``: the pair as built, one core per model, the
+  target on all the cores while no sequence drafts;
+- ``assisted``: transformers' assisted generation (the pair's draft as assistant) in one process, all cores;
+- ``llama.cpp(t=1)``, ``llama.cpp(t=2)``: llama.cpp decoding the target's GGUF source alone on 1 and on all
+  the cores; ``llama.cpp-spec``: its draft-model speculative decoding, draft and target taking turns on all
+  the cores (``-t`` and ``-td``), on the pair's GGUF sources.
+EOS ends a request and is not output.
 """
 from __future__ import annotations
 
@@ -15,24 +21,26 @@ import torch
 from pearl.engine import Engine
 from pearl.params import SamplingParams
 
-SETTINGS = {
-    # setting -> torch threads for the methods that run one model at a time (PEARL always runs 1 + 1)
-    "one-core-per-model": 1,
-    "equal-cores": 2,
-}
+ENGINE_METHODS = ("ar", "sd", "pearl")
+LLAMA_CPP_METHODS = ("llama.cpp", "llama.cpp-spec")
 
 
 @dataclass(frozen=True)
 class Method:
-    name: str  # ar | sd | pearl | assisted
-    gamma: int | str | None = None  # sd/pearl: a window length or "auto"
+    name: str  # ar | sd | pearl | assisted | llama.cpp | llama.cpp-spec
+    gamma: int | str | None = None  # sd / pearl: a window, or "auto"; llama.cpp-spec: its --spec-draft-n-max
+    threads: int | None = None  # llama.cpp: its -t (None: all the cores)
 
     @property
     def label(self) -> str:
+        if self.name == "llama.cpp":
+            return f"llama.cpp(t={self.threads})"
         return self.name if self.gamma is None else f"{self.name}(gamma={self.gamma})"
 
-    def threads(self, setting: str) -> int:
-        return 1 if self.name == "pearl" else SETTINGS[setting]
+    @property
+    def serial(self) -> bool:
+        """Runs one model at a time on every core (ar, sd), rather than one core per model (pearl)."""
+        return self.name in ("ar", "sd")
 
 
 def run_on_engine(engine: Engine, method: Method, prompt_ids: list[int], max_tokens: int) -> dict:
@@ -44,7 +52,7 @@ def run_on_engine(engine: Engine, method: Method, prompt_ids: list[int], max_tok
             "tokens_per_s": s.tokens_per_s, "target_forwards": s.target_forwards, "draft_forwards": s.draft_forwards,
             "draft_tokens": s.draft_tokens, "accepted_draft_tokens": s.accepted_draft_tokens,
             "mean_accepted_length": s.mean_accepted_length, "acceptance_rate": s.acceptance_rate,
-            "round_overhead": s.round_overhead, "round_tokens": round_tokens, "gamma_used": s.mean_gamma,
+            "round_overhead": s.round_overhead, "round_tokens": round_tokens, "mean_gamma": s.mean_gamma,
             "drafted_rounds": s.drafted_rounds, "rounds": s.rounds}
 
 

@@ -1,9 +1,10 @@
-"""Running the benchmark: every (setting, method, prompt) once, appended to records.jsonl as it finishes.
+"""Running the benchmark: every (method, prompt) once, appended to records.jsonl as it finishes.
 
-A run can be interrupted and resumed: finished records are kept and skipped. Gamma sweeps (sd and pearl)
-run on the first ``sweep_prompts`` prompts; the best gamma per setting (by tokens/s) then runs on all.
-Engines start once per thread count and stop before transformers' assisted generation loads the models
-into this process, so at most one copy of the pair is in memory.
+A run can be interrupted and resumed: finished records are kept and skipped. The window sweeps (sd, pearl and
+llama.cpp's speculative decoding) run on the first ``sweep_per_class`` prompts of each class; the best window
+of each (by tokens/s) then runs on all. Our engine methods run side by side, prompt by prompt (both engines
+stay up: the machine's speed drifts, and a ratio is only fair between runs made close in time); then
+transformers' assisted generation in this process, then llama.cpp, each over all prompts.
 """
 from __future__ import annotations
 
@@ -11,27 +12,28 @@ import json
 from dataclasses import dataclass, replace
 from pathlib import Path
 
+import torch
 from tqdm import tqdm
 
-from pearl.bench.methods import SETTINGS, AssistedGeneration, Method, run_on_engine
-from pearl.backends.torch_backend import eos_token_ids
+from pearl.bench.methods import AssistedGeneration, Method, run_on_engine
 from pearl.bench.prompts import Prompt
 from pearl.engine import Engine
-from pearl.engine_files import load_pair
+from pearl.engine_files import load_pair, pair_models
 
 
 @dataclass(frozen=True)
 class BenchConfig:
     engine_dir: Path
     out_dir: Path
-    max_tokens: int = 48
+    max_tokens: int = 64
     gammas: tuple[int, ...] = (2, 3, 4)
-    sweep_prompts: int = 1
-    settings: tuple[str, ...] = tuple(SETTINGS)
+    sweep_per_class: int = 1
+    llama_cpp: bool = True
+    cache_dir: Path = Path(".cache/pearl")
 
 
-def record_key(setting: str, method: Method, prompt_id: str) -> str:
-    return f"{setting}|{method.label}|{prompt_id}"
+def record_key(method: Method, prompt_id: str) -> str:
+    return f"{method.label}|{prompt_id}"
 
 
 class BenchRun:
@@ -45,10 +47,11 @@ class BenchRun:
                 if line.strip():
                     record = json.loads(line)
                     self.records[record["key"]] = record
-        self.world_config, self.auto_gamma = load_pair(config.engine_dir)
+        self.world_config, self.costs = load_pair(config.engine_dir)
+        self.cores = 2 * self.world_config.threads_per_rank  # what PEARL's two ranks use: every method gets them
         self._tokenizer = None
-        self._engine: Engine | None = None
-        self._scorer = None  # the target in this process, loaded only to measure divergence margins
+        self._engines: dict[bool, Engine] = {}  # by Method.serial
+        self._target = None  # the target in this process (assisted generation, divergence margins)
         self.bar: tqdm | None = None
 
     @property
@@ -58,92 +61,138 @@ class BenchRun:
             self._tokenizer = load_tokenizer(self.world_config.target.path)
         return self._tokenizer
 
-    def prompt_ids(self, prompt: Prompt) -> list[int]:
-        return self.tokenizer(prompt.text).input_ids
+    @property
+    def sweep_prompts(self) -> list[Prompt]:
+        categories = dict.fromkeys(p.category for p in self.prompts)
+        return [p for c in categories for p in [q for q in self.prompts if q.category == c][:self.config.sweep_per_class]]
 
     def run(self) -> dict[str, dict]:
-        n, g = len(self.prompts), len(self.config.gammas)
-        s = min(self.config.sweep_prompts, n)
-        per_setting = {1: 5 * n + 4 * s * (g - 1), 2: 3 * n + 2 * s * (g - 1)}  # pearl runs in the 1-thread one
-        total = sum(per_setting[min(SETTINGS[name], 2)] for name in self.config.settings)
-        with tqdm(total=total, initial=min(total, len(self.records)), desc="bench", unit="run") as self.bar:
-            for setting in self.config.settings:
-                self._run_setting(setting)
+        gammas = self.config.gammas
+        with tqdm(total=self._planned(), initial=len(self.records), desc="bench", unit="run") as self.bar:
+            self._run_engines([Method(name, g) for g in gammas for name in ("sd", "pearl")], self.sweep_prompts)
+            self._run_engines([Method("ar"), Method("sd", self.best_gamma("sd")), Method("pearl", "auto"),
+                               Method("pearl", self.best_gamma("pearl"))], self.prompts)
+            self._close_engines()
+            self._run_assisted()
+            if self.config.llama_cpp:
+                self._run_llama_cpp()
         return self.records
 
-    def _run_setting(self, setting: str) -> None:
-        threads, sweep = SETTINGS[setting], self.prompts[:self.config.sweep_prompts]
-        runs = [(Method("ar"), self.prompts)] + [(Method("sd", g), sweep) for g in self.config.gammas]
-        if threads == 1:  # PEARL always runs one core per model: measured here, reported in every setting
-            runs += [(Method("pearl", "auto"), self.prompts)]
-            runs += [(Method("pearl", g), sweep) for g in self.config.gammas]
-        self._run_engine(threads, setting, runs)
-        best = [(Method("sd", self.best_gamma(setting, "sd")), self.prompts)]
-        if threads == 1:
-            best.append((Method("pearl", self.best_gamma(setting, "pearl")), self.prompts))
-        self._run_engine(threads, setting, best)
-        self._close_engine()
-        self._run_assisted(setting)
+    def _planned(self) -> int:
+        n, s, g = len(self.prompts), len(self.sweep_prompts), len(self.config.gammas)
+        llama = (3 * n + g * s) if self.config.llama_cpp else 0
+        return 2 * g * s + 4 * n + n + llama
 
-    def best_gamma(self, setting: str, name: str) -> int:
+    def best_gamma(self, name: str) -> int:
         def speed(gamma: int) -> float:
-            runs = [self.records.get(record_key(setting, Method(name, gamma), p.prompt_id))
-                    for p in self.prompts[:self.config.sweep_prompts]]
+            runs = [self.records.get(record_key(Method(name, gamma), p.prompt_id)) for p in self.sweep_prompts]
             runs = [r for r in runs if r]
             return sum(r["generated_tokens"] for r in runs) / max(1e-9, sum(r["wall_s"] for r in runs))
         return max(self.config.gammas, key=speed)
 
-    def _run_engine(self, threads: int, setting: str, work: list[tuple[Method, list[Prompt]]]) -> None:
-        for method, prompt in [(m, p) for m, prompts in work for p in prompts]:
-            if record_key(setting, method, prompt.prompt_id) in self.records:
-                continue
-            if self._engine is None:  # started on first need, kept for the setting's later runs
-                self._engine = Engine(replace(self.world_config, threads_per_rank=threads),
-                                      recommended_gamma=self.auto_gamma)
-            self._save(setting, method, prompt, run_on_engine(self._engine, method, self.prompt_ids(prompt),
-                                                              self.config.max_tokens))
+    def _run_engines(self, methods: list[Method], prompts: list[Prompt]) -> None:
+        """Every method on a prompt, then the next prompt."""
+        for prompt in prompts:
+            for method in methods:
+                if record_key(method, prompt.prompt_id) not in self.records:
+                    result = run_on_engine(self._engine(method.serial), method, prompt.token_ids(self.tokenizer),
+                                           self.config.max_tokens)
+                    self._save(method, prompt, result)
 
-    def _close_engine(self) -> None:
-        if self._engine is not None:
-            self._engine.close()
-            self._engine = None
+    def _engine(self, serial: bool) -> Engine:
+        """Started on first need and kept: the serial one runs each rank on every core, the parallel one is
+        the pair as built."""
+        if serial not in self._engines:
+            config = self.world_config
+            if serial:
+                config = replace(config, threads_per_rank=self.cores, target_alone_threads=self.cores)
+            self._engines[serial] = Engine(config, self.costs)
+        return self._engines[serial]
 
-    def _run_assisted(self, setting: str) -> None:
-        import torch
+    def _close_engines(self) -> None:
+        for engine in self._engines.values():
+            engine.close()
+        self._engines = {}
 
+    @property
+    def target(self):
+        if self._target is None:
+            from pearl.backends.loading import load_model
+            self._target = load_model(self.world_config.target)
+        return self._target
+
+    def _run_assisted(self) -> None:
         from pearl.backends.loading import load_model
+        from pearl.backends.torch_backend import eos_token_ids
 
         method = Method("assisted")
-        pending = [p for p in self.prompts if record_key(setting, method, p.prompt_id) not in self.records]
+        pending = [p for p in self.prompts if record_key(method, p.prompt_id) not in self.records]
         if not pending:
             return
-        torch.set_num_threads(SETTINGS[setting])
-        target = load_model(self.world_config.target)
+        torch.set_num_threads(self.cores)
         draft = load_model(self.world_config.draft)
-        assisted = AssistedGeneration(target, draft, eos_token_ids(target))
+        assisted = AssistedGeneration(self.target, draft, eos_token_ids(self.target))
         for prompt in pending:
-            self._save(setting, method, prompt, assisted.run(self.prompt_ids(prompt), self.config.max_tokens))
-        del target, draft, assisted
+            self._save(method, prompt, assisted.run(prompt.token_ids(self.tokenizer), self.config.max_tokens))
+        del draft, assisted
+
+    def _run_llama_cpp(self) -> None:
+        from pearl.bench import llamacpp
+        from pearl.bench.llamacpp_build import ensure_built
+
+        sources = gguf_sources(self.config.engine_dir, self.config.cache_dir)
+        if sources is None:
+            tqdm.write("[bench] llama.cpp skipped: the pair's sources are not GGUF files")
+            return
+        binaries = ensure_built(self.config.cache_dir)
+        runs = {  # method -> how it runs one prompt's text
+            Method("llama.cpp", threads=1): lambda text, m: llamacpp.run_plain(
+                binaries, sources["target"], text, self.config.max_tokens, 1),
+            Method("llama.cpp", threads=self.cores): lambda text, m: llamacpp.run_plain(
+                binaries, sources["target"], text, self.config.max_tokens, self.cores),
+        }
+        speculative = lambda text, m: llamacpp.run_speculative(  # noqa: E731
+            binaries, sources["target"], sources["draft"], text, self.config.max_tokens, self.cores, self.cores,
+            draft_max=m.gamma)
+        for method, prompts in [*[(Method("llama.cpp-spec", g), self.sweep_prompts) for g in self.config.gammas],
+                                *[(m, self.prompts) for m in runs]]:
+            for prompt in prompts:
+                if record_key(method, prompt.prompt_id) not in self.records:
+                    self._save(method, prompt, (runs.get(method) or speculative)(prompt.formatted(self.tokenizer),
+                                                                                 method))
+        best = Method("llama.cpp-spec", self.best_gamma("llama.cpp-spec"))
+        for prompt in self.prompts:
+            if record_key(best, prompt.prompt_id) not in self.records:
+                self._save(best, prompt, speculative(prompt.formatted(self.tokenizer), best))
 
     def margin(self, prompt_id: str, ar_prefix: list[int]) -> float:
         """The target's top-2 logit gap where an output left ar's: a tiny gap means a numerical near-tie."""
-        import torch
-
-        from pearl.backends.loading import load_model
-        if self._scorer is None:
-            self._scorer = load_model(self.world_config.target)
         prompt = next(p for p in self.prompts if p.prompt_id == prompt_id)
         with torch.inference_mode():
-            logits = self._scorer(torch.tensor([self.prompt_ids(prompt) + ar_prefix])).logits[0, -1].float()
+            ids = torch.tensor([prompt.token_ids(self.tokenizer) + ar_prefix])
+            logits = self.target(ids).logits[0, -1].float()
         top2 = torch.topk(logits, 2).values
         return float(top2[0] - top2[1])
 
-    def _save(self, setting: str, method: Method, prompt: Prompt, result: dict) -> None:
-        record = {"key": record_key(setting, method, prompt.prompt_id), "setting": setting, "method": method.name,
-                  "gamma": method.gamma, "label": method.label, "prompt_id": prompt.prompt_id, **result}
+    def _save(self, method: Method, prompt: Prompt, result: dict) -> None:
+        record = {"key": record_key(method, prompt.prompt_id), "method": method.name, "gamma": method.gamma,
+                  "label": method.label, "prompt_id": prompt.prompt_id, "category": prompt.category, **result}
         self.records[record["key"]] = record
         with open(self.records_path, "a") as f:
             f.write(json.dumps(record) + "\n")
         if self.bar is not None:
-            self.bar.set_postfix_str(f"{setting} {method.label} {result['tokens_per_s']:.1f} tok/s")
+            self.bar.set_postfix_str(f"{method.label} {result['tokens_per_s']:.1f} tok/s")
             self.bar.update(1)
+
+
+def gguf_sources(engine_dir: Path, cache_dir: Path) -> dict[str, Path] | None:
+    """Each model's GGUF source file, as the build verified it (None when a source is not a GGUF file)."""
+    from pearl_build.sources import Source, resolve
+
+    paths = {}
+    for role, (_, info) in pair_models(engine_dir).items():
+        path = resolve(Source.from_dict(info["source"]), cache_dir).path
+        if path.suffix != ".gguf":
+            return None
+        paths[role] = path
+    return paths

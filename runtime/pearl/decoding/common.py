@@ -19,11 +19,13 @@ from pearl.sequence import Sequence
 @dataclass
 class Draft:
     """One sequence's draft window of a round: its tokens, the rows they were sampled from (None when
-    greedy), and the draft's forward count for the sequence so far (for the statistics)."""
+    greedy), the draft's forward count for the sequence so far (for the statistics), and how long the
+    round's drafting took."""
 
     tokens: list[int]
     probs: torch.Tensor | None
     forwards: int
+    seconds: float = 0.0
 
 
 @dataclass

@@ -44,6 +44,7 @@ class TargetState(RankState):
     draft: Draft | None = None  # this round's window
     verdict: Verdict | None = None  # this round's decision
     new_tokens: list[int] = field(default_factory=list)  # output this round
+    checked: int = 0  # draft tokens this round checked
     started: float = field(default_factory=time.perf_counter)
     wait_s: float = 0.0
     draft_forwards: int = 0
@@ -74,6 +75,7 @@ class TargetState(RankState):
     def record(self, verdict: Verdict, num_checked: int, batch_size: int) -> None:
         """Count one round. A run is the accepted draft tokens between two rejections (PEARL's metric)."""
         self.rounds += 1
+        self.checked = num_checked
         self.drafted_rounds += num_checked > 0
         self.batched_sequences += batch_size
         if self.policy is not None:

@@ -9,6 +9,7 @@ join; a PLAN naming one that has not arrived yet waits for it.
 """
 from __future__ import annotations
 
+import time
 from typing import Callable
 
 import torch
@@ -68,11 +69,13 @@ class DraftRank:
                                                   window)
         drafting = [state for state in self.active.values() if state.window]
         if drafting:
-            self._send(draft_round(drafting))
+            start = time.perf_counter()
+            drafts = draft_round(drafting)
+            self._send(time.perf_counter() - start, drafts)
 
-    def _send(self, drafts) -> None:
+    def _send(self, seconds: float, drafts) -> None:
         windows = [(request_id, draft.forwards, draft.tokens) for request_id, draft in drafts.items()]
-        self.peers.send(encode_drafts(windows), TARGET_RANK, DRAFT)
+        self.peers.send(encode_drafts(seconds, windows), TARGET_RANK, DRAFT)
         rows = [draft.probs for draft in drafts.values() if draft.probs is not None]
         if rows:
             self.peers.send(torch.cat(rows).detach().float().cpu().numpy().ravel(), TARGET_RANK, DRAFT_PROBS)

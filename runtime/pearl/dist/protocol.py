@@ -44,7 +44,8 @@ Draft <-> target (peers): continuous batching, one PLAN and one DRAFT per round,
                         admits requests (at most the world's max_batch_size at once), so both ranks always
                         agree on the batch.
   DRAFT        int64    draft -> target, when a sequence of its batch has a window > 0 after a PLAN:
-                        [n_seqs, (request_id, draft_forwards so far, n_new) * n_seqs, new draft ids...]
+                        [n_seqs, microseconds the round's drafting took,
+                         (request_id, draft_forwards so far, n_new) * n_seqs, new draft ids...]
   DRAFT_PROBS  float32  right after a DRAFT that has sampling sequences: their rows [n_new * vocab] in order
 """
 from __future__ import annotations
@@ -139,19 +140,20 @@ def decode_plan(message: np.ndarray) -> tuple[Verdicts, Joins]:
     return verdicts, dict(zip(joins[0::2], joins[1::2]))
 
 
-def encode_drafts(windows: list[tuple[int, int, list[int]]]) -> np.ndarray:
-    """DRAFT from (request_id, draft_forwards, tokens) per sequence."""
+def encode_drafts(seconds: float, windows: list[tuple[int, int, list[int]]]) -> np.ndarray:
+    """DRAFT from the round's drafting time and (request_id, draft_forwards, tokens) per sequence."""
     header = [value for request_id, forwards, tokens in windows for value in (request_id, forwards, len(tokens))]
-    return np.array([len(windows), *header, *(t for _, _, tokens in windows for t in tokens)], dtype=np.int64)
+    return np.array([len(windows), round(seconds * 1e6), *header, *(t for _, _, tokens in windows for t in tokens)],
+                    dtype=np.int64)
 
 
-def decode_drafts(message: np.ndarray) -> list[tuple[int, int, list[int]]]:
+def decode_drafts(message: np.ndarray) -> tuple[float, list[tuple[int, int, list[int]]]]:
     values = message.tolist()
-    count = values[0]
-    header, tokens = values[1:1 + 3 * count], values[1 + 3 * count:]
+    count, seconds = values[0], values[1] / 1e6
+    header, tokens = values[2:2 + 3 * count], values[2 + 3 * count:]
     windows, start = [], 0
     for i in range(0, len(header), 3):
         request_id, forwards, length = header[i:i + 3]
         windows.append((request_id, forwards, tokens[start:start + length]))
         start += length
-    return windows
+    return seconds, windows

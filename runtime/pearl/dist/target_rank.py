@@ -28,7 +28,7 @@ from pearl.dist.protocol import (DRAFT, DRAFT_PROBS, DRAFT_RANK, DRIVER_RANK, PL
 from pearl.dist.transport import Endpoint
 from pearl.params import GenerationRequest, Mode
 from pearl.sampling import Verdict
-from pearl.speculation import SpeculationCosts, WindowPolicy
+from pearl.speculation import Calibration, SpeculationCosts, WindowPolicy
 
 
 class TargetRank:
@@ -39,6 +39,7 @@ class TargetRank:
         self.threads = {True: config.threads_per_rank, False: config.alone_threads}  # by "a sequence drafts"
         self.vocab_size = 0  # set by OP_START
         self.costs: SpeculationCosts | None = None  # set by COSTS, before the first adaptive request
+        self.calibration = Calibration()  # what the profiled costs are worth in this world now
         self.active: dict[int, TargetState] = {}
         self.waiting: deque[GenerationRequest] = deque()
         # the last round's verdicts of the sequences the draft holds, (verdict, finished), for the next PLAN
@@ -96,7 +97,10 @@ class TargetRank:
         threads = self.threads[any(state.step.uses_draft for state in states)]
         if torch.get_num_threads() != threads:
             torch.set_num_threads(threads)
+        forward_s = states[0].forward_s
         target_round(states, self._receive_drafts)
+        if len(states) == 1 and self.costs is not None:
+            self._calibrate(states[0], states[0].forward_s - forward_s)
         for state in states:
             if state.request.mode is not Mode.AR:
                 self.verdicts[state.request_id] = (state.verdict, state.finished)
@@ -107,7 +111,7 @@ class TargetRank:
         if request.gamma is None and request.mode is not Mode.AR:
             if self.costs is None:
                 raise ProtocolError(f"request {request.request_id} is adaptive but no COSTS came before it")
-            policy = WindowPolicy(request.mode.name.lower(), self.costs, self.costs.max_window)
+            policy = WindowPolicy(request.mode.name.lower(), self.costs.prior_acceptance, self.costs.max_window)
         return target_state(request, self.backend, self.vocab_size, policy)
 
     def _window(self, state: TargetState) -> int:
@@ -116,14 +120,27 @@ class TargetRank:
         if self.draft_off_batch_size is not None and len(self.active) >= self.draft_off_batch_size:
             window = 0
         elif state.policy is not None:
-            window = state.policy.next_window(len(self.active))
+            window = state.policy.next_window(self.calibration.apply(self.costs.at(len(self.active))))
         else:
             window = state.request.gamma
         set_window(state, window)
         return window
 
+    def _calibrate(self, state: TargetState, forward_s: float) -> None:
+        """A lone sequence's round against the profile (not its prefill: the profile has no such forward).
+        A PEARL round times the verify beside the drafting, and the draft's window; a round alone the target
+        on all its threads."""
+        row = self.costs.at(1)
+        if state.rounds < 2 or state.request.mode is Mode.SD:
+            return
+        if state.step.uses_draft:
+            self.calibration.observe("verify", forward_s, row.verify(state.checked))
+            self.calibration.observe("draft", state.draft.seconds, len(state.draft.tokens) * row.draft_step_s)
+        else:
+            self.calibration.observe("alone", forward_s, row.alone_step_s)
+
     def _receive_drafts(self) -> dict[int, Draft]:
-        windows = decode_drafts(self.peers.recv_from(DRAFT_RANK, DRAFT))
+        seconds, windows = decode_drafts(self.peers.recv_from(DRAFT_RANK, DRAFT))
         drafting = {state.request_id: state for state in self.active.values() if state.step.uses_draft}
         if sorted(request_id for request_id, _, _ in windows) != sorted(drafting):
             raise ProtocolError(f"draft windows for {sorted(w[0] for w in windows)}, the batch is {sorted(drafting)}")
@@ -136,7 +153,8 @@ class TargetRank:
             for request_id, length in sampled:
                 probs[request_id] = rows[start:start + length]
                 start += length
-        return {request_id: Draft(tokens, probs.get(request_id), forwards) for request_id, forwards, tokens in windows}
+        return {request_id: Draft(tokens, probs.get(request_id), forwards, seconds)
+                for request_id, forwards, tokens in windows}
 
     def _report(self, state: TargetState) -> None:
         """Stream the round's new tokens; a finished request also sends its statistics and leaves."""

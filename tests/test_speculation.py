@@ -66,17 +66,12 @@ def test_the_policy_drafts_while_it_pays_and_decodes_alone_when_it_does_not():
     assert p.next_window(CPU) == 0 and p.probe_after == 2 * PROBE_AFTER_ROUNDS  # it did not pay: wait longer
 
 
-def test_a_probe_that_pays_keeps_drafting():
-    p = policy(prior=0.2)  # low expectations: no drafting at first
-    assert p.next_window(CPU) == 0
-    rounds = 1
-    while not p.next_window(CPU):
-        rounds += 1
-    assert rounds == PROBE_AFTER_ROUNDS
+def test_every_sequence_starts_drafting_and_a_probe_that_pays_keeps_drafting():
+    p = policy(prior=0.2)  # drafting would not pay at this acceptance: the first rounds look anyway
     for _ in range(12):
-        p.observe(p.window, p.window)  # everything accepted
         assert p.next_window(CPU) > 0
-    assert p.acceptance.rate > 0.9
+        p.observe(p.window, p.window)  # everything accepted
+    assert p.acceptance.rate > 0.9 and not p.probing
 
 
 def test_the_batch_size_picks_its_row_of_costs():

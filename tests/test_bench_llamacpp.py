@@ -1,6 +1,6 @@
-"""llama.cpp side by side (pearl.bench.llamacpp, llamacpp_build): the pinned build's resume and rebuild logic with a stand-in
-cmake, parsing of real output captured from the pinned tools, and, when a build is in the cache, real runs.
-Nothing here builds llama.cpp."""
+"""llama.cpp side by side (pearl.bench.llamacpp, llamacpp_build): the pinned build's resume and rebuild logic
+with a stand-in cmake, parsing of real output captured from the pinned tools, and, when a build is in the
+cache, real runs. Nothing here builds llama.cpp."""
 from __future__ import annotations
 
 import dataclasses
@@ -35,8 +35,9 @@ def printed(pattern: str, stderr: str) -> float:
     """A number as the tool printed it, to check what the parser computes against."""
     return float(re.search(pattern, stderr)[1])
 
-# A stand-in for cmake: records each call; configure creates the build folder; `--build DIR ... --target A B` creates DIR/bin/A, DIR/bin/B, or
-# fails when FAKE_CMAKE_FAIL is set (a build interrupted or broken halfway).
+
+# A stand-in for cmake: records each call; configure creates the build folder; `--build DIR ... --target A B`
+# creates DIR/bin/A, DIR/bin/B, or fails when FAKE_CMAKE_FAIL is set (a build interrupted or broken halfway).
 FAKE_CMAKE = """#!/bin/sh
 echo "$@" >> "$FAKE_CMAKE_CALLS"
 [ "$1" = "-S" ] && { mkdir -p "$4"; exit 0; }  # configure: -S SRC -B BUILD ...

@@ -16,7 +16,7 @@ from pearl.backends.base import ModelSpec
 from pearl.backends.loading import ModelPathError
 from pearl_build.__main__ import main as make_engines
 from pearl_build.config import available_pairs, load_pair_config
-from pearl_build.plan import plan_pair
+from pearl_build.pipeline import plan_pair
 
 TRTLLM_PAIRS = [name for name in available_pairs() if load_pair_config(name).backend == "tensorrt_llm"]
 GPU_PAIRS = [name for name in available_pairs() if load_pair_config(name).target.on_gpu]

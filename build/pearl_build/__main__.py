@@ -29,8 +29,7 @@ def main(argv: list[str] | None = None) -> int:
     import transformers
 
     from pearl_build.config import ConfigError, available_pairs, load_pair_config
-    from pearl_build.plan import plan_pair
-    from pearl_build.pipeline import build_pair
+    from pearl_build.pipeline import build_pair, plan_pair
     from pearl_build.sources import SourceError
 
     transformers.logging.set_verbosity_error()

@@ -1,85 +1,37 @@
-"""Building a pair: fetch and verify sources, build both engines, check the tokenizers, profile the pair.
+"""Building a pair: each model by its backend's builder, then the pair's own steps (``pair.finish_pair``).
 
 Each step is skipped when its output is current (see artifacts.py), so rerunning ``make engines`` with
-unchanged sources does nothing but verify the pinned hashes.
+unchanged sources does nothing but verify the pinned hashes. A builder (``torch_engine``, ``trtllm``) gives
+a model's steps for the plan (``model_steps``) and builds the pair's models (``build_models``).
 """
 from __future__ import annotations
 
 from pathlib import Path
 
-from tqdm import tqdm
-
-from pearl.backends.loading import load_tokenizer
-from pearl.engine import check_tokenizers, shared_vocab_size
-from pearl.engine_files import ROLES, read_engine_json, write_engine_json
-from pearl_build.artifacts import build_key, is_current
+from pearl_build import torch_engine, trtllm
 from pearl_build.config import PairConfig
-from pearl_build.sources import resolve
+from pearl_build.pair import finish_pair
+from pearl_build.plan import BuildPlan
 
-PROFILE_FORMAT = 2  # 2: a target step alone per batch size (what adaptive windows compare drafting with)
+BUILDERS = {"torch": torch_engine, "tensorrt_llm": trtllm}
 
 
-def log(message: str) -> None:
-    tqdm.write(f"[make engines] {message}")
+def plan_pair(pair: PairConfig, engines_root: Path, cache_dir: Path) -> BuildPlan:
+    """What ``make engines`` does for the pair (``DRY_RUN=1`` prints it)."""
+    out = engines_root / pair.name
+    builder = BUILDERS[pair.backend]
+    lanes = {m.role: builder.model_steps(pair, m, out, cache_dir) for m in pair.models}
+    after = ["check that the draft and target tokenizers agree; cut padded vocabularies to the shared size",
+             f"write {out / 'engine.json'} (models, threads per rank, shared vocabulary)",
+             f"profile the pair through the runtime (per batch size: a draft step, a target verify of "
+             f"1..{pair.max_draft_len} tokens, a target step alone) into {out / 'engine.json'}"]
+    return BuildPlan(pair, out, lanes, after)
 
 
 def build_pair(pair: PairConfig, engines_root: Path, cache_dir: Path, force: bool = False,
                profile: bool = True, reprofile: bool = False) -> Path:
     """Build ``engines_root/<pair>`` and return it. ``force`` rebuilds even current engines."""
-    if pair.backend == "tensorrt_llm":
-        from pearl_build import trtllm
-        return trtllm.build_pair(pair, engines_root, cache_dir, force, profile, reprofile)
-    from pearl_build.torch_engine import build_torch_engine
-
     out = engines_root / pair.name
-    keys = {}
-    for model in pair.models:
-        resolved = resolve(model.source, cache_dir)
-        keys[model.role] = build_key(pair.backend, pair.dtype, pair.max_seq_len, pair.max_draft_len,
-                                     model.to_dict(), resolved.fingerprint)
-        model_dir = out / model.role
-        if not force and is_current(model_dir, keys[model.role]):
-            log(f"{model.role}: {model_dir} is up to date")
-            continue
-        log(f"{model.role}: building {model_dir} from {resolved.path}")
-        build_torch_engine(pair, model, resolved, model_dir, keys[model.role])
+    keys = BUILDERS[pair.backend].build_models(pair, out, cache_dir, force)
     finish_pair(pair, out, keys, profile, reprofile or force)
     return out
-
-
-def finish_pair(pair: PairConfig, out: Path, keys: dict[str, str], profile: bool, reprofile: bool) -> None:
-    """Check the tokenizers, write the pair's engine.json, and profile the pair unless that is current."""
-    vocab = check_pair_vocabulary(out)
-    key = build_key(keys, pair.threads_per_rank, pair.max_draft_len, pair.max_batch_size, pair.cpu_linear,
-                    pair.attention, pair.draft_acceptance, pair.target_alone_threads, pair.draft_off_batch_size,
-                    PROFILE_FORMAT)
-    previous = read_engine_json(out) or {}
-    info = {"pair": pair.name, "backend": pair.backend, "models": {role: role for role in ROLES},
-            "threads_per_rank": pair.threads_per_rank, "shared_vocab_size": vocab, "build_key": key,
-            "config": pair.to_dict(), "profile": previous.get("profile") if previous.get("build_key") == key else None}
-    if info != previous:
-        write_engine_json(out, info)
-    if not profile:
-        log("profiling skipped: gamma=auto will measure the speed ratio when an engine starts")
-    elif info["profile"] is not None and not reprofile:
-        log(f"profile is up to date (recommended gamma {info['profile']['recommended_gamma']})")
-    else:
-        from pearl_build.profile import profile_pair
-        log("profiling the pair on this host (both ranks, one at a time)")
-        info["profile"] = profile_pair(out, pair.max_draft_len, pair.max_batch_size, pair.draft_acceptance)
-        write_engine_json(out, info)
-        p = info["profile"]
-        log(f"draft step {1000 * p['draft_step_s']:.1f} ms, target step {1000 * p['target_step_s']:.1f} ms "
-            f"({1000 * p['target_alone_step_s']:.1f} ms alone), speed ratio {p['speed_ratio']:.2f}, "
-            f"window at acceptance {p['draft_acceptance']}: {p['recommended_gamma']}")
-        if len(p["by_batch_size"]) > 1:
-            log("gamma by batch size: " + ", ".join(f"{size}: {row['recommended_gamma']}"
-                                                    for size, row in p["by_batch_size"].items()))
-
-
-def check_pair_vocabulary(out: Path) -> int:
-    """Refuse a pair whose tokenizers disagree; the logits columns both share (padded vocabularies cut)."""
-    tokenizers = {role: load_tokenizer(str(out / role)) for role in ROLES}
-    check_tokenizers(tokenizers["draft"], tokenizers["target"])
-    sizes = {role: read_engine_json(out / role)["vocab_size"] for role in ROLES}
-    return shared_vocab_size(tokenizers["target"], sizes["draft"], sizes["target"])

@@ -1,7 +1,7 @@
 """The build plan of a pair: which steps run, on which devices, writing which folders.
 
-``make engines DRY_RUN=1`` prints it; the TensorRT-LLM build executes exactly these commands. Each model
-has its own lane of steps, run in order; the draft and target lanes run in parallel, each pinned to its
+``make engines DRY_RUN=1`` prints it (``pipeline.plan_pair`` makes it from each backend's ``model_steps``);
+the TensorRT-LLM build executes exactly these commands. Each model has its own lane of steps, run in order; the draft and target lanes run in parallel, each pinned to its
 own GPU(s) with CUDA_VISIBLE_DEVICES. Steps without a command run inside ``make engines`` itself. The plan
 also names the pinned TensorRT-LLM release (tensorrt_llm pairs) and the MPI world the engines run in: its
 ranks (``pearl.dist.roles``) and the mpiexec command that launches it.
@@ -86,24 +86,3 @@ def _shown(path: Path) -> str:
 def gpu_env(model: ModelConfig) -> dict[str, str]:
     """Pin a model's processes to its own GPUs; inside them the GPUs are renumbered 0..n-1."""
     return {"CUDA_VISIBLE_DEVICES": ",".join(model.devices)} if model.on_gpu else {}
-
-
-def plan_pair(pair: PairConfig, engines_root: Path, cache_dir: Path) -> BuildPlan:
-    out = engines_root / pair.name
-    if pair.backend == "tensorrt_llm":
-        from pearl_build.trtllm import model_steps
-        lanes = {m.role: model_steps(pair, m, out, cache_dir) for m in pair.models}
-    else:
-        lanes = {m.role: torch_steps(pair, m, out, cache_dir) for m in pair.models}
-    after = ["check that the draft and target tokenizers agree; cut padded vocabularies to the shared size",
-             f"write {out / 'engine.json'} (models, threads per rank, shared vocabulary)",
-             f"profile the pair through the runtime (draft step, target verify of 1..{pair.max_draft_len} tokens)"
-             f" and write the speed ratio and recommended gamma into {out / 'engine.json'}"]
-    return BuildPlan(pair, out, lanes, after)
-
-
-def torch_steps(pair: PairConfig, model: ModelConfig, out: Path, cache_dir: Path) -> list[Step]:
-    layers = f", first {model.num_layers} layers" if model.num_layers else ""
-    return [Step(model.role, f"fetch and sha256-check {model.source.location}", cache_dir / "sources"),
-            Step(model.role, f"convert to {pair.dtype} safetensors{layers} + tokenizer + engine.json "
-                             f"(runs on {','.join(model.devices)})", out / model.role)]

@@ -15,9 +15,35 @@ from pearl.backends.base import ModelSpec
 from pearl.backends.linears import quantize_in_place, quantize_linears, use_cpu_kernels
 from pearl.backends.loading import load_model, load_tokenizer
 from pearl.engine_files import write_engine_json
-from pearl_build.artifacts import file_manifest
+from pearl_build.artifacts import build_key, file_manifest, is_current
 from pearl_build.config import ModelConfig, PairConfig
-from pearl_build.sources import Resolved
+from pearl_build.pair import log
+from pearl_build.plan import Step
+from pearl_build.sources import Resolved, resolve
+
+
+def model_steps(pair: PairConfig, model: ModelConfig, out: Path, cache_dir: Path) -> list[Step]:
+    layers = f", first {model.num_layers} layers" if model.num_layers else ""
+    quantized = "" if model.quantization == "none" else f", {model.quantization} linears"
+    return [Step(model.role, f"fetch and sha256-check {model.source.location}", cache_dir / "sources"),
+            Step(model.role, f"convert to {pair.dtype} safetensors{layers}{quantized} + tokenizer + engine.json "
+                             f"(runs on {','.join(model.devices)})", out / model.role)]
+
+
+def build_models(pair: PairConfig, out: Path, cache_dir: Path, force: bool) -> dict[str, str]:
+    """Build each model that is not current; return each one's build key."""
+    keys = {}
+    for model in pair.models:
+        resolved = resolve(model.source, cache_dir)
+        keys[model.role] = build_key(pair.backend, pair.dtype, pair.max_seq_len, pair.max_draft_len,
+                                     model.to_dict(), resolved.fingerprint)
+        model_dir = out / model.role
+        if not force and is_current(model_dir, keys[model.role]):
+            log(f"{model.role}: {model_dir} is up to date")
+            continue
+        log(f"{model.role}: building {model_dir} from {resolved.path}")
+        build_torch_engine(pair, model, resolved, model_dir, keys[model.role])
+    return keys
 
 
 def build_torch_engine(pair: PairConfig, model: ModelConfig, resolved: Resolved, out_dir: Path,

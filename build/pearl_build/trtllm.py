@@ -42,7 +42,8 @@ from pearl.backends import trtllm_pin
 from pearl.engine_files import write_engine_json
 from pearl_build.artifacts import build_key, file_manifest, is_current
 from pearl_build.config import ModelConfig, PairConfig, load_pair_config
-from pearl_build.plan import BuildPlan, Step, gpu_env, plan_pair
+from pearl_build.pair import log
+from pearl_build.plan import Step, gpu_env
 from pearl_build.sources import resolve
 
 # A model's `quantization` as TensorRT-LLM's weight-only QuantAlgo (tensorrt_llm/quantization/mode.py): int8 per
@@ -98,34 +99,32 @@ def require_tensorrt_llm(pair: PairConfig) -> None:
     trtllm_pin.check_version(tensorrt_llm.__version__)
 
 
-def build_pair(pair: PairConfig, engines_root: Path, cache_dir: Path, force: bool = False,
-               profile: bool = True, reprofile: bool = False) -> Path:
-    from pearl_build.pipeline import finish_pair, log
-
+def build_models(pair: PairConfig, out: Path, cache_dir: Path, force: bool) -> dict[str, str]:
+    """Build each model that is not current, the two lanes in parallel; return each one's build key."""
     require_tensorrt_llm(pair)
-    plan = plan_pair(pair, engines_root, cache_dir)
     keys, lanes, errors = {}, [], {}
     for model in pair.models:
         resolved = resolve(model.source, cache_dir)  # verified here too, so the key covers the source bytes
         keys[model.role] = build_key("tensorrt_llm", pair.to_dict(), model.to_dict(), resolved.fingerprint)
-        if not force and is_current(plan.out / model.role, keys[model.role]):
-            log(f"{model.role}: {plan.out / model.role} is up to date")
+        if not force and is_current(out / model.role, keys[model.role]):
+            log(f"{model.role}: {out / model.role} is up to date")
             continue
-        lanes.append(threading.Thread(target=run_lane, args=(pair, model, plan, keys[model.role], errors)))
+        steps = model_steps(pair, model, out, cache_dir)
+        lanes.append(threading.Thread(target=run_lane, args=(pair, model, out, steps, keys[model.role], errors)))
     for lane in lanes:
         lane.start()
     for lane in lanes:
         lane.join()
     if errors:
         raise RuntimeError("\n".join(errors.values()))
-    finish_pair(pair, plan.out, keys, profile, reprofile or force)
-    return plan.out
+    return keys
 
 
-def run_lane(pair: PairConfig, model: ModelConfig, plan: BuildPlan, key: str, errors: dict[str, str]) -> None:
-    """Run one model's steps in order; a failure goes into ``errors`` for build_pair to report."""
+def run_lane(pair: PairConfig, model: ModelConfig, out: Path, steps: list[Step], key: str,
+             errors: dict[str, str]) -> None:
+    """Run one model's steps in order; a failure goes into ``errors`` for build_models to report."""
     started = time.time()
-    for step in plan.lanes[model.role]:
+    for step in steps:
         if not step.command:
             continue
         print(f"[{model.role}] {step.render()}", flush=True)
@@ -135,7 +134,7 @@ def run_lane(pair: PairConfig, model: ModelConfig, plan: BuildPlan, key: str, er
             errors[model.role] = (f"{model.role}: `{step.render()}` failed (exit {result.returncode}):\n"
                           f"{result.stderr.strip()[-4000:]}")
             return
-    finalize_engine(pair, model, plan.out, key, time.time() - started)
+    finalize_engine(pair, model, out, key, time.time() - started)
 
 
 def finalize_engine(pair: PairConfig, model: ModelConfig, out: Path, key: str, seconds: float) -> dict:

@@ -76,8 +76,8 @@ def torch_pair(folders: dict[str, Path], settings: dict, devices: tuple[str, str
 
 def trtllm_pair(name: str, folders: dict[str, Path], settings: dict, work: Path, gpus: int) -> dict:
     """Build the pair's TensorRT-LLM engines as ``make engines`` does, then run them."""
-    from pearl_build import trtllm
     from pearl_build.config import load_pair_config
+    from pearl_build.pipeline import build_pair
 
     config_path = work / f"{name}-trtllm.yaml"
     config_path.write_text(yaml.safe_dump({
@@ -87,7 +87,7 @@ def trtllm_pair(name: str, folders: dict[str, Path], settings: dict, work: Path,
     pair = load_pair_config(str(config_path))
     if gpus == 1:  # pair configs keep the models on separate GPUs; a one-GPU check shares GPU 0 on purpose
         pair = replace(pair, target=replace(pair.target, devices=("0",)))
-    out = trtllm.build_pair(pair, work / "engines", work / "cache", profile=False)
+    out = build_pair(pair, work / "engines", work / "cache", profile=False)
     with Engine.from_engine_dir(out) as engine:
         return measure(engine, settings, engine.vocab_size)
 

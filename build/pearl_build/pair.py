@@ -1,0 +1,59 @@
+"""The steps of a pair once both models are built: the tokenizer check, the pair's engine.json, the profile.
+
+Shared by every backend's builder (``torch_engine``, ``trtllm``).
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+from tqdm import tqdm
+
+from pearl.backends.loading import load_tokenizer
+from pearl.engine import check_tokenizers, shared_vocab_size
+from pearl.engine_files import ROLES, read_engine_json, write_engine_json
+from pearl_build.artifacts import build_key
+from pearl_build.config import PairConfig
+
+PROFILE_FORMAT = 2  # 2: a target step alone per batch size (what adaptive windows compare drafting with)
+
+
+def log(message: str) -> None:
+    tqdm.write(f"[make engines] {message}")
+
+
+def finish_pair(pair: PairConfig, out: Path, keys: dict[str, str], profile: bool, reprofile: bool) -> None:
+    """Check the tokenizers, write the pair's engine.json, and profile the pair unless that is current."""
+    vocab = check_pair_vocabulary(out)
+    key = build_key(keys, pair.threads_per_rank, pair.max_draft_len, pair.max_batch_size, pair.cpu_linear,
+                    pair.attention, pair.draft_acceptance, pair.target_alone_threads, pair.draft_off_batch_size,
+                    PROFILE_FORMAT)
+    previous = read_engine_json(out) or {}
+    info = {"pair": pair.name, "backend": pair.backend, "models": {role: role for role in ROLES},
+            "threads_per_rank": pair.threads_per_rank, "shared_vocab_size": vocab, "build_key": key,
+            "config": pair.to_dict(), "profile": previous.get("profile") if previous.get("build_key") == key else None}
+    if info != previous:
+        write_engine_json(out, info)
+    if not profile:
+        log("profiling skipped: gamma=auto will measure the speed ratio when an engine starts")
+    elif info["profile"] is not None and not reprofile:
+        log(f"profile is up to date (recommended gamma {info['profile']['recommended_gamma']})")
+    else:
+        from pearl_build.profile import profile_pair
+        log("profiling the pair on this host (both ranks, one at a time)")
+        info["profile"] = profile_pair(out, pair.max_draft_len, pair.max_batch_size, pair.draft_acceptance)
+        write_engine_json(out, info)
+        p = info["profile"]
+        log(f"draft step {1000 * p['draft_step_s']:.1f} ms, target step {1000 * p['target_step_s']:.1f} ms "
+            f"({1000 * p['target_alone_step_s']:.1f} ms alone), speed ratio {p['speed_ratio']:.2f}, "
+            f"window at acceptance {p['draft_acceptance']}: {p['recommended_gamma']}")
+        if len(p["by_batch_size"]) > 1:
+            log("gamma by batch size: " + ", ".join(f"{size}: {row['recommended_gamma']}"
+                                                    for size, row in p["by_batch_size"].items()))
+
+
+def check_pair_vocabulary(out: Path) -> int:
+    """Refuse a pair whose tokenizers disagree; the logits columns both share (padded vocabularies cut)."""
+    tokenizers = {role: load_tokenizer(str(out / role)) for role in ROLES}
+    check_tokenizers(tokenizers["draft"], tokenizers["target"])
+    sizes = {role: read_engine_json(out / role)["vocab_size"] for role in ROLES}
+    return shared_vocab_size(tokenizers["target"], sizes["draft"], sizes["target"])

@@ -90,7 +90,7 @@ def start_engine(draft: Path, target: Path, draft_layers: int | None = None, cos
     """An engine over two model folders; ``costs``: its SpeculationCosts (None: measured at the first adaptive
     request); ``world``: more WorldConfig fields (max_batch_size...)."""
     from pearl.backends.base import ModelSpec
-    from pearl.dist.config import WorldConfig
+    from pearl.ranks.config import WorldConfig
     from pearl.engine import Engine
 
     return Engine(WorldConfig(draft=ModelSpec(str(draft), num_layers=draft_layers), target=ModelSpec(str(target)),

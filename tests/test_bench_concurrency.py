@@ -1,7 +1,7 @@
-"""The concurrency benchmark (pearl.bench.concurrency) on a tiny pair: levels count what ran, batching shows."""
+"""The concurrency benchmark (pearl_bench.concurrency) on a tiny pair: levels count what ran, batching shows."""
 import json
 
-from pearl.bench.concurrency import Level, requests_for, run_level, summarize, target_check, write_report
+from pearl_bench.concurrency import Level, requests_for, run_level, summarize, target_check, write_report
 from pearl.params import SamplingParams
 
 

@@ -1,4 +1,4 @@
-"""llama.cpp side by side (pearl.bench.llamacpp, llamacpp_build): the pinned build's resume and rebuild logic
+"""llama.cpp side by side (pearl_bench.llamacpp, llamacpp_build): the pinned build's resume and rebuild logic
 with a stand-in cmake, parsing of real output captured from the pinned tools, and, when a build is in the
 cache, real runs. Nothing here builds llama.cpp."""
 from __future__ import annotations
@@ -16,9 +16,9 @@ from pathlib import Path
 import pytest
 
 from conftest import CACHE_DIR
-from pearl.bench.llamacpp import (Binaries, LlamaCppError, parse_llama_bench, parse_plain, parse_speculative,
+from pearl_bench.llamacpp import (Binaries, LlamaCppError, parse_llama_bench, parse_plain, parse_speculative,
                                   prompt_file, run_plain, run_speculative)
-from pearl.bench.llamacpp_build import (PIN, Pin, built_binaries, compile_command, configure_command, ensure_built,
+from pearl_bench.llamacpp_build import (PIN, Pin, built_binaries, compile_command, configure_command, ensure_built,
                                         install_dir)
 
 # Output of the pinned tools, captured from the module's own commands (greedy): the Qwen2.5-Coder pair on
@@ -259,7 +259,7 @@ def built():
     """The pinned tools if a build is in the cache (`make bench` makes it), and a small GGUF to run."""
     binaries = built_binaries(CACHE_DIR)
     if binaries is None:
-        pytest.skip(f"llama.cpp is not built in {CACHE_DIR} (pearl.bench.llamacpp_build.ensure_built)")
+        pytest.skip(f"llama.cpp is not built in {CACHE_DIR} (pearl_bench.llamacpp_build.ensure_built)")
     from conftest import SMOLLM2_PAIR
     from pearl_build.config import load_pair_config
     from pearl_build.sources import resolve

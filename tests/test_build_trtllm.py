@@ -13,7 +13,7 @@ import pytest
 from conftest import REPO
 from pearl.backends import load_backend, trtllm_pin
 from pearl.backends.base import ModelSpec
-from pearl.backends.loading import ModelPathError
+from pearl.tokenizers import ModelPathError
 from pearl_build.__main__ import main as make_engines
 from pearl_build.config import available_pairs, load_pair_config
 from pearl_build.pipeline import plan_pair
@@ -81,7 +81,7 @@ def test_make_engines_dry_run_prints_the_plan_and_builds_nothing(tmp_path):
     launch = next(line for line in result.stdout.splitlines() if line.startswith("- launch: "))
     assert launch.startswith(f"- launch: {trtllm_pin.CONTAINER_MPI_HOME}/bin/mpiexec -n 1 ")
     assert " -m pearl generate --engines " in launch and launch.endswith(" : -n 5 " + launch.split()[-3] +
-                                                                         " -m pearl.dist.worker")
+                                                                         " -m pearl.ranks.worker")
     assert not any(tmp_path.iterdir())
 
 

@@ -50,7 +50,7 @@ def test_workers_launched_by_mpiexec(smollm2_engines):
     mpiexec = Path(sys.executable).parent / "mpiexec"  # MPICH's, installed in the venv
     command = [str(mpiexec), "-n", "1", sys.executable, "-m", "pearl", "generate", "--engines", str(smollm2_engines),
                "--max-tokens", "8", "--json", "--prompt", "Hello", ":", "-n", "2", sys.executable, "-m",
-               "pearl.dist.worker"]
+               "pearl.ranks.worker"]
     result = subprocess.run(command, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr
     assert json.loads(result.stdout)["stats"]["generated_tokens"] == 8

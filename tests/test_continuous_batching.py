@@ -1,4 +1,4 @@
-"""Continuous batching on the ranks (pearl.dist.target_rank / draft_rank): requests that share rounds,
+"""Continuous batching on the ranks (pearl.ranks.target_rank / draft_rank): requests that share rounds,
 join and leave mid-generation, each with its own mode, gamma, length and sampling, give exactly the output
 each gives alone (and greedy ones the target's own, AR)."""
 import random

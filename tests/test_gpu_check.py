@@ -1,7 +1,7 @@
 """scripts/gpu_check.sh's code path, run here on the CPU (``--cpu``): the GPU run itself stays for a GPU host."""
 import json
 
-from pearl.bench.gpu_check import MODES, main
+from pearl_bench.gpu_check import MODES, main
 
 
 def test_the_gpu_check_runs_its_tiny_pair_and_writes_every_modes_figures(tmp_path, capsys):

@@ -11,7 +11,8 @@ from transformers import AutoModelForCausalLM
 from pearl.backends.base import ModelSpec
 from pearl.backends.linears import (FbgemmFp16Linear, Int4Linear, Int8Linear, OnednnLinear, bf16_native, dequantize,
                                     has_fbgemm, linear_names, quantize_int4, quantize_int8, resolve_kernel)
-from pearl.backends.loading import load_model, load_tokenizer
+from pearl.backends.loading import load_model
+from pearl.tokenizers import load_tokenizer
 from pearl.backends.torch_backend import TorchBackend
 from pearl.engine_files import read_engine_json
 from pearl.sequence import Sequence

@@ -1,5 +1,5 @@
 """Request messages survive the trip to the ranks unchanged."""
-from pearl.dist.protocol import decode_request, encode_request
+from pearl.ranks.protocol import decode_request, encode_request
 from pearl.params import GenerationRequest, Mode, SamplingParams
 
 
@@ -20,7 +20,7 @@ def test_costs_round_trip():
 
 
 def test_plan_and_draft_messages_round_trip():
-    from pearl.dist.protocol import decode_drafts, decode_plan, encode_drafts, encode_plan
+    from pearl.ranks.protocol import decode_drafts, decode_plan, encode_drafts, encode_plan
     from pearl.sampling import Verdict
 
     verdicts = {7: (Verdict(2, 15), False, 4), 9: (Verdict(3), True, 0), 11: (Verdict(0, 4), False, 0)}

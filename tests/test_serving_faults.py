@@ -84,7 +84,7 @@ def test_mismatched_tokenizers_fail_the_load(tiny_engines, tmp_path):
 
 def worker_ranks(server) -> list[int]:
     return sorted(pid for pid in process_tree(server.process.pid)
-                  if b"pearl.dist.worker" in Path(f"/proc/{pid}/cmdline").read_bytes())
+                  if b"pearl.ranks.worker" in Path(f"/proc/{pid}/cmdline").read_bytes())
 
 
 def test_a_killed_rank_fails_its_request_and_the_world_restarts(smollm2_engines, tmp_path):

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from pearl.backends.loading import load_tokenizer
+from pearl.tokenizers import load_tokenizer
 from pearl.serving import words
 from pearl.serving.inputs import RequestError, parse_request
 from pearl.serving.postprocessing import Postprocessor

@@ -5,7 +5,8 @@ from transformers import AutoModelForCausalLM
 
 from pearl.backends.base import ModelSpec
 from pearl.backends.linears import FbgemmFp16Linear, OnednnLinear, bf16_native, has_fbgemm
-from pearl.backends.loading import ModelPathError, load_model, resolve
+from pearl.backends.loading import load_model
+from pearl.tokenizers import ModelPathError, resolve
 from pearl.backends.torch_backend import TorchBackend
 from pearl.sampling import Verdict
 from pearl.sequence import Sequence

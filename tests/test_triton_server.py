@@ -107,7 +107,7 @@ def test_output_includes_the_prompt_unless_excluded(server, expected):
 
 
 def test_stop_words_end_the_output_and_are_included(server, expected, smollm2_engines):
-    from pearl.backends.loading import load_tokenizer
+    from pearl.tokenizers import load_tokenizer
 
     tokenizer = load_tokenizer(str(smollm2_engines / "target"))
     prompt = PROMPTS[0]

@@ -21,8 +21,8 @@ try:  # per-sequence windows (pearl.speculation): states start with theirs; with
     from pearl.decoding import set_window
 except ImportError:
     set_window = None
-from pearl.dist.config import WorldConfig
-from pearl.dist.roles import WorldLayout
+from pearl.ranks.config import WorldConfig
+from pearl.ranks.roles import WorldLayout
 from pearl.params import GenerationRequest, Mode, SamplingParams
 from pearl.sequence import Sequence
 from trtllm_contract.standin import Standin, ToyModel
@@ -254,7 +254,7 @@ class FakeDriver:
     """The driver end of a follower's intercommunicator: CONFIG, then OP_SHUTDOWN; records what it is sent."""
 
     def __init__(self, config: WorldConfig) -> None:
-        from pearl.dist.protocol import CONFIG, CONTROL, OP_SHUTDOWN, text_message
+        from pearl.ranks.protocol import CONFIG, CONTROL, OP_SHUTDOWN, text_message
         self.inbox = {CONFIG: [text_message(config.to_json())], CONTROL: [np.array([OP_SHUTDOWN])]}
         self.sent: list[tuple[int, np.ndarray]] = []
 
@@ -266,8 +266,8 @@ class FakeDriver:
 
 
 def test_a_follower_worker_loads_its_shard_reports_ready_and_waits_for_its_leader(tmp_path, monkeypatch):
-    from pearl.dist.protocol import CONTROL, READY
-    from pearl.dist.worker import Worker
+    from pearl.ranks.protocol import CONTROL, READY
+    from pearl.ranks.worker import Worker
 
     pair = Pair(tmp_path, monkeypatch)
     target_dir = engine_folder(tmp_path, "target70b", shards=4, devices=(1, 2, 3, 4), max_draft_len=4)

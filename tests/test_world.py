@@ -2,8 +2,8 @@
 import pytest
 
 from conftest import start_engine
-from pearl.backends.loading import ModelPathError
-from pearl.dist.world import WorldError
+from pearl.tokenizers import ModelPathError
+from pearl.ranks.world import WorldError
 from pearl.engine import VocabularyMismatch
 from pearl.processes import process_alive
 from pearl.params import SamplingParams

@@ -8,7 +8,7 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from pearl.backends.loading import load_tokenizer
+from pearl.tokenizers import load_tokenizer
 from pearl.engine import check_tokenizers, shared_vocab_size
 from pearl.engine_files import ROLES, read_engine_json, write_engine_json
 from pearl_build.artifacts import build_key

@@ -4,7 +4,7 @@
 the TensorRT-LLM build executes exactly these commands. Each model has its own lane of steps, run in order; the draft and target lanes run in parallel, each pinned to its
 own GPU(s) with CUDA_VISIBLE_DEVICES. Steps without a command run inside ``make engines`` itself. The plan
 also names the pinned TensorRT-LLM release (tensorrt_llm pairs) and the MPI world the engines run in: its
-ranks (``pearl.dist.roles``) and the mpiexec command that launches it.
+ranks (``pearl.ranks.roles``) and the mpiexec command that launches it.
 """
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from pearl.backends import trtllm_pin
-from pearl.dist.roles import MODELS, WorldLayout
+from pearl.ranks.roles import MODELS, WorldLayout
 from pearl_build.config import ModelConfig, PairConfig
 
 

@@ -13,7 +13,8 @@ from pathlib import Path
 
 from pearl.backends.base import ModelSpec
 from pearl.backends.linears import quantize_in_place, quantize_linears, use_cpu_kernels
-from pearl.backends.loading import load_model, load_tokenizer
+from pearl.backends.loading import load_model
+from pearl.tokenizers import load_tokenizer
 from pearl.engine_files import write_engine_json
 from pearl_build.artifacts import build_key, file_manifest, is_current
 from pearl_build.config import ModelConfig, PairConfig

@@ -159,7 +159,7 @@ def convert(config: Path, role: str, cache_dir: Path, output_dir: Path) -> None:
     """Step 1 of a lane (run in its own process, pinned to the model's GPUs)."""
     import tensorrt_llm  # tensorrt_llm/__init__.py re-exports AutoModelForCausalLM and Mapping
 
-    from pearl.backends.loading import load_tokenizer
+    from pearl.tokenizers import load_tokenizer
     pair = load_pair_config(str(config))
     model = pair.draft if role == "draft" else pair.target
     resolved = resolve(model.source, cache_dir)

@@ -1,9 +1,19 @@
 """pearl-serve: PEARL parallel speculative decoding on MPI ranks (draft rank 0, target rank 1).
 
-Public API: ``Engine`` (pearl.engine), ``WorldConfig`` / ``ModelSpec`` (what to run),
-``SamplingParams`` and ``Mode`` (pearl.params).
+Public API: ``Engine`` (pearl.engine), ``WorldConfig`` (pearl.ranks.config) and ``ModelSpec`` (what to run),
+``SamplingParams`` and ``Mode`` (pearl.params). Importing ``pearl`` loads neither torch nor MPI: the names that
+need them load on first use, so the Triton-side modules (``pearl.serving``) stay free of both.
 """
-from pearl.backends.base import ModelSpec
 from pearl.params import Mode, SamplingParams
 
-__all__ = ["Mode", "ModelSpec", "SamplingParams"]
+_LAZY = {"Engine": "pearl.engine", "ModelSpec": "pearl.backends.base", "WorldConfig": "pearl.ranks.config"}
+
+
+def __getattr__(name: str):
+    if name in _LAZY:
+        import importlib
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    raise AttributeError(f"module 'pearl' has no attribute {name!r}")
+
+
+__all__ = ["Engine", "Mode", "ModelSpec", "SamplingParams", "WorldConfig"]

@@ -20,10 +20,10 @@ from pathlib import Path
 from typing import Iterator
 
 from pearl.backends import check_model_path
-from pearl.backends.loading import load_tokenizer
-from pearl.dist.config import WorldConfig
-from pearl.dist.protocol import DRAFT_RANK, TARGET_RANK
-from pearl.dist.world import World
+from pearl.tokenizers import load_tokenizer
+from pearl.ranks.config import WorldConfig
+from pearl.ranks.protocol import DRAFT_RANK, TARGET_RANK
+from pearl.ranks.world import World
 from pearl.engine_files import load_pair
 from pearl.params import GenerationRequest, Mode, SamplingParams
 from pearl.profiling import DEFAULT_ACCEPTANCE

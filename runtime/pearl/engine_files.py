@@ -98,7 +98,7 @@ def load_pair(folder: str | Path, check_files: bool = True, check_hashes: bool =
     """(WorldConfig, SpeculationCosts or None when the pair was not profiled) for a pair's engine directory
     (checked by ``pair_models``)."""
     from pearl.backends.base import ModelSpec
-    from pearl.dist.config import WorldConfig
+    from pearl.ranks.config import WorldConfig
     from pearl.profiling import DEFAULT_ACCEPTANCE
     from pearl.speculation import SpeculationCosts
 

@@ -77,7 +77,7 @@ class SpeculationCosts:
         return cls(rows, prior_acceptance)
 
     def to_message(self) -> np.ndarray:
-        """COSTS: [prior, K, n, (batch_size, draft_step_s, alone_step_s, verify_s[:K]) * n] (see dist.protocol)."""
+        """COSTS: [prior, K, n, (batch_size, draft_step_s, alone_step_s, verify_s[:K]) * n] (see ranks.protocol)."""
         k = self.max_window
         values = [self.prior_acceptance, k, len(self.rows)]
         for size, row in sorted(self.rows.items()):

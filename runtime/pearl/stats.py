@@ -1,37 +1,20 @@
-"""Per-request statistics: the target's counters plus the driver's wall time, and the figures derived."""
+"""Per-request statistics: the target's counters (``pearl.schema.COUNTERS``) plus the driver's wall time, and
+the figures derived from them. No torch, no MPI (the Triton-side modules use it)."""
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, field, make_dataclass
 
-import numpy as np
-
-from pearl.dist.protocol import STATS_FIELDS
+from pearl.schema import COUNTER_NAMES, COUNTERS
 
 
-@dataclass(frozen=True)
-class RequestStats:
-    mode: str
-    gamma: int | None  # the request's fixed window; None: adaptive (see mean_gamma)
-    wall_s: float  # on the driver: from sending the request to the last token (model loading excluded)
-    generated_tokens: int
-    target_forwards: int
-    draft_forwards: int
-    draft_tokens: int
-    accepted_draft_tokens: int
-    accepted_runs: int
-    rounds: int
-    drafted_rounds: int
-    batched_sequences: int
-    target_forward_s: float
-    target_wait_s: float
-    target_busy_s: float
+class _Figures:
+    """What is derived from the counters (mixed into ``RequestStats``)."""
 
     @classmethod
-    def from_message(cls, message: np.ndarray, mode: str, gamma: int | None, wall_s: float) -> "RequestStats":
-        values = dict(zip(STATS_FIELDS, message.tolist()))
-        ints = {k: int(v) for k, v in values.items() if not k.endswith("_s")}
-        floats = {k: v for k, v in values.items() if k.endswith("_s")}
-        return cls(mode=mode, gamma=gamma, wall_s=wall_s, **ints, **floats)
+    def from_message(cls, values, mode: str, gamma: int | None, wall_s: float) -> "RequestStats":
+        """From a STATS message's fields (its numbers after the request id, ``COUNTERS`` order)."""
+        counters = {name: kind(value) for (name, kind, _), value in zip(COUNTERS, list(values))}
+        return cls(mode=mode, gamma=gamma, wall_s=wall_s, **counters)
 
     @property
     def tokens_per_s(self) -> float:
@@ -66,7 +49,21 @@ class RequestStats:
         other = self.target_busy_s - self.target_forward_s - self.target_wait_s
         return max(0.0, other) / self.target_busy_s if self.target_busy_s > 0 else 0.0
 
+    @property
+    def requests(self) -> int:
+        return 1  # what a request adds to a count of requests (pearl_requests_total)
+
     def to_dict(self) -> dict:
         derived = ("tokens_per_s", "tokens_per_target_forward", "mean_accepted_length", "acceptance_rate",
                    "round_overhead", "mean_batch_size", "mean_gamma")
         return {**asdict(self), **{name: getattr(self, name) for name in derived}}
+
+
+# mode, the request's fixed window (None: adaptive; see mean_gamma), the driver's wall time from sending the
+# request to its last token (model loading excluded), then the target's counters
+RequestStats = make_dataclass(
+    "RequestStats", [("mode", str), ("gamma", "int | None"), ("wall_s", float),
+                     *[(name, kind, field(metadata={"doc": doc})) for name, kind, doc in COUNTERS]],
+    bases=(_Figures,), frozen=True)
+RequestStats.__module__ = __name__
+RequestStats.__doc__ = "One finished request's statistics (fields: mode, gamma, wall_s, then pearl.schema.COUNTERS)."

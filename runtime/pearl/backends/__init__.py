@@ -2,7 +2,7 @@
 from pathlib import Path
 
 from pearl.backends.base import ModelBackend, ModelSpec
-from pearl.backends.loading import ModelPathError, resolve
+from pearl.tokenizers import ModelPathError, resolve
 
 BACKENDS = ("torch", "tensorrt_llm")
 

@@ -30,7 +30,7 @@ class ModelSpec:
     backend: str = "torch"
     cpu_linear: str = "default"  # CPU kernels of the decoder linears and LM head (pearl.backends.linears)
     attention: str = "sdpa"  # "eager": plain matmuls; "grouped": eager without copying kv heads (CPU batches)
-    tensor_parallel: int = 1  # ranks (GPUs) the model spans; tensorrt_llm only (pearl.dist.roles places them)
+    tensor_parallel: int = 1  # ranks (GPUs) the model spans; tensorrt_llm only (pearl.ranks.roles places them)
 
     def __post_init__(self) -> None:
         if self.cpu_linear not in CPU_LINEARS:

@@ -3,7 +3,7 @@ C++ executor, for the one pinned release (``pearl.backends.trtllm_pin``). It own
 sequence, only a count of what was fed; TRT-LLM owns the KV cache.
 
 Ranks. Every rank of the model (one per tensor-parallel shard) constructs the executor in LEADER mode with
-``participant_ids`` = the model's MPI_COMM_WORLD ranks, leader first (``pearl.dist.roles``); only the leader
+``participant_ids`` = the model's MPI_COMM_WORLD ranks, leader first (``pearl.ranks.roles``); only the leader
 enqueues requests, and a follower ``follow``s: it waits in ``shutdown`` until its leader shuts down.
 
 Requests are stateless, as in NVIDIA's draft-target example (examples/prompt_lookup/run_dtm_pld.py resubmits the
@@ -79,7 +79,7 @@ def _eos_ids(folder: Path) -> tuple[int, ...]:
     if value is not None:
         ids.update([value] if isinstance(value, int) else value)
     try:  # the tokenizer may not load without an HF config.json beside it; generation_config then suffices
-        from pearl.backends.loading import load_tokenizer
+        from pearl.tokenizers import load_tokenizer
         tok = load_tokenizer(str(folder))
         if tok is not None and tok.eos_token_id is not None:
             ids.add(int(tok.eos_token_id))

@@ -1,7 +1,7 @@
 """What each rank holds per sequence while serving it, and the one batched forward every decoder goes through.
 
 Decoders never touch MPI: the target's round receives the draft's windows through a callable (implemented
-over MPI in ``pearl.dist``), so the same decoding code can run over any transport.
+over MPI in ``pearl.ranks``), so the same decoding code can run over any transport.
 """
 from __future__ import annotations
 

@@ -6,7 +6,7 @@ from the forward BEFORE the draft windows arrive (PEARL: overlapped with the dra
 all) or AFTER (SD), and turns those rows into the round's verdict. A round is at most two batched
 forwards: one over the sequences that verify early, one over those that verify late. Then each sequence
 applies its verdict, counts it and scans its newly verified tokens for the end of the request; what to
-send where is the scheduler's (``pearl.dist.target_rank``).
+send where is the scheduler's (``pearl.ranks.target_rank``).
 """
 from __future__ import annotations
 
@@ -18,7 +18,7 @@ import numpy as np
 import torch
 
 from pearl.decoding.common import Draft, RankState, forward_batch
-from pearl.dist.protocol import STATS_FIELDS
+from pearl.ranks.protocol import STATS_FIELDS
 from pearl.sampling import Verdict
 from pearl.speculation import WindowPolicy
 from pearl.stopping import OutputTracker

@@ -15,18 +15,15 @@ from typing import Iterator
 
 import numpy as np
 
+from pearl.schema import OUTPUTS, PASSED_INPUTS
+
 MODEL = "ensemble"  # or "pearl_bls": the same pipeline as one model, which honours gRPC cancellation
-STATS = ("total_draft_tokens", "total_accepted_draft_tokens", "acceptance_rate", "target_forwards",
-         "mean_accepted_length", "drafted_rounds", "mean_gamma")
-# Triton datatypes of the ensemble's inputs (triton_repo/ensemble/config.pbtxt).
+STATS = tuple(output.name for output in OUTPUTS)  # the statistics outputs, in every final response
+# Triton datatypes of the ensemble's inputs (triton_repo/ensemble/config.pbtxt: its own, then pearl.schema's)
 INPUT_TYPES = {
     "text_input": "BYTES", "max_tokens": "INT32", "bad_words": "BYTES", "stop_words": "BYTES", "end_id": "INT32",
-    "pad_id": "INT32", "stream": "BOOL", "exclude_input_in_output": "BOOL", "temperature": "FP32",
-    "top_k": "INT32", "top_p": "FP32", "seed": "UINT64", "num_draft_tokens": "INT32", "decoding_mode": "BYTES",
-    "beam_width": "INT32", "num_return_sequences": "INT32", "length_penalty": "FP32",
-    "repetition_penalty": "FP32", "presence_penalty": "FP32", "frequency_penalty": "FP32", "min_tokens": "INT32",
-    "return_log_probs": "BOOL", "return_context_logits": "BOOL", "return_generation_logits": "BOOL",
-    "lora_task_id": "UINT64", "prompt_vocab_size": "INT32",
+    "pad_id": "INT32", "stream": "BOOL",
+    **{i.name: i.triton_type.removeprefix("TYPE_").replace("STRING", "BYTES") for i in PASSED_INPUTS},
 }
 NUMPY_TYPES = {"BYTES": np.object_, "INT32": np.int32, "BOOL": np.bool_, "FP32": np.float32, "UINT64": np.uint64}
 

@@ -28,19 +28,9 @@ import numpy as np
 from pearl.params import Mode, SamplingParams
 from pearl.serving.engine_process import EngineDied, EngineStartError
 from pearl.serving.inputs import RequestError, ServingRequest, parse_request, scalar
+from pearl.schema import OUTPUTS
 from pearl.stats import RequestStats
 from pearl.streams import GenerationStream
-
-# output name -> (numpy dtype, how the final value comes from RequestStats)
-STATS_OUTPUTS: dict[str, tuple[type, Callable[[RequestStats], float]]] = {
-    "total_draft_tokens": (np.int32, lambda s: s.draft_tokens),
-    "total_accepted_draft_tokens": (np.int32, lambda s: s.accepted_draft_tokens),
-    "acceptance_rate": (np.float32, lambda s: s.acceptance_rate),
-    "target_forwards": (np.int32, lambda s: s.target_forwards),
-    "mean_accepted_length": (np.float32, lambda s: s.mean_accepted_length),
-    "drafted_rounds": (np.int32, lambda s: s.drafted_rounds),
-    "mean_gamma": (np.float32, lambda s: s.mean_gamma),
-}
 
 Send = Callable[[dict[str, np.ndarray], bool], None]  # (outputs, final)
 Fail = Callable[[str, str], None]  # (message, kind): "error", "cancelled", "timeout", "unavailable"
@@ -86,8 +76,9 @@ def response_tensors(tokens: list[int], previous: int, final: bool, stats: Reque
         "previous_length": np.array([[previous]], dtype=np.int32),
         "is_final": np.array([[final]], dtype=bool),
     }
-    for name, (dtype, value) in STATS_OUTPUTS.items():
-        outputs[name] = np.array([[value(stats) if stats is not None else 0]], dtype=dtype)
+    for output in OUTPUTS:
+        value = getattr(stats, output.stat) if stats is not None else 0
+        outputs[output.name] = np.array([[value]], dtype=output.numpy_type)
     return outputs
 
 

@@ -1,7 +1,9 @@
 """The Triton model repository: ``triton_repo/`` holds templates, filled from an engine directory.
 
 Placeholders are ``${name}`` (as in TensorRT-LLM's all_models and its tools/fill_template.py); unlike that
-tool, a repository is refused while any placeholder is left unfilled, so a typo cannot reach the server.
+tool, a repository is refused while any placeholder is left unfilled, so a typo cannot reach the server. The
+blocks that repeat the schema's fields (optional inputs, statistics outputs, the ensemble's maps) are always
+generated from ``pearl.schema``.
 """
 from __future__ import annotations
 
@@ -11,7 +13,8 @@ import shutil
 from pathlib import Path
 from string import Template
 
-from pearl.engine_files import load_pair
+from pearl.engine_files import pair_models
+from pearl.schema import pbtxt_blocks
 
 PLACEHOLDER = re.compile(r"\$\{(\w+)\}")
 DEFAULTS = {
@@ -41,8 +44,8 @@ def values_for_engines(engine_dir: str | Path, **overrides: str) -> dict[str, st
     """Every placeholder's value for a pair built by ``make engines``."""
     engine_dir = Path(engine_dir).resolve()
     # refuses a folder that is not a built pair; its files are checked when the pearl model loads it
-    config, _ = load_pair(engine_dir, check_files=False)
-    values = dict(DEFAULTS, engine_dir=str(engine_dir), tokenizer_dir=str(Path(config.target.path).resolve()))
+    target = pair_models(engine_dir, check_files=False)["target"][0]
+    values = dict(DEFAULTS, engine_dir=str(engine_dir), tokenizer_dir=str(target.resolve()))
     unknown = set(overrides) - set(values)
     if unknown:
         raise RepositoryError(f"unknown template values {sorted(unknown)}; known: {sorted(values)}")
@@ -51,7 +54,8 @@ def values_for_engines(engine_dir: str | Path, **overrides: str) -> dict[str, st
 
 
 def fill_text(text: str, values: dict[str, str], where: str) -> str:
-    filled = Template(text).safe_substitute(values)
+    """The template with ``values`` and the blocks generated from ``pearl.schema`` filled in."""
+    filled = Template(text).safe_substitute({**pbtxt_blocks(), **values})
     missing = sorted(set(PLACEHOLDER.findall(filled)))
     if missing:
         raise RepositoryError(f"{where}: no value for {', '.join(missing)}")

@@ -24,6 +24,7 @@ from pearl.serving.engine_process import EngineProcess
 from pearl.serving.errors import KIND_CODES, error_response
 from pearl.serving.generation import GenerationService, QueueFull
 from pearl.serving.inputs import RequestError
+from pearl.schema import METRICS
 from pearl.serving.repository import model_parameter
 
 FINAL = pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL
@@ -95,37 +96,20 @@ class TritonCalls:
 
 
 class Metrics:
-    """Custom Prometheus metrics (pb_utils.MetricFamily), exported on Triton's metrics port."""
+    """Custom Prometheus metrics (pb_utils.MetricFamily, ``pearl.schema.METRICS``) on Triton's metrics port."""
 
     def __init__(self):
         counter, gauge = pb_utils.MetricFamily.COUNTER, pb_utils.MetricFamily.GAUGE
-        self.families = [
-            pb_utils.MetricFamily("pearl_generated_tokens_total", "Output tokens generated", counter),
-            pb_utils.MetricFamily("pearl_draft_tokens_total", "Draft tokens proposed", counter),
-            pb_utils.MetricFamily("pearl_accepted_draft_tokens_total", "Draft tokens accepted", counter),
-            pb_utils.MetricFamily("pearl_target_forwards_total", "Target model forward passes", counter),
-            pb_utils.MetricFamily("pearl_rounds_total", "Rounds (draft/verify exchanges, or decode steps)", counter),
-            pb_utils.MetricFamily("pearl_drafted_rounds_total", "Rounds in which the draft proposed a window",
-                                  counter),
-            pb_utils.MetricFamily("pearl_requests_total", "Requests completed", counter),
-            pb_utils.MetricFamily("pearl_tokens_per_second", "Output tokens/s of the last request", gauge),
-        ]
-        self.metrics = [family.Metric(labels={"model": "pearl"}) for family in self.families]
+        self.families = [pb_utils.MetricFamily(m.name, m.help, gauge if m.gauge else counter) for m in METRICS]
+        self.metrics = [(m, family.Metric(labels={"model": "pearl"})) for m, family in zip(METRICS, self.families)]
         self.failed_family = pb_utils.MetricFamily("pearl_requests_failed_total",
                                                    "Requests that ended without a result, by reason", counter)
         self.failed = {kind: self.failed_family.Metric(labels={"model": "pearl", "reason": kind})
                        for kind in KIND_CODES}
 
     def record(self, stats):
-        generated, draft, accepted, forwards, rounds, drafted, requests, rate = self.metrics
-        generated.increment(stats.generated_tokens)
-        draft.increment(stats.draft_tokens)
-        accepted.increment(stats.accepted_draft_tokens)
-        forwards.increment(stats.target_forwards)
-        rounds.increment(stats.rounds)
-        drafted.increment(stats.drafted_rounds)
-        requests.increment(1)
-        rate.set(stats.tokens_per_s)
+        for metric, value in self.metrics:
+            (value.set if metric.gauge else value.increment)(getattr(stats, metric.stat))
 
     def record_failure(self, kind):
         self.failed[kind].increment(1)

@@ -1,9 +1,9 @@
 """Triton adapter for pearl.serving.postprocessing: token ids -> text, never splitting a UTF-8 character."""
 import triton_python_backend_utils as pb_utils
 
-from pearl.backends.loading import load_tokenizer
 from pearl.serving.postprocessing import Postprocessor
 from pearl.serving.repository import model_parameter
+from pearl.tokenizers import load_tokenizer
 
 
 class TritonPythonModel:

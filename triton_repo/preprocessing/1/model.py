@@ -2,10 +2,10 @@
 import numpy as np
 import triton_python_backend_utils as pb_utils
 
-from pearl.backends.loading import load_tokenizer
 from pearl.serving.inputs import RequestError
 from pearl.serving.preprocessing import Preprocessor
 from pearl.serving.repository import model_parameter
+from pearl.tokenizers import load_tokenizer
 
 
 class TritonPythonModel:

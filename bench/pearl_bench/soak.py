@@ -14,8 +14,8 @@ import time
 import urllib.request
 from pathlib import Path
 
-from pearl.bench.perf import PerfError, run_point
-from pearl.bench.prompts import Prompt
+from pearl_bench.perf import PerfError, run_point
+from pearl_bench.prompts import Prompt
 from pearl.processes import process_tree
 
 GROWTH_TARGET = 0.05
@@ -56,7 +56,7 @@ class MemorySampler(threading.Thread):
         self.join()
 
 
-def soak(server, out: Path, cache_dir: Path, prompts: list[Prompt], max_tokens: int, concurrency: int,
+def run_soak(server, out: Path, cache_dir: Path, prompts: list[Prompt], max_tokens: int, concurrency: int,
          duration_s: float, requests_per_window: int, warmup_windows: int = 1) -> dict:
     sampler = MemorySampler(server.process.pid)
     sampler.start()

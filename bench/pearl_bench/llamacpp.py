@@ -6,7 +6,7 @@ Greedy runs of the tools, with the text they print on stdout and the timings the
 - :func:`run_speculative`: draft-model speculative decoding (``llama-speculative-simple -md draft.gguf``);
 - :func:`run_llama_bench`: ``llama-bench``'s synthetic prompt-processing and generation throughput.
 
-The tools come from :func:`pearl.bench.llamacpp_build.ensure_built`.
+The tools come from :func:`pearl_bench.llamacpp_build.ensure_built`.
 """
 from __future__ import annotations
 

@@ -1,7 +1,7 @@
 """The driver's handle on the worker ranks: start them, send requests, receive tokens, shut them down.
 
 ``World.start`` spawns the workers from a plain Python process (``MPI.COMM_SELF.Spawn``), or attaches to
-workers started next to it by ``mpiexec -n 1 python -m pearl ... : -n 2 python -m pearl.dist.worker``.
+workers started next to it by ``mpiexec -n 1 python -m pearl ... : -n 2 python -m pearl.ranks.worker``.
 
 Many requests are in flight at once (the ranks batch them): ``submit`` may be called from any thread and
 returns the request's own result iterator. After ``begin`` one receiver thread owns every receive from
@@ -32,20 +32,20 @@ def _put_mpiexec_on_path() -> None:
 _put_mpiexec_on_path()
 from mpi4py import MPI  # noqa: E402  (after PATH is set)
 
-from pearl.dist.config import WorldConfig  # noqa: E402
-from pearl.dist.protocol import (CANCEL, CONFIG, CONTROL, COSTS, DRAFT_RANK, ERROR, OP_GENERATE,  # noqa: E402
+from pearl.ranks.config import WorldConfig  # noqa: E402
+from pearl.ranks.protocol import (CANCEL, CONFIG, CONTROL, COSTS, DRAFT_RANK, ERROR, OP_GENERATE,  # noqa: E402
                                  OP_PROFILE, OP_SHUTDOWN, OP_START, PROFILE, READY, SAMPLING, STATS, TARGET_RANK,
                                  TOKENS, encode_request, message_text, text_message)
-from pearl.dist.transport import Endpoint  # noqa: E402
-from pearl.dist.roles import WorldLayout  # noqa: E402
-from pearl.dist.worker import INTERCOMM_TAG  # noqa: E402
+from pearl.ranks.transport import Endpoint  # noqa: E402
+from pearl.ranks.roles import WorldLayout  # noqa: E402
+from pearl.ranks.worker import INTERCOMM_TAG  # noqa: E402
 from pearl.params import GenerationRequest, Mode  # noqa: E402
 from pearl.processes import kill_if_alive, process_alive  # noqa: E402
 from pearl.speculation import SpeculationCosts  # noqa: E402
 
 WORKER_RANKS = (DRAFT_RANK, TARGET_RANK)  # the models' leaders: the ranks that serve requests
 ROLE_NAMES = {DRAFT_RANK: "draft", TARGET_RANK: "target"}
-RECEIVER_MAX_SLEEP_S = 5e-3  # see pearl.dist.worker.IDLE_MAX_SLEEP_S: idle probes slow the ranks
+RECEIVER_MAX_SLEEP_S = 5e-3  # see pearl.ranks.worker.IDLE_MAX_SLEEP_S: idle probes slow the ranks
 
 
 class WorldError(RuntimeError):
@@ -84,7 +84,7 @@ class World:
             local = world_comm.Split(color=0, key=world_comm.Get_rank())
             world = cls(local.Create_intercomm(0, world_comm, 1, INTERCOMM_TAG), spawned=False, layout=layout)
         else:
-            intercomm = MPI.COMM_SELF.Spawn(sys.executable, args=["-m", "pearl.dist.worker"],
+            intercomm = MPI.COMM_SELF.Spawn(sys.executable, args=["-m", "pearl.ranks.worker"],
                                             maxprocs=layout.num_workers)
             world = cls(intercomm, spawned=True, layout=layout)
         try:
@@ -225,7 +225,7 @@ class World:
         if self._receiver is not None:
             self._receiver.join()
         self._end_all("the engine was closed")
-        with self._send_lock:  # every worker: followers wait for it too (pearl.dist.roles)
+        with self._send_lock:  # every worker: followers wait for it too (pearl.ranks.roles)
             for rank in range(self.intercomm.Get_remote_size()):
                 self.endpoint.send(np.array([OP_SHUTDOWN], dtype=np.int64), rank, CONTROL)
         if not self.spawned:

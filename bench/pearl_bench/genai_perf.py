@@ -3,7 +3,7 @@ tokens/s, counted with the engine's own (local) tokenizer.
 
 genai-perf lives in its own venv (``make genai-perf``; its pandas/plotly/transformers-5 stack would clash with
 the runtime's pins) and drives perf_analyzer, which it looks up on PATH: the 2.51 binary from
-:func:`pearl.bench.perf.perf_analyzer` is put first there. It talks to the ensemble with TRT-LLM's tensor
+:func:`pearl_bench.perf.perf_analyzer` is put first there. It talks to the ensemble with TRT-LLM's tensor
 names (``--endpoint-type kserve --backend tensorrtllm``), streamed, fed with the same HumanEval prompts as the
 perf_analyzer runs (``--input-file``, one ``{"text": ...}`` per line).
 """
@@ -15,8 +15,8 @@ import shutil
 import subprocess
 from pathlib import Path
 
-from pearl.bench.perf import PerfError, perf_analyzer
-from pearl.bench.prompts import Prompt
+from pearl_bench.perf import PerfError, perf_analyzer
+from pearl_bench.prompts import Prompt
 
 # genai-perf's metric name -> (our column, the statistic we keep)
 METRICS = {

@@ -1,7 +1,7 @@
 """Which model each worker rank serves, and which ranks a model spans: one per tensor-parallel shard.
 
 A world is the driver plus, for each model, as many worker ranks as its tensor-parallel size. Workers 0 and 1
-are the leaders of the draft and of the target (``DRAFT_RANK``, ``TARGET_RANK`` of ``pearl.dist.protocol``):
+are the leaders of the draft and of the target (``DRAFT_RANK``, ``TARGET_RANK`` of ``pearl.ranks.protocol``):
 they hold shard 0, enqueue the model's requests and speak the PEARL protocol. The draft's other shards come
 next (workers 2 ..), then the target's. A follower constructs its model's executor with the others (TensorRT-LLM's
 LEADER mode: every participant constructs it, only the leader enqueues) and waits for its leader to shut down;
@@ -16,7 +16,7 @@ from __future__ import annotations
 import shlex
 from dataclasses import dataclass
 
-from pearl.dist.protocol import DRAFT_RANK, TARGET_RANK
+from pearl.ranks.protocol import DRAFT_RANK, TARGET_RANK
 
 MODELS = ("draft", "target")
 
@@ -84,6 +84,6 @@ class WorldLayout:
 
     def launch_command(self, mpiexec: str, driver: list[str], python: str = "python") -> str:
         """mpiexec's MPMD form: the driver first (world rank 0), then every worker (world ranks 1 ..)."""
-        worker = [python, "-m", "pearl.dist.worker"]
+        worker = [python, "-m", "pearl.ranks.worker"]
         return (f"{shlex.quote(mpiexec)} -n 1 {shlex.join(driver)} "
                 f": -n {self.num_workers} {shlex.join(worker)}")

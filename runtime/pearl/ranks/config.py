@@ -33,7 +33,7 @@ class WorldConfig:
         return self.target_alone_threads or self.threads_per_rank
 
     def spec_for(self, model: str) -> ModelSpec:
-        """The spec of "draft" or "target" (a rank's model: pearl.dist.roles)."""
+        """The spec of "draft" or "target" (a rank's model: pearl.ranks.roles)."""
         return self.draft if model == "draft" else self.target
 
     def to_json(self) -> str:

@@ -47,13 +47,8 @@ def run_on_engine(engine: Engine, method: Method, prompt_ids: list[int], max_tok
     stream = engine.generate(prompt_ids, SamplingParams(max_tokens=max_tokens), method.name,
                              method.gamma if method.gamma is not None else "auto")
     round_tokens = [len(chunk) for chunk in stream]  # tokens verified per round, as they were streamed
-    s = stream.stats
-    return {"tokens": stream.token_ids, "wall_s": s.wall_s, "generated_tokens": s.generated_tokens,
-            "tokens_per_s": s.tokens_per_s, "target_forwards": s.target_forwards, "draft_forwards": s.draft_forwards,
-            "draft_tokens": s.draft_tokens, "accepted_draft_tokens": s.accepted_draft_tokens,
-            "mean_accepted_length": s.mean_accepted_length, "acceptance_rate": s.acceptance_rate,
-            "round_overhead": s.round_overhead, "round_tokens": round_tokens, "mean_gamma": s.mean_gamma,
-            "drafted_rounds": s.drafted_rounds, "rounds": s.rounds}
+    stats = {k: v for k, v in stream.stats.to_dict().items() if k not in ("mode", "gamma")}  # the method's own
+    return {"tokens": stream.token_ids, "round_tokens": round_tokens, **stats}
 
 
 class AssistedGeneration:

@@ -2,9 +2,9 @@
 import pytest
 
 from pearl.backends.base import ModelSpec
-from pearl.dist.config import WorldConfig
-from pearl.dist.protocol import DRAFT_RANK, TARGET_RANK
-from pearl.dist.roles import WorldLayout
+from pearl.ranks.config import WorldConfig
+from pearl.ranks.protocol import DRAFT_RANK, TARGET_RANK
+from pearl.ranks.roles import WorldLayout
 
 
 def test_the_torch_world_is_the_driver_and_one_rank_per_model():
@@ -43,4 +43,4 @@ def test_a_tensor_parallel_draft_keeps_the_leaders_at_workers_zero_and_one():
 def test_the_launch_command_starts_the_driver_then_every_worker():
     command = WorldLayout(1, 4).launch_command("/opt/hpcx/ompi/bin/mpiexec", ["python", "-m", "pearl", "generate"])
     assert command == ("/opt/hpcx/ompi/bin/mpiexec -n 1 python -m pearl generate "
-                       ": -n 5 python -m pearl.dist.worker")
+                       ": -n 5 python -m pearl.ranks.worker")

@@ -4,7 +4,7 @@ round's results go: tokens and statistics to the driver, verdicts and joins to t
 Requests wait in arrival order and join at a round boundary while fewer than ``max_batch_size`` are active;
 a finished request leaves at once (its last tokens and statistics go out right after its round). A CANCEL
 ends a request at the next boundary without another round. The draft learns of joins and leaves only from
-the PLAN, so both ranks always hold the same batch (protocol in ``pearl.dist.protocol``).
+the PLAN, so both ranks always hold the same batch (protocol in ``pearl.ranks.protocol``).
 
 At each boundary every sequence that uses the draft gets its window for the next round, sent in the PLAN:
 a fixed-gamma request its gamma, an adaptive one (gamma "auto") what its ``WindowPolicy`` picks from its
@@ -22,10 +22,10 @@ import numpy as np
 import torch
 
 from pearl.decoding import Draft, TargetState, set_window, target_round, target_state
-from pearl.dist.config import WorldConfig
-from pearl.dist.protocol import (DRAFT, DRAFT_PROBS, DRAFT_RANK, DRIVER_RANK, PLAN, STATS, TOKENS, ProtocolError,
+from pearl.ranks.config import WorldConfig
+from pearl.ranks.protocol import (DRAFT, DRAFT_PROBS, DRAFT_RANK, DRIVER_RANK, PLAN, STATS, TOKENS, ProtocolError,
                                  decode_drafts, encode_plan)
-from pearl.dist.transport import Endpoint
+from pearl.ranks.transport import Endpoint
 from pearl.params import GenerationRequest, Mode
 from pearl.sampling import Verdict
 from pearl.speculation import Calibration, SpeculationCosts, WindowPolicy

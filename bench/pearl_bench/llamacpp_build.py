@@ -24,7 +24,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Callable
 
-from pearl.bench.llamacpp import BENCH, PLAIN, SPECULATIVE, Binaries, LlamaCppError
+from pearl_bench.llamacpp import BENCH, PLAIN, SPECULATIVE, Binaries, LlamaCppError
 
 
 @dataclass(frozen=True)

@@ -5,7 +5,7 @@ Communicators
   DRAFT_RANK (0) and TARGET_RANK (1). With ``MPI.COMM_SELF.Spawn`` it is the spawn intercommunicator;
   under ``mpiexec`` (driver first, workers after) it is built from COMM_WORLD.
 - ``peers``: the workers' intracommunicator (draft 0, target 1). A tensor-parallel model's other shards are
-  workers 2 .. (``pearl.dist.roles``): they get CONFIG and OP_SHUTDOWN only, answer READY or ERROR, and take
+  workers 2 .. (``pearl.ranks.roles``): they get CONFIG and OP_SHUTDOWN only, answer READY or ERROR, and take
   no part in the messages below.
 
 Every message is a 1-D numpy array whose dtype is fixed by its tag (``TAG_DTYPES``); its length is the
@@ -29,7 +29,8 @@ Worker -> driver
   ERROR        uint8    UTF-8 message (instead of READY; or a rank failed while serving: the world is broken,
                         every request in flight fails and the world must be restarted)
   TOKENS       int64    [request_id, finish_reason, ids...]  (target; finish_reason 0 = more follow)
-  STATS        float64  [request_id, STATS_FIELDS...]        (target; right after the request's last TOKENS)
+  STATS        float64  [request_id, STATS_FIELDS...]        (target; right after the request's last TOKENS;
+                        the fields: pearl.schema.COUNTERS)
   PROFILE      float64  [seconds of a forward over k new tokens, for k = 1..max_tokens]
 Draft <-> target (peers): continuous batching, one PLAN and one DRAFT per round, in lock step
   PLAN         int64    target -> draft at each round boundary (only when there is something to say):
@@ -53,6 +54,7 @@ from __future__ import annotations
 import numpy as np
 
 from pearl.params import GenerationRequest, Mode, SamplingParams
+from pearl.schema import COUNTER_NAMES
 from pearl.sampling import Verdict
 
 DRAFT_RANK, TARGET_RANK = 0, 1
@@ -68,21 +70,7 @@ TAG_DTYPES = {
 
 OP_GENERATE, OP_PROFILE, OP_SHUTDOWN, OP_START = 1, 2, 3, 4
 
-# What the target reports per request. Times are seconds measured on the target rank.
-STATS_FIELDS = (
-    "generated_tokens",  # output tokens
-    "target_forwards",  # target model calls (a prefill counts as one)
-    "draft_forwards",  # draft model calls
-    "draft_tokens",  # draft tokens proposed
-    "accepted_draft_tokens",  # draft tokens that became output
-    "accepted_runs",  # runs of accepted tokens between rejections (PEARL's mean accepted length)
-    "rounds",  # draft/verify exchanges (AR: decode steps)
-    "drafted_rounds",  # rounds in which the draft proposed a window for it
-    "batched_sequences",  # sum over its rounds of the sequences in the round (its own included)
-    "target_forward_s",  # time inside target forwards
-    "target_wait_s",  # time the target waited for the draft
-    "target_busy_s",  # the whole request on the target, from receiving it to the last token
-)
+STATS_FIELDS = COUNTER_NAMES  # what the target reports per request (pearl.schema.COUNTERS)
 
 
 def text_message(text: str) -> np.ndarray:

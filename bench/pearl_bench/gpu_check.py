@@ -20,7 +20,7 @@ import torch
 import yaml
 
 from pearl.backends.base import ModelSpec
-from pearl.dist.config import WorldConfig
+from pearl.ranks.config import WorldConfig
 from pearl.engine import Engine
 from pearl.params import SamplingParams
 
@@ -104,7 +104,7 @@ def host_facts() -> dict:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m pearl.bench.gpu_check", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m pearl_bench.gpu_check", description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, default=Path("results/gpu_check"))
     parser.add_argument("--work", type=Path, default=Path(".cache/pearl/gpu_check"), help="random models, engines")
     parser.add_argument("--pairs", help="comma-separated pair names of gpu_check.yaml (default: all)")

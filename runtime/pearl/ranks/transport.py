@@ -13,7 +13,7 @@ from typing import Callable
 import numpy as np
 from mpi4py import MPI
 
-from pearl.dist.protocol import TAG_DTYPES
+from pearl.ranks.protocol import TAG_DTYPES
 
 MIN_SLEEP_S, MAX_SLEEP_S = 20e-6, 200e-6
 

@@ -1,7 +1,7 @@
 """The draft rank's side of continuous batching: it holds the same batch as the target, which it learns
 from the target's PLAN messages (verdicts to apply, each sequence's next window, who leaves, who joins), and
 answers each PLAN with one DRAFT carrying a window per sequence whose window is not 0 (protocol in
-``pearl.dist.protocol``). A sequence at window 0 stays, following the target's tokens without a forward
+``pearl.ranks.protocol``). A sequence at window 0 stays, following the target's tokens without a forward
 until it drafts again; its first window then feeds the draft everything it missed.
 
 Requests arrive from the driver (OP_GENERATE) on their own schedule and wait here until a PLAN lets them
@@ -15,8 +15,8 @@ from typing import Callable
 import torch
 
 from pearl.decoding import RankState, draft_round, draft_state
-from pearl.dist.protocol import DRAFT, DRAFT_PROBS, PLAN, TARGET_RANK, ProtocolError, decode_plan, encode_drafts
-from pearl.dist.transport import Endpoint
+from pearl.ranks.protocol import DRAFT, DRAFT_PROBS, PLAN, TARGET_RANK, ProtocolError, decode_plan, encode_drafts
+from pearl.ranks.transport import Endpoint
 from pearl.params import GenerationRequest
 
 

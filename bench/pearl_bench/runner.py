@@ -15,8 +15,8 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
-from pearl.bench.methods import AssistedGeneration, Method, run_on_engine
-from pearl.bench.prompts import Prompt
+from pearl_bench.methods import AssistedGeneration, Method, run_on_engine
+from pearl_bench.prompts import Prompt
 from pearl.engine import Engine
 from pearl.engine_files import load_pair, pair_models
 
@@ -57,7 +57,7 @@ class BenchRun:
     @property
     def tokenizer(self):
         if self._tokenizer is None:
-            from pearl.backends.loading import load_tokenizer
+            from pearl.tokenizers import load_tokenizer
             self._tokenizer = load_tokenizer(self.world_config.target.path)
         return self._tokenizer
 
@@ -137,8 +137,8 @@ class BenchRun:
         del draft, assisted
 
     def _run_llama_cpp(self) -> None:
-        from pearl.bench import llamacpp
-        from pearl.bench.llamacpp_build import ensure_built
+        from pearl_bench import llamacpp
+        from pearl_bench.llamacpp_build import ensure_built
 
         sources = gguf_sources(self.config.engine_dir, self.config.cache_dir)
         if sources is None:

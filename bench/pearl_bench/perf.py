@@ -19,7 +19,7 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-from pearl.bench.prompts import Prompt
+from pearl_bench.prompts import Prompt
 
 LIBRARY_NAMES = {"libb64.so.0d": "libb64-", "libcudart.so.12": "libcudart-"}
 

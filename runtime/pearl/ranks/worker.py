@@ -1,8 +1,8 @@
 """A worker rank: loads its model, then serves the driver's requests until told to shut down.
 
 Started by the driver with ``MPI.COMM_SELF.Spawn`` or by ``mpiexec`` (driver first, workers after), as
-``python -m pearl.dist.worker``. Rank 0 of the workers leads the draft, rank 1 the target; the other ranks are
-tensor-parallel followers of one of them (``pearl.dist.roles``).
+``python -m pearl.ranks.worker``. Rank 0 of the workers leads the draft, rank 1 the target; the other ranks are
+tensor-parallel followers of one of them (``pearl.ranks.roles``).
 """
 from __future__ import annotations
 
@@ -16,14 +16,14 @@ import torch
 from mpi4py import MPI
 
 from pearl.backends import load_backend
-from pearl.dist.config import WorldConfig
-from pearl.dist.draft_rank import DraftRank
-from pearl.dist.protocol import (CANCEL, CONFIG, CONTROL, COSTS, DRIVER_RANK, ERROR, OP_GENERATE, OP_PROFILE,
+from pearl.ranks.config import WorldConfig
+from pearl.ranks.draft_rank import DraftRank
+from pearl.ranks.protocol import (CANCEL, CONFIG, CONTROL, COSTS, DRIVER_RANK, ERROR, OP_GENERATE, OP_PROFILE,
                                  OP_SHUTDOWN, OP_START, PROFILE, READY, SAMPLING, TARGET_RANK, decode_request,
                                  message_text, text_message)
-from pearl.dist.roles import WorldLayout
-from pearl.dist.target_rank import TargetRank
-from pearl.dist.transport import MAX_SLEEP_S, MIN_SLEEP_S, Endpoint, wait_until
+from pearl.ranks.roles import WorldLayout
+from pearl.ranks.target_rank import TargetRank
+from pearl.ranks.transport import MAX_SLEEP_S, MIN_SLEEP_S, Endpoint, wait_until
 from pearl.profiling import forward_seconds
 from pearl.speculation import SpeculationCosts
 
@@ -52,7 +52,7 @@ def connect() -> tuple[MPI.Intercomm, MPI.Intracomm, bool]:
 
 class Worker:
     def __init__(self, driver: Endpoint, peers: Endpoint, rank: int, world_offset: int = 0) -> None:
-        """``world_offset``: this world's MPI_COMM_WORLD rank of worker 0 (see pearl.dist.roles)."""
+        """``world_offset``: this world's MPI_COMM_WORLD rank of worker 0 (see pearl.ranks.roles)."""
         self.driver, self.peers, self.rank, self.world_offset = driver, peers, rank, world_offset
         self.config = WorldConfig.from_json(message_text(driver.recv_from(DRIVER_RANK, CONFIG)))
         self.role = WorldLayout.of(self.config).role(rank)

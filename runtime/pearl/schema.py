@@ -1,0 +1,130 @@
+"""The fields that cross the boundaries, declared once: a request's statistics (what the target counts, the
+figures derived from them, which of them Triton returns and Prometheus counts) and the generation inputs the
+ensemble passes through to the ``pearl`` model. Everything else derives from here: the STATS message
+(``pearl.ranks.protocol``), ``RequestStats``, the Triton outputs and the repeated ``config.pbtxt`` blocks
+(filled in by ``pearl.serving.repository``), the metrics, the client and the benchmarks.
+
+No torch, no MPI: the Triton-side modules import it.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+# The target's counters of one request, in the STATS message's order (times: seconds on the target rank).
+COUNTERS: tuple[tuple[str, type, str], ...] = (
+    ("generated_tokens", int, "output tokens"),
+    ("target_forwards", int, "target model calls (a prefill counts as one)"),
+    ("draft_forwards", int, "draft model calls"),
+    ("draft_tokens", int, "draft tokens proposed"),
+    ("accepted_draft_tokens", int, "draft tokens that became output"),
+    ("accepted_runs", int, "runs of accepted tokens between rejections (PEARL's mean accepted length)"),
+    ("rounds", int, "draft/verify exchanges (AR: decode steps)"),
+    ("drafted_rounds", int, "rounds in which the draft proposed a window"),
+    ("batched_sequences", int, "sum over its rounds of the sequences in the round (its own included)"),
+    ("target_forward_s", float, "time inside target forwards"),
+    ("target_wait_s", float, "time the target waited for the draft"),
+    ("target_busy_s", float, "the whole request on the target, from receiving it to the last token"),
+)
+COUNTER_NAMES = tuple(name for name, _, _ in COUNTERS)
+
+
+@dataclass(frozen=True)
+class Output:
+    """A statistic every response carries (zero until the final one): Triton output ``name`` (TensorRT-LLM's
+    where it has one), from the ``RequestStats`` attribute ``stat``."""
+
+    name: str
+    triton_type: str  # TYPE_INT32 | TYPE_FP32
+    stat: str
+
+    @property
+    def numpy_type(self) -> str:
+        return {"TYPE_INT32": "int32", "TYPE_FP32": "float32"}[self.triton_type]
+
+
+OUTPUTS = (
+    Output("total_draft_tokens", "TYPE_INT32", "draft_tokens"),
+    Output("total_accepted_draft_tokens", "TYPE_INT32", "accepted_draft_tokens"),
+    Output("acceptance_rate", "TYPE_FP32", "acceptance_rate"),
+    Output("target_forwards", "TYPE_INT32", "target_forwards"),
+    Output("mean_accepted_length", "TYPE_FP32", "mean_accepted_length"),
+    Output("drafted_rounds", "TYPE_INT32", "drafted_rounds"),
+    Output("mean_gamma", "TYPE_FP32", "mean_gamma"),
+)
+
+
+@dataclass(frozen=True)
+class Metric:
+    """A Prometheus metric of the ``pearl`` model: a counter adds ``stat`` of each finished request, a gauge
+    is set to it."""
+
+    name: str
+    help: str
+    stat: str
+    gauge: bool = False
+
+
+METRICS = (
+    Metric("pearl_generated_tokens_total", "Output tokens generated", "generated_tokens"),
+    Metric("pearl_draft_tokens_total", "Draft tokens proposed", "draft_tokens"),
+    Metric("pearl_accepted_draft_tokens_total", "Draft tokens accepted", "accepted_draft_tokens"),
+    Metric("pearl_target_forwards_total", "Target model forward passes", "target_forwards"),
+    Metric("pearl_rounds_total", "Rounds (draft/verify exchanges, or decode steps)", "rounds"),
+    Metric("pearl_drafted_rounds_total", "Rounds in which the draft proposed a window", "drafted_rounds"),
+    Metric("pearl_requests_total", "Requests completed", "requests"),
+    Metric("pearl_tokens_per_second", "Output tokens/s of the last request", "tokens_per_s", gauge=True),
+)
+
+
+@dataclass(frozen=True)
+class Input:
+    """An optional generation input the ensemble takes as ``name`` and hands the ``pearl`` model as
+    ``pearl_name`` (TensorRT-LLM's two models name some of them differently)."""
+
+    name: str
+    triton_type: str
+    pearl_name: str = ""
+
+    @property
+    def model_name(self) -> str:
+        return self.pearl_name or self.name
+
+
+# Sampling and decoding inputs; then TensorRT-LLM's that PEARL refuses unless neutral (pearl.serving.inputs).
+PASSED_INPUTS = (
+    Input("exclude_input_in_output", "TYPE_BOOL"),
+    Input("temperature", "TYPE_FP32"),
+    Input("top_k", "TYPE_INT32", "runtime_top_k"),
+    Input("top_p", "TYPE_FP32", "runtime_top_p"),
+    Input("seed", "TYPE_UINT64"),
+    Input("num_draft_tokens", "TYPE_INT32"),
+    Input("decoding_mode", "TYPE_STRING"),
+    Input("beam_width", "TYPE_INT32"),
+    Input("num_return_sequences", "TYPE_INT32"),
+    Input("length_penalty", "TYPE_FP32", "len_penalty"),
+    Input("repetition_penalty", "TYPE_FP32"),
+    Input("presence_penalty", "TYPE_FP32"),
+    Input("frequency_penalty", "TYPE_FP32"),
+    Input("min_tokens", "TYPE_INT32"),
+    Input("return_log_probs", "TYPE_BOOL"),
+    Input("return_context_logits", "TYPE_BOOL"),
+    Input("return_generation_logits", "TYPE_BOOL"),
+    Input("lora_task_id", "TYPE_UINT64"),
+    Input("prompt_vocab_size", "TYPE_INT32"),
+)
+
+
+def pbtxt_blocks() -> dict[str, str]:
+    """The repeated config.pbtxt lines, as template values: the ensemble's and the pearl model's optional
+    inputs, the statistics outputs, and the ensemble's maps for its pearl step."""
+    def tensor(name: str, triton_type: str, optional: bool) -> str:
+        return f'  {{ name: "{name}" data_type: {triton_type} dims: [ 1 ]{" optional: true" if optional else ""} }}'
+
+    return {
+        "passed_inputs": ",\n".join(tensor(i.name, i.triton_type, True) for i in PASSED_INPUTS),
+        "pearl_passed_inputs": ",\n".join(tensor(i.model_name, i.triton_type, True) for i in PASSED_INPUTS),
+        "stats_outputs": ",\n".join(tensor(o.name, o.triton_type, False) for o in OUTPUTS),
+        "pearl_input_map": "\n".join(f'      input_map {{ key: "{i.model_name}" value: "{i.name}" }}'
+                                     for i in PASSED_INPUTS),
+        "stats_output_map": "\n".join(f'      output_map {{ key: "{o.name}" value: "{o.name}" }}' for o in OUTPUTS),
+    }

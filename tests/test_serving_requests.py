@@ -138,3 +138,41 @@ def test_repository_is_filled_from_an_engine_directory(smollm2_engines, tmp_path
         values_for_engines(smollm2_engines, colour="red")
     with pytest.raises(RepositoryError, match="no value for missing"):
         fill_text("a ${missing} b", {}, "x.pbtxt")
+
+
+class CountingTokenizer:
+    """A tokenizer whose decode counts the tokens it is given (the cost of streaming a text)."""
+
+    def __init__(self, tokenizer) -> None:
+        self.tokenizer, self.decoded = tokenizer, 0
+
+    def decode(self, ids, **kwargs) -> str:
+        self.decoded += len(ids)
+        return self.tokenizer.decode(ids, **kwargs)
+
+
+def test_a_long_stream_is_decoded_incrementally_and_exactly(tokenizer):
+    """2,000 tokens streamed a few at a time (multi-byte characters, code, spaces): the pieces are the whole
+    decode, and the tokens decoded grow linearly with the length (a window per response, not the output)."""
+    import random
+
+    from pearl.text import CONTEXT_TOKENS, IncrementalDetokenizer
+
+    text = " ".join(f"naïve café 🙂 def f_{i}(x):\n    return x ** {i}  # ünïcödé 漢字" for i in range(200))
+    ids = tokenizer.encode(text)[:2000]
+    assert len(ids) == 2000
+    expected = tokenizer.decode(ids, skip_special_tokens=True)
+    counting = CountingTokenizer(tokenizer)
+    detok, pieces, rng, end, responses = IncrementalDetokenizer(counting), [], random.Random(0), 0, 0
+    while end < len(ids):
+        step = rng.randint(1, 8)
+        pieces.append(detok.add(ids[end:end + step]))
+        end, responses = end + step, responses + 1
+    pieces.append(detok.flush())
+    assert "".join(pieces) == expected
+    assert counting.decoded <= 2 * (len(ids) + 2 * CONTEXT_TOKENS * (responses + 1))
+    stateless, previous = [], 0  # the postprocessing model's way: each response alone
+    for stop in range(7, len(ids) + 7, 7):
+        stateless.append(text_delta(tokenizer, ids[:stop], previous, final=stop >= len(ids)))
+        previous = stop
+    assert "".join(stateless) == expected

@@ -13,44 +13,49 @@ def encode_prompt(tokenizer, text: str, chat: bool = False) -> list[int]:
     return tokenizer(text).input_ids
 
 
+# Tokens decoded before the new ones: the context a token's text may depend on (a character split across
+# byte tokens, a tokenizer's leading-space rule). Both decodes of a delta start at the same token, so what the
+# window's first tokens decode to cancels out, and a stream costs O(length) instead of O(length^2).
+CONTEXT_TOKENS = 6
+
+
 def text_delta(tokenizer, token_ids: list[int], num_previous: int, final: bool,
                skip_special_tokens: bool = True) -> str:
     """The text that ``token_ids`` adds to what ``token_ids[:num_previous]`` already produced, statelessly.
 
     For servers whose postprocessing sees each streamed response alone: earlier responses emitted the
     stable text of their prefix (decoded text minus a trailing incomplete character); this one emits the
-    rest of its own stable text, or everything when it is the final response.
+    rest of its own stable text, or everything when it is the final response. Only the new tokens and
+    ``CONTEXT_TOKENS`` before them are decoded (vLLM's and TensorRT-LLM's prefix/read offsets).
     """
+    start = max(0, num_previous - CONTEXT_TOKENS)
+
     def decode(ids: list[int]) -> str:
         return tokenizer.decode(ids, skip_special_tokens=skip_special_tokens)
 
-    before = decode(token_ids[:num_previous]).rstrip(REPLACEMENT) if num_previous else ""
-    now = decode(token_ids)
+    before = decode(token_ids[start:num_previous]).rstrip(REPLACEMENT) if num_previous else ""
+    now = decode(token_ids[start:])
     return now[len(before):] if final else now.rstrip(REPLACEMENT)[len(before):]
 
 
 class IncrementalDetokenizer:
-    """Turns a growing list of token ids into text pieces without ever splitting a UTF-8 character.
-
-    Tokens can end inside a multi-byte character; such a tail decodes to U+FFFD and is held back until
-    the following token completes it. Decoding the whole output each time keeps spacing exact.
-    """
+    """Turns a growing list of token ids into text pieces without ever splitting a UTF-8 character: a tail
+    that ends inside a multi-byte character decodes to U+FFFD and is held back until the next token completes
+    it (``text_delta`` over what was already covered)."""
 
     def __init__(self, tokenizer) -> None:
         self.tokenizer = tokenizer
         self.token_ids: list[int] = []
-        self.emitted = 0  # characters of the decoded text already returned
+        self.covered = 0  # tokens the pieces returned so far came from
 
     def add(self, token_ids: list[int]) -> str:
         self.token_ids.extend(token_ids)
-        text = self.tokenizer.decode(self.token_ids, skip_special_tokens=True)
-        stable = len(text.rstrip(REPLACEMENT))
-        piece = text[self.emitted:stable]
-        self.emitted = max(self.emitted, stable)
+        piece = text_delta(self.tokenizer, self.token_ids, self.covered, final=False)
+        self.covered = len(self.token_ids)
         return piece
 
     def flush(self) -> str:
         """Whatever is left at the end, incomplete characters included."""
-        text = self.tokenizer.decode(self.token_ids, skip_special_tokens=True)
-        piece, self.emitted = text[self.emitted:], len(text)
+        piece = text_delta(self.tokenizer, self.token_ids, self.covered, final=True)
+        self.covered = len(self.token_ids)
         return piece

@@ -18,7 +18,7 @@ GRPC_PORT ?= 8001
 METRICS_PORT ?= 8002
 PORTS = --http-port $(HTTP_PORT) --grpc-port $(GRPC_PORT) --metrics-port $(METRICS_PORT)
 
-.PHONY: help setup setup-gpu gpu-check genai-perf test engines serve demo bench bench-concurrency perf soak clean
+.PHONY: help setup setup-gpu gpu-check genai-perf test test-fast engines serve demo bench bench-concurrency perf soak clean
 
 help:
 	@echo "make setup   create $(VENV) with the pinned dependencies and the pearl package"
@@ -28,6 +28,8 @@ help:
 	@echo "make genai-perf"
 	@echo "             create $(GENAI_VENV) with genai-perf (its own pins: requirements-genai-perf.txt)"
 	@echo "make test    run the test suite (sets up both venvs)"
+	@echo "make test-fast"
+	@echo "             the fast lane (< 2 min): no MPI processes, no Triton, no real weights, one case a check"
 	@echo "make engines [PAIR=name] [DRY_RUN=1] [FORCE=1]"
 	@echo "             build a pair's engines into $(ENGINES_DIR)/<pair> (pairs: build/configs/*.yaml;"
 	@echo "             default $(PAIR)); DRY_RUN=1 prints the per-device build plan only"
@@ -70,6 +72,9 @@ $(GENAI_VENV)/.installed: requirements-genai-perf.txt
 
 test: setup genai-perf
 	PEARL_GENAI_PERF=$(GENAI_PERF) $(PY) -m pytest tests
+
+test-fast: setup
+	$(PY) -m pytest tests -q -m "not mpi and not triton and not real_weights and not slow"
 
 engines: $(SETUP)
 	$(PY) -m pearl_build $(PAIR) --engines-dir $(ENGINES_DIR) $(if $(DRY_RUN),--dry-run) $(if $(FORCE),--force)

@@ -86,24 +86,45 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def start_engine(draft: Path, target: Path, draft_layers: int | None = None, costs=None, **world):
+def start_engine(draft: Path, target: Path, draft_layers: int | None = None, costs=None, local: bool = False,
+                 **world):
     """An engine over two model folders; ``costs``: its SpeculationCosts (None: measured at the first adaptive
-    request); ``world``: more WorldConfig fields (max_batch_size...)."""
+    request); ``local``: its ranks on threads of this process (pearl.ranks.local), not MPI processes;
+    ``world``: more WorldConfig fields (max_batch_size...)."""
     from pearl.backends.base import ModelSpec
-    from pearl.ranks.config import WorldConfig
     from pearl.engine import Engine
+    from pearl.ranks.config import WorldConfig
 
     return Engine(WorldConfig(draft=ModelSpec(str(draft), num_layers=draft_layers), target=ModelSpec(str(target)),
-                              **world), costs)
+                              **world), costs, local=local)
+
+
+# The test lanes (markers, pyproject.toml): `make test-fast` runs what needs none of these, `make test` all.
+WORLDS = ["local", pytest.param("mpi", marks=pytest.mark.mpi)]  # a module's `world` fixture may take both
+REAL_WEIGHTS = {"smollm2", "smollm2_engines", "smollm2_gguf"}
+
+
+@pytest.fixture(scope="module", params=[pytest.param("mpi", marks=pytest.mark.mpi)])
+def world(request) -> str:
+    """Where the module's engines run: worker processes over MPI. A module that overrides this fixture with
+    ``params=WORLDS`` runs its tests in this process too (the fast lane's way)."""
+    return request.param
+
+
+def pytest_collection_modifyitems(items) -> None:
+    for item in items:
+        if REAL_WEIGHTS & set(item.fixturenames):
+            item.add_marker(pytest.mark.real_weights)
 
 
 @pytest.fixture(scope="module")
-def engine_factory():
-    """Start engines on demand; every engine a module started is shut down when the module ends."""
+def engine_factory(world):
+    """Start engines on demand in the module's world; every engine a module started is shut down when the
+    module ends."""
     engines = []
 
     def start(*args, **kwargs):
-        engines.append(start_engine(*args, **kwargs))
+        engines.append(start_engine(*args, local=world == "local", **kwargs))
         return engines[-1]
 
     yield start

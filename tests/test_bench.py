@@ -12,6 +12,8 @@ import pytest
 
 from conftest import CACHE_DIR, REPO, ar_records, free_port
 
+pytestmark = [pytest.mark.mpi, pytest.mark.triton]
+
 
 def run_script(name: str, *args: str, timeout: int = 900) -> subprocess.CompletedProcess:
     result = subprocess.run([sys.executable, str(REPO / "scripts" / name), *args], capture_output=True, text=True,

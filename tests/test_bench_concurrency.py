@@ -4,6 +4,10 @@ import json
 from pearl_bench.concurrency import Level, requests_for, run_level, summarize, target_check, write_report
 from pearl.params import SamplingParams
 
+import pytest
+
+pytestmark = pytest.mark.mpi
+
 
 def test_levels_measure_what_ran_and_report_it(engine_factory, tiny, tmp_path):
     engine = engine_factory(tiny["close_draft"], tiny["target"], max_batch_size=4)

@@ -267,6 +267,7 @@ def built():
     return binaries, resolve(load_pair_config(SMOLLM2_PAIR).target.source, CACHE_DIR).path
 
 
+@pytest.mark.real_weights
 def test_the_built_tools_run_greedy_on_a_gguf(built):
     binaries, gguf = built
     plain = run_plain(binaries, gguf, PROMPT, max_tokens=8, threads=1)

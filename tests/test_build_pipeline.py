@@ -19,6 +19,8 @@ from pearl_build.pipeline import build_pair
 from pearl_build.sources import sha256_file
 from tiny_models import make_tiny_model, save_tiny_tokenizer
 
+pytestmark = pytest.mark.mpi
+
 WORDS = [f"w{i}" for i in range(60)]  # 61 tokens with EOS: both models' logits are padded past it
 
 

@@ -8,6 +8,8 @@ import pytest
 
 from conftest import SMOLLM2_DRAFT_LAYERS
 
+pytestmark = pytest.mark.mpi
+
 
 def pearl(*args, timeout=300):
     return subprocess.run([sys.executable, "-m", "pearl", "generate", *map(str, args)], capture_output=True,

@@ -7,7 +7,15 @@ import time
 
 import pytest
 
+from conftest import WORLDS
 from pearl.params import SamplingParams
+
+
+@pytest.fixture(scope="module", params=WORLDS)
+def world(request) -> str:
+    """These checks run in both worlds: in this process (fast lane) and over MPI."""
+    return request.param
+
 
 # (prompt, mode, gamma, SamplingParams): prompt lengths 1-23, lengths 2-48, all three modes, greedy and sampled
 REQUESTS = [

@@ -3,6 +3,10 @@ import json
 
 from pearl_bench.gpu_check import MODES, main
 
+import pytest
+
+pytestmark = pytest.mark.mpi
+
 
 def test_the_gpu_check_runs_its_tiny_pair_and_writes_every_modes_figures(tmp_path, capsys):
     assert main(["--cpu", "--pairs", "tiny", "--max-tokens", "6", "--requests", "1", "--work", str(tmp_path / "work"),

@@ -1,8 +1,16 @@
-"""Greedy PEARL and SD output is token-identical to the target alone (AR), through the MPI world."""
+"""Greedy PEARL and SD output is token-identical to the target alone (AR), in this process and over MPI."""
 import pytest
 
+from conftest import WORLDS
 from pearl.params import SamplingParams
 from pearl.speculation import CostRow, SpeculationCosts
+
+
+@pytest.fixture(scope="module", params=WORLDS)
+def world(request) -> str:
+    """These checks run in both worlds: in this process (fast lane) and over MPI."""
+    return request.param
+
 
 PROMPTS = [[1, 2, 3], [5, 9, 11, 3, 4], [42]]
 GAMMAS = [1, 2, 3, 5]

@@ -5,8 +5,16 @@ import torch
 from scipy.stats import chisquare
 from transformers import AutoModelForCausalLM
 
+from conftest import WORLDS
 from pearl.params import SamplingParams
 from pearl.sampling import probabilities
+
+
+@pytest.fixture(scope="module", params=WORLDS)
+def world(request) -> str:
+    """These checks run in both worlds: in this process (fast lane) and over MPI."""
+    return request.param
+
 
 PROMPT = [3, 1, 4]
 NUM_SAMPLES = 400
@@ -42,8 +50,10 @@ def engine(engine_factory, tiny):
 
 
 @pytest.mark.parametrize("mode", ["pearl", "sd"])
-@pytest.mark.parametrize("filters", [dict(temperature=1.0), dict(temperature=1.0, top_k=4),
-                                     dict(temperature=0.8, top_p=0.8)], ids=["t1", "topk4", "topp0.8"])
+@pytest.mark.parametrize("filters", [
+    pytest.param(dict(temperature=1.0), id="t1"),
+    pytest.param(dict(temperature=1.0, top_k=4), id="topk4", marks=pytest.mark.slow),  # the fast lane: t1 only
+    pytest.param(dict(temperature=0.8, top_p=0.8), id="topp0.8", marks=pytest.mark.slow)])
 def test_output_distribution_is_the_targets(engine, tiny, mode, filters):
     counts = np.zeros((POSITIONS, engine.vocab_size))
     rejections = 0

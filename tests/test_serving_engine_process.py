@@ -20,6 +20,8 @@ from pearl.params import SamplingParams
 from pearl.processes import process_alive
 from pearl.serving.engine_process import EngineDied, EngineProcess, EngineStartError
 
+pytestmark = pytest.mark.mpi
+
 PROMPT = [504, 3458, 314, 4798, 30]  # any ids inside the vocabulary
 
 

@@ -24,6 +24,8 @@ from pearl.serving.repository import build_repository, values_for_engines
 from pearl.serving.server import ServerError, TritonServer
 from tiny_models import make_tiny_model, save_tiny_tokenizer
 
+pytestmark = [pytest.mark.mpi, pytest.mark.triton]
+
 WORDS = [f"w{i}" for i in range(60)]
 
 

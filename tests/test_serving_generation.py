@@ -11,6 +11,8 @@ from conftest import start_engine
 from pearl.serving.generation import GenerationService, QueueFull
 from pearl.serving.inputs import RequestError
 
+pytestmark = pytest.mark.mpi
+
 
 def inputs(max_tokens: int, **extra) -> dict[str, np.ndarray]:
     tensors = {"input_ids": np.array([[1, 2, 3]], dtype=np.int32),

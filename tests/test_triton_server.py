@@ -20,6 +20,8 @@ from pearl.serving.client import (INPUT_TYPES, RequestFailed, grpc_generate, htt
 from pearl.serving.repository import build_repository, values_for_engines
 from pearl.serving.server import TritonServer
 
+pytestmark = [pytest.mark.mpi, pytest.mark.triton]
+
 PROMPTS = ["def quicksort(arr):", "The capital of France is", "import numpy as np\n"]
 MAX_TOKENS = 16
 

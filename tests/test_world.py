@@ -8,6 +8,8 @@ from pearl.engine import VocabularyMismatch
 from pearl.processes import process_alive
 from pearl.params import SamplingParams
 
+pytestmark = pytest.mark.mpi
+
 
 def test_serves_many_requests_then_leaves_no_process(tiny):
     engine = start_engine(tiny["close_draft"], tiny["target"])

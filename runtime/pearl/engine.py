@@ -70,7 +70,8 @@ class Engine:
     """``costs``: the pair's measured costs (``make engines`` profiles them), from which ``gamma="auto"``
     requests get their windows round by round; None measures a draft and a target step at the first one."""
 
-    def __init__(self, config: WorldConfig, costs: SpeculationCosts | None = None) -> None:
+    def __init__(self, config: WorldConfig, costs: SpeculationCosts | None = None, local: bool = False) -> None:
+        """``local``: the ranks on threads of this process instead of MPI processes (tests, debugging)."""
         for spec in (config.draft, config.target):
             check_model_path(spec)  # a missing path fails here, before any process starts
         self.config = config
@@ -78,7 +79,7 @@ class Engine:
         draft_tokenizer = (self.tokenizer if config.draft.path == config.target.path
                            else load_tokenizer(config.draft.path))
         check_tokenizers(draft_tokenizer, self.tokenizer)
-        self.world = World.start(config)
+        self.world = World.local(config) if local else World.start(config)
         try:
             draft, target = self.world.ranks[DRAFT_RANK], self.world.ranks[TARGET_RANK]
             self.vocab_size = shared_vocab_size(self.tokenizer, draft.vocab_size, target.vocab_size)

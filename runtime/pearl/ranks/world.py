@@ -63,9 +63,13 @@ class RankInfo:
 
 
 class World:
-    def __init__(self, intercomm: MPI.Intercomm, spawned: bool, layout: WorldLayout = WorldLayout()) -> None:
+    def __init__(self, intercomm: MPI.Intercomm | None, spawned: bool, layout: WorldLayout = WorldLayout(),
+                 endpoint=None) -> None:
+        """Over MPI's intercommunicator to the workers, or (``intercomm`` None) over ``endpoint``, the driver's
+        side of an in-process world (``pearl.ranks.local``)."""
         self.intercomm, self.spawned, self.layout = intercomm, spawned, layout
-        self.endpoint = Endpoint(intercomm)
+        self.endpoint = endpoint if intercomm is None else Endpoint(intercomm)
+        self._local_workers: list[threading.Thread] = []
         self.ranks: dict[int, RankInfo] = {}
         self.closed = False
         self.failure: str | None = None  # set when a rank failed while serving: the world must be restarted
@@ -91,6 +95,22 @@ class World:
             if world.intercomm.Get_remote_size() != layout.num_workers:
                 raise WorldError(f"{world.intercomm.Get_remote_size()} worker ranks were started, this pair needs "
                                  f"{layout.describe()}")
+            world._handshake(config)
+        except BaseException:
+            world.close()
+            raise
+        return world
+
+    @classmethod
+    def local(cls, config: WorldConfig) -> "World":
+        """The world in this process: the workers on threads, messages in memory (``pearl.ranks.local``)."""
+        from pearl.ranks.local import start_workers
+
+        layout = WorldLayout.of(config)
+        endpoint, threads = start_workers(layout.num_workers)
+        world = cls(None, spawned=False, layout=layout, endpoint=endpoint)
+        world._local_workers = threads
+        try:
             world._handshake(config)
         except BaseException:
             world.close()
@@ -226,8 +246,10 @@ class World:
             self._receiver.join()
         self._end_all("the engine was closed")
         with self._send_lock:  # every worker: followers wait for it too (pearl.ranks.roles)
-            for rank in range(self.intercomm.Get_remote_size()):
+            for rank in range(self.layout.num_workers):
                 self.endpoint.send(np.array([OP_SHUTDOWN], dtype=np.int64), rank, CONTROL)
+        for thread in self._local_workers:
+            thread.join(timeout)
         if not self.spawned:
             return  # mpiexec's workers finalize MPI together with this process, after it exits
         self.intercomm.Disconnect()

@@ -31,8 +31,22 @@ def assert_lossless(engine, prompts=PROMPTS, gammas=GAMMAS, max_tokens=MAX_TOKEN
                     assert out.token_ids == ref.token_ids, (mode, gamma, prompt, n)
                     assert out.finish_reason == ref.finish_reason
                     assert out.stats.generated_tokens == len(ref.token_ids)
+                    assert_acceptance_counts(out.stats, prompt, gamma if mode == "sd" else gamma + 1)
                     runs.append(out.stats)
     return runs
+
+
+def assert_acceptance_counts(stats, prompt, longest_window) -> None:
+    """vLLM's per-request figures agree with ours: one histogram entry per verification, its j-weighted sum
+    the accepted tokens; what was checked was drafted; no window is longer than a round can check (SD: gamma,
+    PEARL: the pending window and the next one's first token)."""
+    histogram = stats.acceptance_histogram
+    assert stats.prompt_tokens == len(prompt)
+    assert sum(histogram) == stats.drafted_rounds and 1 <= len(histogram) <= longest_window + 1
+    assert sum(j * count for j, count in enumerate(histogram)) == stats.accepted_draft_tokens
+    assert stats.accepted_draft_tokens <= stats.checked_draft_tokens <= stats.draft_tokens
+    assert stats.accepted_per_position == tuple(sum(histogram[i + 1:]) for i in range(len(histogram) - 1))
+    assert stats.mean_acceptance_length == pytest.approx(1 + stats.accepted_draft_tokens / stats.drafted_rounds)
 
 
 @pytest.mark.parametrize("draft", ["close_draft", "random_draft"])

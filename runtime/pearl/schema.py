@@ -24,8 +24,17 @@ COUNTERS: tuple[tuple[str, type, str], ...] = (
     ("target_forward_s", float, "time inside target forwards"),
     ("target_wait_s", float, "time the target waited for the draft"),
     ("target_busy_s", float, "the whole request on the target, from receiving it to the last token"),
+    ("prompt_tokens", int, "prompt tokens (the chat template's included)"),
+    ("checked_draft_tokens", int, "draft tokens a verification checked (vLLM's num_draft_tokens; PEARL drops the "
+                                  "rest of a window unchecked after a rejection, so at most draft_tokens)"),
 )
 COUNTER_NAMES = tuple(name for name, _, _ in COUNTERS)
+
+# After the counters, the STATS message carries the request's acceptance histogram (vLLM's and AIPerf's
+# per-request figure): entry j counts the verifications (rounds that checked draft tokens) that accepted
+# exactly j of them; its length is the longest window checked + 1 (at least 1). The number of verifications
+# that accepted the draft token at window position i (vLLM's per-position counter) is the sum of entries i+1...
+ACCEPTANCE_HISTOGRAM = "acceptance_histogram"
 
 
 @dataclass(frozen=True)
@@ -36,6 +45,7 @@ class Output:
     name: str
     triton_type: str  # TYPE_INT32 | TYPE_FP32
     stat: str
+    vector: bool = False  # a tuple of numbers (dims [ -1 ]) rather than one
 
     @property
     def numpy_type(self) -> str:
@@ -50,18 +60,24 @@ OUTPUTS = (
     Output("mean_accepted_length", "TYPE_FP32", "mean_accepted_length"),
     Output("drafted_rounds", "TYPE_INT32", "drafted_rounds"),
     Output("mean_gamma", "TYPE_FP32", "mean_gamma"),
+    Output("prompt_tokens", "TYPE_INT32", "prompt_tokens"),
+    Output("generated_tokens", "TYPE_INT32", "generated_tokens"),
+    Output("checked_draft_tokens", "TYPE_INT32", "checked_draft_tokens"),
+    Output("acceptance_histogram", "TYPE_INT32", "acceptance_histogram", vector=True),
 )
 
 
 @dataclass(frozen=True)
 class Metric:
     """A Prometheus metric of the ``pearl`` model: a counter adds ``stat`` of each finished request, a gauge
-    is set to it."""
+    is set to it; a per-position counter adds each entry of the tuple ``stat`` to the counter labelled with
+    its ``position`` (0: the first draft token of a window)."""
 
     name: str
     help: str
     stat: str
     gauge: bool = False
+    per_position: bool = False
 
 
 METRICS = (
@@ -73,6 +89,18 @@ METRICS = (
     Metric("pearl_drafted_rounds_total", "Rounds in which the draft proposed a window", "drafted_rounds"),
     Metric("pearl_requests_total", "Requests completed", "requests"),
     Metric("pearl_tokens_per_second", "Output tokens/s of the last request", "tokens_per_s", gauge=True),
+    Metric("pearl_prompt_tokens_total", "Prompt tokens processed", "prompt_tokens"),
+    # vLLM's speculative-decoding counters, with its meanings (docs/clients.md): mean acceptance length
+    # = 1 + accepted / drafts, acceptance rate = accepted / draft tokens, per position = accepted_per_pos / drafts
+    Metric("pearl_spec_decode_num_drafts_total", "Verifications that checked draft tokens (vLLM's num_drafts)",
+           "drafted_rounds"),
+    Metric("pearl_spec_decode_num_draft_tokens_total", "Draft tokens checked (vLLM's num_draft_tokens)",
+           "checked_draft_tokens"),
+    Metric("pearl_spec_decode_num_accepted_tokens_total", "Draft tokens accepted (vLLM's num_accepted_tokens)",
+           "accepted_draft_tokens"),
+    Metric("pearl_spec_decode_num_accepted_tokens_per_pos_total",
+           "Verifications that accepted the draft token at this window position (vLLM's per-position counter)",
+           "accepted_per_position", per_position=True),
 )
 
 
@@ -117,13 +145,14 @@ PASSED_INPUTS = (
 def pbtxt_blocks() -> dict[str, str]:
     """The repeated config.pbtxt lines, as template values: the ensemble's and the pearl model's optional
     inputs, the statistics outputs, and the ensemble's maps for its pearl step."""
-    def tensor(name: str, triton_type: str, optional: bool) -> str:
-        return f'  {{ name: "{name}" data_type: {triton_type} dims: [ 1 ]{" optional: true" if optional else ""} }}'
+    def tensor(name: str, triton_type: str, optional: bool, dims: str = "1") -> str:
+        return f'  {{ name: "{name}" data_type: {triton_type} dims: [ {dims} ]{" optional: true" if optional else ""} }}'
 
     return {
         "passed_inputs": ",\n".join(tensor(i.name, i.triton_type, True) for i in PASSED_INPUTS),
         "pearl_passed_inputs": ",\n".join(tensor(i.model_name, i.triton_type, True) for i in PASSED_INPUTS),
-        "stats_outputs": ",\n".join(tensor(o.name, o.triton_type, False) for o in OUTPUTS),
+        "stats_outputs": ",\n".join(tensor(o.name, o.triton_type, False, "-1" if o.vector else "1")
+                                     for o in OUTPUTS),
         "pearl_input_map": "\n".join(f'      input_map {{ key: "{i.model_name}" value: "{i.name}" }}'
                                      for i in PASSED_INPUTS),
         "stats_output_map": "\n".join(f'      output_map {{ key: "{o.name}" value: "{o.name}" }}' for o in OUTPUTS),

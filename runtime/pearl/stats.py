@@ -4,17 +4,24 @@ from __future__ import annotations
 
 from dataclasses import asdict, field, make_dataclass
 
-from pearl.schema import COUNTER_NAMES, COUNTERS
+from pearl.schema import ACCEPTANCE_HISTOGRAM, COUNTERS
 
 
 class _Figures:
     """What is derived from the counters (mixed into ``RequestStats``)."""
 
+    def __post_init__(self) -> None:
+        # a tuple of ints whatever it came as (a JSON list from the engine host, floats from the STATS message)
+        object.__setattr__(self, ACCEPTANCE_HISTOGRAM, tuple(int(n) for n in getattr(self, ACCEPTANCE_HISTOGRAM)))
+
     @classmethod
     def from_message(cls, values, mode: str, gamma: int | None, wall_s: float) -> "RequestStats":
-        """From a STATS message's fields (its numbers after the request id, ``COUNTERS`` order)."""
-        counters = {name: kind(value) for (name, kind, _), value in zip(COUNTERS, list(values))}
-        return cls(mode=mode, gamma=gamma, wall_s=wall_s, **counters)
+        """From a STATS message's fields (its numbers after the request id: ``COUNTERS`` order, then the
+        acceptance histogram)."""
+        values = list(values)
+        counters = {name: kind(value) for (name, kind, _), value in zip(COUNTERS, values)}
+        return cls(mode=mode, gamma=gamma, wall_s=wall_s, **counters,
+                   **{ACCEPTANCE_HISTOGRAM: values[len(COUNTERS):]})
 
     @property
     def tokens_per_s(self) -> float:
@@ -44,6 +51,22 @@ class _Figures:
         return self.accepted_draft_tokens / self.draft_tokens if self.draft_tokens else 0.0
 
     @property
+    def accepted_per_position(self) -> tuple[int, ...]:
+        """vLLM's per-position counter: verifications that accepted the draft token at window position i."""
+        histogram = self.acceptance_histogram
+        return tuple(sum(histogram[i + 1:]) for i in range(len(histogram) - 1))
+
+    @property
+    def mean_acceptance_length(self) -> float:
+        """vLLM's figure: 1 + accepted draft tokens per verification (1.0 when nothing was verified)."""
+        return 1.0 + self.accepted_draft_tokens / self.drafted_rounds if self.drafted_rounds else 1.0
+
+    @property
+    def draft_acceptance_rate(self) -> float:
+        """vLLM's figure: accepted over checked draft tokens (``acceptance_rate`` divides by all proposed)."""
+        return self.accepted_draft_tokens / self.checked_draft_tokens if self.checked_draft_tokens else 0.0
+
+    @property
     def round_overhead(self) -> float:
         """Share of the target's time spent neither in forwards nor waiting for the draft."""
         other = self.target_busy_s - self.target_forward_s - self.target_wait_s
@@ -55,15 +78,17 @@ class _Figures:
 
     def to_dict(self) -> dict:
         derived = ("tokens_per_s", "tokens_per_target_forward", "mean_accepted_length", "acceptance_rate",
-                   "round_overhead", "mean_batch_size", "mean_gamma")
+                   "round_overhead", "mean_batch_size", "mean_gamma", "mean_acceptance_length", "draft_acceptance_rate")
         return {**asdict(self), **{name: getattr(self, name) for name in derived}}
 
 
 # mode, the request's fixed window (None: adaptive; see mean_gamma), the driver's wall time from sending the
-# request to its last token (model loading excluded), then the target's counters
+# request to its last token (model loading excluded), the target's counters, then its acceptance histogram
 RequestStats = make_dataclass(
     "RequestStats", [("mode", str), ("gamma", "int | None"), ("wall_s", float),
-                     *[(name, kind, field(metadata={"doc": doc})) for name, kind, doc in COUNTERS]],
+                     *[(name, kind, field(metadata={"doc": doc})) for name, kind, doc in COUNTERS],
+                     (ACCEPTANCE_HISTOGRAM, tuple, field(default=(0,)))],
     bases=(_Figures,), frozen=True)
 RequestStats.__module__ = __name__
-RequestStats.__doc__ = "One finished request's statistics (fields: mode, gamma, wall_s, then pearl.schema.COUNTERS)."
+RequestStats.__doc__ = ("One finished request's statistics (fields: mode, gamma, wall_s, then pearl.schema.COUNTERS, "
+                        "then the acceptance histogram).")

@@ -54,6 +54,8 @@ class TargetState(RankState):
     current_run: int = 0
     rounds: int = 0
     drafted_rounds: int = 0
+    checked_draft_tokens: int = 0
+    acceptance_histogram: list[int] = field(default_factory=lambda: [0])  # verifications by tokens accepted
     batched_sequences: int = 0
 
     def __post_init__(self) -> None:
@@ -73,11 +75,16 @@ class TargetState(RankState):
         self.draft_tokens += len(draft.tokens)
 
     def record(self, verdict: Verdict, num_checked: int, batch_size: int) -> None:
-        """Count one round. A run is the accepted draft tokens between two rejections (PEARL's metric)."""
+        """Count one round. A run is the accepted draft tokens between two rejections (PEARL's metric); a round
+        that checked draft tokens is one verification (vLLM's "draft") in the acceptance histogram."""
         self.rounds += 1
         self.checked = num_checked
-        self.drafted_rounds += num_checked > 0
         self.batched_sequences += batch_size
+        if num_checked > 0:
+            self.drafted_rounds += 1
+            self.checked_draft_tokens += num_checked
+            self.acceptance_histogram.extend([0] * (num_checked + 1 - len(self.acceptance_histogram)))
+            self.acceptance_histogram[verdict.num_accepted] += 1
         if self.policy is not None:
             self.policy.observe(num_checked, verdict.num_accepted)
         self.accepted_draft_tokens += verdict.num_accepted
@@ -87,15 +94,16 @@ class TargetState(RankState):
             self.current_run = 0
 
     def stats(self) -> np.ndarray:
-        """The request's statistics, ``STATS_FIELDS`` order (once it is finished)."""
+        """The request's statistics, ``STATS_FIELDS`` order, then its acceptance histogram (once finished)."""
         values = dict(generated_tokens=len(self.tracker.output), target_forwards=self.forwards,
+                      prompt_tokens=len(self.request.prompt_ids),
                       target_forward_s=self.forward_s, target_wait_s=self.wait_s,
                       target_busy_s=time.perf_counter() - self.started,
                       accepted_runs=self.accepted_runs + (1 if self.current_run else 0))
         values.update({name: getattr(self, name) for name in
                        ("draft_forwards", "draft_tokens", "accepted_draft_tokens", "rounds", "drafted_rounds",
-                        "batched_sequences")})
-        return np.array([values[name] for name in STATS_FIELDS], dtype=np.float64)
+                        "batched_sequences", "checked_draft_tokens")})
+        return np.array([*(values[name] for name in STATS_FIELDS), *self.acceptance_histogram], dtype=np.float64)
 
 
 def _forward(states: list[TargetState], rows: Callable[[TargetState], int]) -> dict[int, torch.Tensor]:

@@ -29,8 +29,9 @@ Worker -> driver
   ERROR        uint8    UTF-8 message (instead of READY; or a rank failed while serving: the world is broken,
                         every request in flight fails and the world must be restarted)
   TOKENS       int64    [request_id, finish_reason, ids...]  (target; finish_reason 0 = more follow)
-  STATS        float64  [request_id, STATS_FIELDS...]        (target; right after the request's last TOKENS;
-                        the fields: pearl.schema.COUNTERS)
+  STATS        float64  [request_id, STATS_FIELDS..., acceptance histogram...]  (target; right after the
+                        request's last TOKENS; the fields: pearl.schema.COUNTERS; the histogram, at least one
+                        entry: pearl.schema.ACCEPTANCE_HISTOGRAM)
   PROFILE      float64  [seconds of a forward over k new tokens, for k = 1..max_tokens]
 Draft <-> target (peers): continuous batching, one PLAN and one DRAFT per round, in lock step
   PLAN         int64    target -> draft at each round boundary (only when there is something to say):

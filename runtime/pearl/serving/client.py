@@ -19,6 +19,7 @@ from pearl.schema import OUTPUTS, PASSED_INPUTS
 
 MODEL = "ensemble"  # or "pearl_bls": the same pipeline as one model, which honours gRPC cancellation
 STATS = tuple(output.name for output in OUTPUTS)  # the statistics outputs, in every final response
+VECTOR_STATS = frozenset(output.name for output in OUTPUTS if output.vector)  # lists, not numbers
 # Triton datatypes of the ensemble's inputs (triton_repo/ensemble/config.pbtxt: its own, then pearl.schema's)
 INPUT_TYPES = {
     "text_input": "BYTES", "max_tokens": "INT32", "bad_words": "BYTES", "stop_words": "BYTES", "end_id": "INT32",
@@ -35,7 +36,8 @@ class RequestFailed(RuntimeError):
 @dataclass
 class Chunk:
     text: str
-    stats: dict[str, float] = field(default_factory=dict)  # set on the last chunk
+    stats: dict[str, float | list[int]] = field(default_factory=dict)  # set on the last chunk
+    finish_reason: str = ""  # "stop" or "length" on the last chunk
 
 
 def to_array(name: str, value) -> np.ndarray:
@@ -79,9 +81,16 @@ def grpc_generate(url: str, text: str, stream: bool = True, timeout: float = 600
 
 
 def grpc_chunk(result, final: bool) -> Chunk:
+    """One response as a Chunk (its statistics and finish reason only when it is the final one)."""
+    def value(name: str):
+        array = result.as_numpy(name).reshape(-1)
+        return array.tolist() if name in VECTOR_STATS else array[0].item()
+
     text = result.as_numpy("text_output").reshape(-1)[0].decode("utf-8")
-    stats = {name: result.as_numpy(name).reshape(-1)[0].item() for name in STATS} if final else {}
-    return Chunk(text, stats)
+    if not final:
+        return Chunk(text)
+    return Chunk(text, {name: value(name) for name in STATS},
+                 result.as_numpy("finish_reason").reshape(-1)[0].decode("utf-8"))
 
 
 def http_generate(url: str, text: str, timeout: float = 600.0, *, model: str = MODEL, **inputs) -> Chunk:
@@ -121,4 +130,9 @@ def _post(url: str, model: str, endpoint: str, payload: dict, timeout: float):
 
 
 def _http_chunk(event: dict, final: bool) -> Chunk:
-    return Chunk(event["text_output"], {name: event[name] for name in STATS} if final else {})
+    if not final:
+        return Chunk(event["text_output"])
+    # Triton's generate JSON writes a one-element tensor as a scalar
+    stats = {name: [event[name]] if name in VECTOR_STATS and not isinstance(event[name], list) else event[name]
+             for name in STATS}
+    return Chunk(event["text_output"], stats, event["finish_reason"])

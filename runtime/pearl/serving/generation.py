@@ -3,6 +3,8 @@ child process that is restarted if a rank dies), runs accepted requests in arriv
 threads as the engine serves at once (its ``max_batch_size``: the ranks batch them, continuous batching),
 and streams each one's output through callbacks.
 
+A service that does not stream (a model that is not decoupled) refuses the ``streaming`` input.
+
 Limits: at most ``max_queue`` requests wait (more are refused at once); a request that is not finished
 ``timeout_s`` after it arrived ends with an error (0: no limit). A cancelled request (the client went
 away) stops after the ranks' current round, and so does one named by a stop request: a request with the
@@ -67,26 +69,30 @@ class Job:
     stopped: bool = False
 
 
-def response_tensors(tokens: list[int], previous: int, final: bool, stats: RequestStats | None) -> dict:
+def response_tensors(tokens: list[int], previous: int, final: bool, stats: RequestStats | None,
+                     finish_reason: str | None = None) -> dict:
     """TensorRT-LLM's ``tensorrt_llm`` model shapes, so its clients read them unchanged: ``output_ids``
-    [batch, beam, tokens] and ``sequence_length`` [batch, beam], with one beam."""
+    [batch, beam, tokens] and ``sequence_length`` [batch, beam], with one beam. ``finish_reason`` ("stop",
+    "length"; empty before the final response) is OpenAI's."""
     outputs = {
         "output_ids": np.array(tokens, dtype=np.int32).reshape(1, 1, -1),
         "sequence_length": np.array([[len(tokens)]], dtype=np.int32),
         "previous_length": np.array([[previous]], dtype=np.int32),
         "is_final": np.array([[final]], dtype=bool),
+        "finish_reason": np.array([[(finish_reason or "").encode()]], dtype=object),
     }
     for output in OUTPUTS:
-        value = getattr(stats, output.stat) if stats is not None else 0
-        outputs[output.name] = np.array([[value]], dtype=output.numpy_type)
+        value = getattr(stats, output.stat) if stats is not None else (0,) if output.vector else 0
+        outputs[output.name] = np.array([value if output.vector else [value]], dtype=output.numpy_type)
     return outputs
 
 
 class GenerationService:
     def __init__(self, engine: ServingEngine, on_finished: Callable[[RequestStats], None] | None = None,
                  on_failed: Callable[[str], None] | None = None,
-                 max_queue: int = 64, timeout_s: float = 0.0) -> None:
+                 max_queue: int = 64, timeout_s: float = 0.0, streaming: bool = True) -> None:
         self.engine = engine
+        self.streaming = streaming  # False: a model that answers each request once (not decoupled)
         self.on_finished, self.on_failed = on_finished, on_failed  # on_failed(kind) for every failed request
         self.max_queue, self.timeout_s = max_queue, timeout_s
         self._jobs: queue.Queue[Job | None] = queue.Queue()
@@ -114,6 +120,9 @@ class GenerationService:
             raise QueueFull(f"{self._jobs.qsize()} requests are already waiting (max_queue_size "
                             f"{self.max_queue}); retry later")
         request = parse_request(inputs, self.engine.eos_token_ids)
+        if request.stream and not self.streaming:
+            raise RequestError("streaming needs a decoupled deployment (template value decoupled_mode true); this "
+                               "one answers each request once: send stream false")
         try:
             stream = self.engine.generate(request.prompt_ids, request.sampling, request.mode, request.gamma)
         except ValueError as exc:  # too long for the engine, ids outside the vocabulary, ...
@@ -201,7 +210,7 @@ class GenerationService:
             self._fail(job, *ended)
             return
         stats = job.stream.stats
-        job.send(response_tensors(prefix + job.stream.token_ids, emitted if job.request.stream else 0, True, stats),
-                 True)
+        job.send(response_tensors(prefix + job.stream.token_ids, emitted if job.request.stream else 0, True, stats,
+                                  job.stream.finish_reason), True)
         if self.on_finished is not None:
             self.on_finished(stats)

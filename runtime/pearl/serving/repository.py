@@ -28,7 +28,12 @@ DEFAULTS = {
     "max_queue_size": "64",  # requests waiting for the engine; more are refused (UNAVAILABLE)
     "request_timeout_s": "600",  # a request not finished this long after it arrived ends with an error (0: off)
     "verify_engine_hashes": "true",  # the pearl model checks every engine file's sha256 at load (once, not at restarts)
+    # true: pearl and pearl_bls are decoupled (responses streamed as they are accepted; gRPC streaming and HTTP
+    # generate_stream). false: one response per request, so HTTP infer and gRPC unary infer work; no streaming
+    "decoupled_mode": "true",
 }
+BOOLEANS = ("add_special_tokens", "skip_special_tokens", "apply_chat_template", "verify_engine_hashes",
+            "decoupled_mode")
 
 
 class RepositoryError(ValueError):
@@ -50,6 +55,9 @@ def values_for_engines(engine_dir: str | Path, **overrides: str) -> dict[str, st
     if unknown:
         raise RepositoryError(f"unknown template values {sorted(unknown)}; known: {sorted(values)}")
     values.update(overrides)
+    for key in BOOLEANS:
+        if values[key] not in ("true", "false"):
+            raise RepositoryError(f"template value {key} must be true or false, got {values[key]!r}")
     return values
 
 

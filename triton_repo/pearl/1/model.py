@@ -1,4 +1,5 @@
-"""Triton adapter for pearl.serving.generation: the decoupled model that owns the PEARL engine.
+"""Triton adapter for pearl.serving.generation: the model that owns the PEARL engine (decoupled unless the
+repository was filled with decoupled_mode false; then each request gets its one response through the same sender).
 
 Loading the model checks the engine directory and starts the engine host, a child process that runs the
 MPI world (draft and target ranks); a problem fails the load with what is wrong and how to fix it. If a
@@ -12,6 +13,7 @@ backend crashes under concurrent calls from several stub threads (SIGSEGV or boo
 lock_exception in libtriton_python.so, seen with perf_analyzer at concurrency 8-16). Triton's own vLLM
 backend sends from a single response thread for the same reason.
 """
+import json
 import queue
 import sys
 import threading
@@ -100,8 +102,11 @@ class Metrics:
 
     def __init__(self):
         counter, gauge = pb_utils.MetricFamily.COUNTER, pb_utils.MetricFamily.GAUGE
-        self.families = [pb_utils.MetricFamily(m.name, m.help, gauge if m.gauge else counter) for m in METRICS]
-        self.metrics = [(m, family.Metric(labels={"model": "pearl"})) for m, family in zip(METRICS, self.families)]
+        self.families = {m.name: pb_utils.MetricFamily(m.name, m.help, gauge if m.gauge else counter)
+                         for m in METRICS}
+        self.metrics = [(m, self.families[m.name].Metric(labels={"model": "pearl"}))
+                        for m in METRICS if not m.per_position]
+        self.positions = {}  # (metric name, position) -> its counter, made when a request first reaches it
         self.failed_family = pb_utils.MetricFamily("pearl_requests_failed_total",
                                                    "Requests that ended without a result, by reason", counter)
         self.failed = {kind: self.failed_family.Metric(labels={"model": "pearl", "reason": kind})
@@ -110,6 +115,15 @@ class Metrics:
     def record(self, stats):
         for metric, value in self.metrics:
             (value.set if metric.gauge else value.increment)(getattr(stats, metric.stat))
+        for metric in (m for m in METRICS if m.per_position):
+            for position, count in enumerate(getattr(stats, metric.stat)):
+                self._position(metric.name, position).increment(count)
+
+    def _position(self, name, position):
+        if (name, position) not in self.positions:
+            self.positions[name, position] = self.families[name].Metric(
+                labels={"model": "pearl", "position": str(position)})
+        return self.positions[name, position]
 
     def record_failure(self, kind):
         self.failed[kind].increment(1)
@@ -132,7 +146,9 @@ class TritonPythonModel:
                                          on_finished=lambda stats: self.triton.call(self.metrics.record, stats),
                                          on_failed=lambda kind: self.triton.call(self.metrics.record_failure, kind),
                                          max_queue=int(model_parameter(args, "max_queue_size")),
-                                         timeout_s=float(model_parameter(args, "request_timeout_s")))
+                                         timeout_s=float(model_parameter(args, "request_timeout_s")),
+                                         streaming=pb_utils.using_decoupled_model_transaction_policy(
+                                             json.loads(args["model_config"])))
 
     def execute(self, requests):
         for request in requests:

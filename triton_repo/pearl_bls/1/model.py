@@ -1,6 +1,8 @@
 """Triton adapter for pearl.serving.bls: runs the ensemble's steps as BLS calls, one thread per request
 (so requests reach the pearl model's queue at once, as through the ensemble), and stops the pearl request
 when the client cancels."""
+import functools
+import json
 import threading
 import uuid
 from pathlib import Path
@@ -14,11 +16,12 @@ FINAL = pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL
 ENSEMBLE_CONFIG = Path(__file__).resolve().parents[2] / "ensemble" / "config.pbtxt"
 
 
-def infer(step, inputs, request_id, decoupled):
+def infer(step, inputs, request_id, decoupled, streaming=True):
+    """``streaming`` False: this repository's models are not decoupled, so every step answers once."""
     request = pb_utils.InferenceRequest(model_name=step.model, request_id=request_id,
                                         inputs=[pb_utils.Tensor(name, value) for name, value in inputs.items()],
                                         requested_output_names=list(step.output_map))
-    for response in request.exec(decoupled=True) if decoupled else [request.exec()]:
+    for response in request.exec(decoupled=True) if decoupled and streaming else [request.exec()]:
         if response.has_error():
             raise StepFailed(response.error().message(), kind_of(pb_utils, response.error().code()))
         yield {tensor.name(): tensor.as_numpy() for tensor in response.output_tensors()}
@@ -36,6 +39,7 @@ class TritonPythonModel:
 
     def initialize(self, args):
         self.pipeline = Pipeline.from_ensemble_config(ENSEMBLE_CONFIG)
+        self.streaming = pb_utils.using_decoupled_model_transaction_policy(json.loads(args["model_config"]))
         self.threads = set()
 
     def execute(self, requests):
@@ -49,7 +53,8 @@ class TritonPythonModel:
         sender = request.get_response_sender()
         try:
             run(self.pipeline, {t.name(): t.as_numpy() for t in request.inputs()},
-                f"pearl-bls-{uuid.uuid4().hex}", infer,  # unique: a stop must reach only this request
+                f"pearl-bls-{uuid.uuid4().hex}",  # unique: a stop must reach only this request
+                functools.partial(infer, streaming=self.streaming),
                 send=lambda outputs, final: sender.send(
                     pb_utils.InferenceResponse([pb_utils.Tensor(k, v) for k, v in outputs.items()]),
                     flags=FINAL if final else 0),

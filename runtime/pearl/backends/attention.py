@@ -2,9 +2,9 @@
 
 transformers' eager attention copies every key/value head once per query head of its group (``repeat_kv``)
 before two matmuls; sdpa on a CPU does the same for a batch with a mask. Qwen2.5-1.5B has 6 query heads a
-key/value head, so a batched decode step moved six copies of the whole cache per layer: at 8 sequences
-of ~180 tokens, 1.2 ms of attention a layer, a fifth of the step. Here each key/value head multiplies
-its query heads in one matmul instead (0.16 ms a layer), with eager's mask and float32 softmax.
+key/value head, so a batched decode step moved six copies of the whole cache per layer. Here each
+key/value head multiplies its query heads in one matmul instead, with eager's mask and float32 softmax
+(what it saved: docs/results/HISTORY.md).
 
 Registered under ``NAME`` with transformers' attention and mask interfaces (the supported way to add an
 implementation); ``register()`` runs before any model loads with ``attn_implementation=NAME``.

@@ -53,8 +53,8 @@ class BatchCache:
 
 class TorchBackend:
     # A forward's pad tokens cost what real ones do, and a prefill-sized group is compute-bound on a CPU: a
-    # pad token is worth its ~6 ms of GEMM on 2 cores, a separate forward ~one weight read (0.11 s, ~18
-    # tokens' worth). Holes in a kept batch cache only lengthen attention, far cheaper a token.
+    # separate forward costs about one read of the weights, worth some 16 pad tokens' GEMM on the CPUs
+    # measured (docs/results/HISTORY.md). Holes in a kept batch cache only lengthen attention, far cheaper.
     PAD_BUDGET_TOKENS = 16
     HOLE_BUDGET_TOKENS = 64
 
@@ -171,8 +171,8 @@ class TorchBackend:
     def _attention_bias(self, mask: torch.Tensor, num_new: int) -> torch.Tensor:
         """The additive [batch, 1, N, keys] mask transformers builds from a 2D one for eager attention (0 where a
         query sees a key, the dtype's min elsewhere): query i, at column ``keys - N + i``, sees the real keys up
-        to its own column. Built here in three ops; transformers' generic builder took 1.8 ms of a 0.15 s
-        batch-8 decode step. sdpa takes the same additive form."""
+        to its own column. Built here in three ops: transformers' generic builder is a
+        visible share of a batched decode step. sdpa takes the same additive form."""
         columns = torch.arange(mask.shape[1], device=self.device)
         query_columns = torch.arange(mask.shape[1] - num_new, mask.shape[1], device=self.device)
         hidden = ~(mask.bool()[:, None, None, :] & (columns <= query_columns[:, None]))

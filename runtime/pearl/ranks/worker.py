@@ -29,9 +29,9 @@ from pearl.speculation import SpeculationCosts
 
 INTERCOMM_TAG = 77
 # A rank with no request in its batch (the target between requests, the draft once it is off) notices a
-# new one up to 10 ms late, once per request. Its probes run on the cores of the rank that works: a 1 ms
-# poller in each of two idle processes slowed a batch-8 step on 2 threads by 11% (one thread preempted
-# stalls the other at the next barrier), 10 ms ones by ~2%.
+# new one up to 10 ms late, once per request. Its probes run on the cores of the rank that works, and a
+# thread preempted stalls the other at the next barrier: frequent polls slow the working rank
+# (docs/results/HISTORY.md, "Continuous batching, change by change").
 IDLE_MAX_SLEEP_S = 10e-3
 DRAIN_QUIET_S = 1e-3  # at a round boundary: probing this long after the driver's last message adds <1% a round
 

@@ -114,3 +114,25 @@ def test_adaptive_windows_grow_with_a_draft_that_is_always_right(engine_factory,
     out = engine.generate([1, 2, 3], SamplingParams(max_tokens=60, ignore_eos=True), mode="pearl").collect()
     assert out.stats.drafted_rounds == out.stats.rounds and out.stats.mean_gamma > 4
     assert out.stats.tokens_per_target_forward > 4
+
+
+def test_every_mode_matches_the_reference_decoders(engine_factory, tiny):
+    """The engine against the oracle of tests/reference_decoding.py (plain transformers, no cache, no ranks):
+    ar is the target's own greedy decode, sd accepts what the reference accepts, and sd, PEARL and adaptive
+    windows give the same tokens."""
+    from transformers import AutoModelForCausalLM
+
+    from reference_decoding import greedy, speculative_decode
+
+    draft, target = (AutoModelForCausalLM.from_pretrained(tiny[name]).eval() for name in ("close_draft", "target"))
+    engine = engine_factory(tiny["close_draft"], tiny["target"])
+    for prompt, n in (([1, 2, 3], 24), ([42], 9)):
+        expected = greedy(target, prompt, n)
+        reference, accepted = speculative_decode(draft, target, prompt, gamma=3, max_tokens=n)
+        assert reference == expected  # the oracle agrees with itself
+        params = SamplingParams(max_tokens=n, ignore_eos=True)
+        for mode, gamma in (("ar", 1), ("sd", 3), ("pearl", 3), ("pearl", "auto")):
+            out = engine.generate(prompt, params, mode=mode, gamma=gamma).collect()
+            assert out.token_ids == expected, mode
+            if mode == "sd":  # the same proposals and verdicts, round by round
+                assert out.stats.accepted_draft_tokens == accepted

@@ -49,7 +49,7 @@ def engine(engine_factory, tiny):
     return engine_factory(tiny["small_draft"], tiny["small_target"])
 
 
-@pytest.mark.parametrize("mode", ["pearl", "sd"])
+@pytest.mark.parametrize("mode", ["pearl", pytest.param("sd", marks=pytest.mark.slow)])  # sd: make test
 @pytest.mark.parametrize("filters", [
     pytest.param(dict(temperature=1.0), id="t1"),
     pytest.param(dict(temperature=1.0, top_k=4), id="topk4", marks=pytest.mark.slow),  # the fast lane: t1 only

@@ -7,7 +7,7 @@ batching backend can serve many at once; the first backends simply loop.
 """
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from typing import Protocol
 
 import torch
@@ -44,9 +44,6 @@ class ModelSpec:
                              f"{self.tensor_parallel} with backend {self.backend}")
         if self.num_layers is not None and self.num_layers < 1:
             raise ValueError(f"num_layers must be >= 1, got {self.num_layers}")
-
-    def to_dict(self) -> dict:
-        return asdict(self)
 
 
 class ModelBackend(Protocol):

@@ -35,9 +35,6 @@ class DraftRank:
         else:
             self.arrived[request.request_id] = request
 
-    def cancel(self, request_id: int) -> None:
-        """Cancellations reach the draft through the target's PLAN only."""
-
     def ready(self) -> bool:
         return self.peers.has(TARGET_RANK, PLAN)
 

@@ -72,6 +72,7 @@ class TargetRank:
 
     @property
     def busy(self) -> bool:
+        """What the worker's probing reads (as DraftRank.busy): with work in hand, a round is due at once."""
         return self.ready()
 
     def step(self) -> None:

@@ -48,12 +48,6 @@ class Endpoint:
         """Whether such a message has arrived (never waits, receives nothing)."""
         return self.comm.Iprobe(source, tag)
 
-    def poll(self, source: int, tag: int) -> np.ndarray | None:
-        """The next such message if one has arrived, else None (never waits)."""
-        status = MPI.Status()
-        message = self.comm.Improbe(source, tag, status)
-        return None if message is None else _receive(message, status)
-
     def recv_from(self, source: int, tag: int, timeout: float | None = None) -> np.ndarray:
         return self.recv(source, tag, timeout)[0]
 

@@ -111,7 +111,7 @@ class Worker:
     def handle_driver_message(self) -> None:
         """Receive the driver's next message (waiting for it) and act on it."""
         message, _, tag = self.driver.recv(DRIVER_RANK)
-        if tag == CANCEL:
+        if tag == CANCEL:  # the target's only: the draft hears of a cancellation in the target's PLAN
             self.scheduler.cancel(int(message[0]))
             return
         if tag == COSTS:

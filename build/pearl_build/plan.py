@@ -19,7 +19,7 @@ from pearl_build.config import ModelConfig, PairConfig
 
 
 @dataclass(frozen=True)
-class Step:
+class BuildStep:
     role: str
     what: str
     output: Path
@@ -37,7 +37,7 @@ class Step:
 class BuildPlan:
     pair: PairConfig
     out: Path
-    lanes: dict[str, list[Step]]  # role -> steps, in order
+    lanes: dict[str, list[BuildStep]]  # role -> steps, in order
     after: list[str]  # in-process steps once both lanes are done
 
     def render(self) -> str:

@@ -19,15 +19,15 @@ from pearl.engine_files import write_engine_json
 from pearl_build.artifacts import build_key, file_manifest, is_current
 from pearl_build.config import ModelConfig, PairConfig
 from pearl_build.pair import log
-from pearl_build.plan import Step
+from pearl_build.plan import BuildStep
 from pearl_build.sources import Resolved, resolve
 
 
-def model_steps(pair: PairConfig, model: ModelConfig, out: Path, cache_dir: Path) -> list[Step]:
+def model_steps(pair: PairConfig, model: ModelConfig, out: Path, cache_dir: Path) -> list[BuildStep]:
     layers = f", first {model.num_layers} layers" if model.num_layers else ""
     quantized = "" if model.quantization == "none" else f", {model.quantization} linears"
-    return [Step(model.role, f"fetch and sha256-check {model.source.location}", cache_dir / "sources"),
-            Step(model.role, f"convert to {pair.dtype} safetensors{layers}{quantized} + tokenizer + engine.json "
+    return [BuildStep(model.role, f"fetch and sha256-check {model.source.location}", cache_dir / "sources"),
+            BuildStep(model.role, f"convert to {pair.dtype} safetensors{layers}{quantized} + tokenizer + engine.json "
                              f"(runs on {','.join(model.devices)})", out / model.role)]
 
 

@@ -43,7 +43,7 @@ from pearl.engine_files import write_engine_json
 from pearl_build.artifacts import build_key, file_manifest, is_current
 from pearl_build.config import ModelConfig, PairConfig, load_pair_config
 from pearl_build.pair import log
-from pearl_build.plan import Step, gpu_env
+from pearl_build.plan import BuildStep, gpu_env
 from pearl_build.sources import resolve
 
 # A model's `quantization` as TensorRT-LLM's weight-only QuantAlgo (tensorrt_llm/quantization/mode.py): int8 per
@@ -76,16 +76,16 @@ def build_command(pair: PairConfig, model: ModelConfig, out: Path) -> list[str]:
     return command
 
 
-def model_steps(pair: PairConfig, model: ModelConfig, out: Path, cache_dir: Path) -> list[Step]:
+def model_steps(pair: PairConfig, model: ModelConfig, out: Path, cache_dir: Path) -> list[BuildStep]:
     env = gpu_env(model)
     ckpt = checkpoint_dir(out, model)
     convert = [sys.executable, "-m", "pearl_build.trtllm", "convert", "--config", str(pair.path), "--role",
                model.role, "--cache-dir", str(cache_dir), "--output-dir", str(ckpt)]
     quantized = f", weight-only {QUANT_ALGOS[model.quantization]}" if model.quantization != "none" else ""
-    return [Step(model.role, f"convert to a TRT-LLM checkpoint, tp_size {model.tp_size}{quantized}", ckpt,
+    return [BuildStep(model.role, f"convert to a TRT-LLM checkpoint, tp_size {model.tp_size}{quantized}", ckpt,
                  tuple(convert), env),
-            Step(model.role, "build the engine", out / model.role, tuple(build_command(pair, model, out)), env),
-            Step(model.role, "copy the tokenizer, write engine.json", out / model.role)]
+            BuildStep(model.role, "build the engine", out / model.role, tuple(build_command(pair, model, out)), env),
+            BuildStep(model.role, "copy the tokenizer, write engine.json", out / model.role)]
 
 
 def require_tensorrt_llm(pair: PairConfig) -> None:
@@ -120,7 +120,7 @@ def build_models(pair: PairConfig, out: Path, cache_dir: Path, force: bool) -> d
     return keys
 
 
-def run_lane(pair: PairConfig, model: ModelConfig, out: Path, steps: list[Step], key: str,
+def run_lane(pair: PairConfig, model: ModelConfig, out: Path, steps: list[BuildStep], key: str,
              errors: dict[str, str]) -> None:
     """Run one model's steps in order; a failure goes into ``errors`` for build_models to report."""
     started = time.time()

@@ -26,7 +26,7 @@ STOP_INPUTS = {"input_ids": np.zeros((1, 1), np.int32), "input_lengths": np.ones
 
 
 @dataclass(frozen=True)
-class Step:
+class EnsembleStep:
     """One model of the pipeline; maps are model tensor name -> pipeline tensor name, as in the ensemble."""
 
     model: str
@@ -42,15 +42,15 @@ class Step:
 
 @dataclass(frozen=True)
 class Pipeline:
-    before: tuple[Step, ...]  # run once (preprocessing)
-    streaming: Step  # the decoupled model (pearl): one response per round
-    after: tuple[Step, ...]  # run on each of its responses (postprocessing)
+    before: tuple[EnsembleStep, ...]  # run once (preprocessing)
+    streaming: EnsembleStep  # the decoupled model (pearl): one response per round
+    after: tuple[EnsembleStep, ...]  # run on each of its responses (postprocessing)
     outputs: tuple[str, ...]  # what the client gets
 
     @classmethod
     def from_ensemble_config(cls, path: str | Path) -> "Pipeline":
         config = read_model_config(path)
-        steps = [Step(s.model_name, dict(s.input_map), dict(s.output_map)) for s in config.ensemble_scheduling.step]
+        steps = [EnsembleStep(s.model_name, dict(s.input_map), dict(s.output_map)) for s in config.ensemble_scheduling.step]
         position = [s.model for s in steps].index(STREAMING_MODEL)
         return cls(tuple(steps[:position]), steps[position], tuple(steps[position + 1:]),
                    tuple(o.name for o in config.output))
@@ -86,7 +86,7 @@ class StepFailed(Exception):
 
 
 # (step, inputs, request id, decoupled) -> the step's outputs, one dict per response; raises StepFailed
-Infer = Callable[[Step, dict[str, np.ndarray], str, bool], Iterator[dict[str, np.ndarray]]]
+Infer = Callable[[EnsembleStep, dict[str, np.ndarray], str, bool], Iterator[dict[str, np.ndarray]]]
 
 
 def run(pipeline: Pipeline, tensors: dict[str, np.ndarray], request_id: str, infer: Infer,

@@ -74,6 +74,18 @@ def test_every_sequence_starts_drafting_and_a_probe_that_pays_keeps_drafting():
     assert p.acceptance.rate > 0.9 and not p.probing
 
 
+def test_an_unlucky_opening_is_looked_at_again_as_soon_as_a_stop_after_paying():
+    p = policy(prior=0.2)  # the opening drafts although the prior says it does not pay
+    while p.next_window(CPU):
+        p.observe(p.window, 0)
+    assert p.probe_after == PROBE_AFTER_ROUNDS and not p.probing
+    assert [p.next_window(CPU) for _ in range(PROBE_AFTER_ROUNDS - 1)] == [0] * (PROBE_AFTER_ROUNDS - 1)
+    assert p.next_window(CPU) > 0 and p.probing  # the first probe, on time
+    while p.next_window(CPU):
+        p.observe(p.window, 0)
+    assert p.probe_after == 2 * PROBE_AFTER_ROUNDS  # a probe that did not pay: the next look waits longer
+
+
 def test_the_batch_size_picks_its_row_of_costs():
     costs = SpeculationCosts({1: CPU, 4: FLAT})
     assert costs.at(2) == CPU and costs.at(4) == costs.at(16) == FLAT and SpeculationCosts({2: CPU}).at(1) == CPU

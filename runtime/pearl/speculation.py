@@ -21,7 +21,8 @@ The acceptance estimate forgets old evidence per checked token (``DECAY``), so a
 code to prose changes its window within a few dozen tokens. Every sequence starts drafting, whatever the
 prior says: its own acceptance is the evidence, and the draft's prefill then runs beside the target's. A
 sequence that stopped drafting has no evidence coming in: it drafts again after ``PROBE_AFTER_ROUNDS``
-rounds, twice as many after each probe that does not pay. A probe is dear (the draft first catches up on
+rounds, twice as many after each probe that does not pay (the opening rounds are no probe: a request whose
+first two windows were unlucky looks again as soon as one that stopped after paying). A probe is dear (the draft first catches up on
 every token it missed, and the target's round runs on fewer threads), so probes are rare.
 
 The profile times each model alone on a short context; serving, PEARL's two models run at once and share the
@@ -167,6 +168,7 @@ class WindowPolicy:
         self.probe_after = PROBE_AFTER_ROUNDS
         self.alone_rounds = self.probe_after  # rounds decoded alone since it last stopped: a probe first
         self.probing = False  # drafting only to look at the acceptance again, and it has not paid yet
+        self.opened = False  # the opening rounds are not a probe: two unlucky rounds must not delay the next look
 
     def observe(self, num_checked: int, num_accepted: int) -> None:
         if num_checked:
@@ -178,7 +180,7 @@ class WindowPolicy:
         pays = rate >= 1 / row.alone_step_s
         if not self.window:
             if pays or self.alone_rounds >= self.probe_after:  # drafting pays, or it is time to look again
-                self.probing = not pays
+                self.probing, self.opened = self.opened and not pays, True
                 self.window, self.drafted_rounds = window, 1
                 return window
             self.alone_rounds += 1

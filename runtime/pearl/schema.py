@@ -64,6 +64,8 @@ OUTPUTS = (
     Output("generated_tokens", "TYPE_INT32", "generated_tokens"),
     Output("checked_draft_tokens", "TYPE_INT32", "checked_draft_tokens"),
     Output("acceptance_histogram", "TYPE_INT32", "acceptance_histogram", vector=True),
+    Output("mean_acceptance_length", "TYPE_FP32", "mean_acceptance_length"),
+    Output("draft_acceptance_rate", "TYPE_FP32", "draft_acceptance_rate"),
 )
 
 

@@ -13,6 +13,20 @@ def encode_prompt(tokenizer, text: str, chat: bool = False) -> list[int]:
     return tokenizer(text).input_ids
 
 
+def chat_prompt_text(tokenizer, messages: list[dict], add_special_tokens: bool) -> str:
+    """``messages`` (OpenAI's role/content dicts) through the chat template, as the text that the preprocessing
+    model turns into exactly the template's ids: when its tokenizer call adds the BOS token itself
+    (``add_special_tokens``), the template's own leading BOS is left out, so it is not there twice."""
+    if not getattr(tokenizer, "chat_template", None):
+        raise ValueError("this model's tokenizer has no chat template; use /v1/completions")
+    text = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+    bos = tokenizer.bos_token
+    adds_bos = tokenizer("", add_special_tokens=True).input_ids[:1] == [tokenizer.bos_token_id]
+    if add_special_tokens and bos and adds_bos and text.startswith(bos):
+        text = text[len(bos):]
+    return text
+
+
 # Tokens decoded before the new ones: the context a token's text may depend on (a character split across
 # byte tokens, a tokenizer's leading-space rule). Both decodes of a delta start at the same token, so what the
 # window's first tokens decode to cancels out, and a stream costs O(length) instead of O(length^2).

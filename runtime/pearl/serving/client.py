@@ -1,5 +1,5 @@
-"""Calling the ``ensemble`` model the ways Triton users do: gRPC streaming (tritonclient) and HTTP's
-``generate`` / ``generate_stream`` (server-sent events). Each call yields ``Chunk``s as they arrive.
+"""Calling the ``ensemble`` model the ways Triton users do: gRPC streaming (tritonclient, also with asyncio)
+and HTTP's ``generate`` / ``generate_stream`` (server-sent events). Each call yields ``Chunk``s as they arrive.
 
 Any ensemble input can be passed by name (``max_tokens=64, temperature=0.7, stop_words=["\\n\\n"]``); the
 last chunk carries the request's statistics.
@@ -11,7 +11,7 @@ import queue
 import urllib.error
 import urllib.request
 from dataclasses import dataclass, field
-from typing import Iterator
+from typing import AsyncIterator, Iterator
 
 import numpy as np
 
@@ -54,12 +54,7 @@ def grpc_generate(url: str, text: str, stream: bool = True, timeout: float = 600
     """Stream over gRPC (``ModelStreamInfer``): one Chunk per response, the last with statistics."""
     import tritonclient.grpc as grpcclient
 
-    tensors = []
-    for name, value in {"text_input": text, "stream": stream, **inputs}.items():
-        array = to_array(name, value)
-        tensor = grpcclient.InferInput(name, list(array.shape), INPUT_TYPES[name])
-        tensor.set_data_from_numpy(array)
-        tensors.append(tensor)
+    tensors = infer_inputs(grpcclient.InferInput, {"text_input": text, "stream": stream, **inputs})
     responses: queue.Queue = queue.Queue()
     client = grpcclient.InferenceServerClient(url)
     try:
@@ -78,6 +73,48 @@ def grpc_generate(url: str, text: str, stream: bool = True, timeout: float = 600
     finally:
         client.stop_stream()
         client.close()
+
+
+async def grpc_generate_async(client, text: str, *, model: str = "pearl_bls", **inputs) -> AsyncIterator[Chunk]:
+    """``ModelStreamInfer`` over ``client`` (a ``tritonclient.grpc.aio.InferenceServerClient``): one Chunk per
+    response, the last with statistics. Leaving early (the caller is cancelled, or stops iterating) cancels
+    the gRPC call, which stops the generation: pearl_bls hears of it, an ensemble's running step does not."""
+    import tritonclient.grpc.aio as aio
+
+    tensors = infer_inputs(aio.InferInput, {"text_input": text, **inputs})
+
+    async def requests():
+        yield {"model_name": model, "inputs": tensors}
+
+    responses = client.stream_infer(requests())
+    finished = False
+    try:
+        async for result, error in responses:
+            if error is not None:
+                finished = True
+                raise RequestFailed(str(error))
+            response = result.get_response()
+            # a model that is not decoupled answers once, and Triton may not mark that answer final
+            final = ("triton_final_response" not in response.parameters
+                     or response.parameters["triton_final_response"].bool_param)
+            if response.outputs:
+                yield grpc_chunk(result, final)
+            if final:
+                finished = True
+                return
+    finally:
+        if not finished:
+            responses.cancel()
+
+
+def infer_inputs(infer_input, inputs: dict) -> list:
+    """tritonclient InferInputs (grpc, grpc.aio or http: ``infer_input`` is its class) for inputs by name."""
+    tensors = []
+    for name, value in inputs.items():
+        array = to_array(name, value)
+        tensors.append(infer_input(name, list(array.shape), INPUT_TYPES[name]))
+        tensors[-1].set_data_from_numpy(array)
+    return tensors
 
 
 def grpc_chunk(result, final: bool) -> Chunk:

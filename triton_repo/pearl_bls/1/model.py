@@ -1,6 +1,6 @@
 """Triton adapter for pearl.serving.bls: runs the ensemble's steps as BLS calls, one thread per request
 (so requests reach the pearl model's queue at once, as through the ensemble), and stops the pearl request
-when the client cancels."""
+when the client cancels. Its error messages end with their code (pearl.serving.errors: gRPC streams drop it)."""
 import functools
 import json
 import threading
@@ -58,10 +58,11 @@ class TritonPythonModel:
                 send=lambda outputs, final: sender.send(
                     pb_utils.InferenceResponse([pb_utils.Tensor(k, v) for k, v in outputs.items()]),
                     flags=FINAL if final else 0),
-                fail=lambda message, kind: sender.send(error_response(pb_utils, message, kind), flags=FINAL),
+                fail=lambda message, kind: sender.send(error_response(pb_utils, message, kind, tag_code=True),
+                                                       flags=FINAL),
                 cancelled=lambda: request.is_cancelled() or sender.is_cancelled())
         except Exception as exc:  # never leave a client without its final response
-            sender.send(error_response(pb_utils, f"pearl_bls failed: {exc}"), flags=FINAL)
+            sender.send(error_response(pb_utils, f"pearl_bls failed: {exc}", tag_code=True), flags=FINAL)
         finally:
             self.threads.discard(threading.current_thread())
 

@@ -64,9 +64,8 @@ def grpc_generate(url: str, text: str, stream: bool = True, timeout: float = 600
             result, error = responses.get(timeout=timeout)
             if error is not None:
                 raise RequestFailed(str(error))
-            response = result.get_response()
-            final = response.parameters["triton_final_response"].bool_param
-            if response.outputs:
+            final = is_final(result.get_response())
+            if result.get_response().outputs:
                 yield grpc_chunk(result, final)
             if final:
                 return
@@ -94,9 +93,7 @@ async def grpc_generate_async(client, text: str, *, model: str = "pearl_bls", **
                 finished = True
                 raise RequestFailed(str(error))
             response = result.get_response()
-            # a model that is not decoupled answers once, and Triton may not mark that answer final
-            final = ("triton_final_response" not in response.parameters
-                     or response.parameters["triton_final_response"].bool_param)
+            final = is_final(response)
             if response.outputs:
                 yield grpc_chunk(result, final)
             if final:
@@ -105,6 +102,13 @@ async def grpc_generate_async(client, text: str, *, model: str = "pearl_bls", **
     finally:
         if not finished:
             responses.cancel()
+
+
+def is_final(response) -> bool:
+    """Whether a ModelStreamInfer response is the request's last (a model that is not decoupled answers once,
+    and Triton may not mark that answer final)."""
+    return ("triton_final_response" not in response.parameters
+            or response.parameters["triton_final_response"].bool_param)
 
 
 def infer_inputs(infer_input, inputs: dict) -> list:

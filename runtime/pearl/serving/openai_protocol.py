@@ -47,7 +47,7 @@ class SamplingRequest(BaseModel):
     top_p: float | None = None
     top_k: int | None = None  # vLLM's extension
     seed: int | None = Field(None, ge=0, lt=2**64)
-    stop: str | list[str] | None = None
+    stop: str | list[str] | None = Field(None, validate_default=True)  # always a list once checked
     n: int = 1
     stream: bool = False
     stream_options: StreamOptions | None = None
@@ -75,7 +75,9 @@ class SamplingRequest(BaseModel):
 
     def ensemble_inputs(self, text: str, default_max_tokens: int) -> dict:
         """The ensemble's inputs (by name, as pearl.serving.client takes them) for a prompt text."""
-        inputs = {"text_input": text, "max_tokens": self.max_tokens or default_max_tokens, "stream": self.stream,
+        # 0 goes through: the ensemble refuses it with its own message
+        max_tokens = default_max_tokens if self.max_tokens is None else self.max_tokens
+        inputs = {"text_input": text, "max_tokens": max_tokens, "stream": self.stream,
                   "exclude_input_in_output": True, "temperature": self.temperature}
         optional = {"top_p": self.top_p, "top_k": self.top_k, "seed": self.seed,
                     "presence_penalty": self.presence_penalty, "frequency_penalty": self.frequency_penalty}

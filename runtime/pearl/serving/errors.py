@@ -1,9 +1,9 @@
 """Error kinds of the Python models and the Triton error codes they travel as (one table for every model).
 
-A gRPC stream's error response carries its message but not its code (Triton's ModelStreamInferResponse has
-only ``error_message``), so the model that streaming clients call (``pearl_bls``) ends each error message with
-its code in brackets, ``... [INVALID_ARG]``: ``kind_of_message`` reads the kind back (the OpenAI frontend turns
-it into an HTTP status).
+Two hops drop the code and keep the message: a BLS call (the python backend 2.51 hands ``pearl_bls`` every
+step's error as INTERNAL) and a gRPC stream (Triton's ModelStreamInferResponse has only ``error_message``). So
+every error message ends with its code in brackets, ``... [INVALID_ARG]``, and ``kind_of_message`` reads the
+kind back (``pearl_bls`` for its steps' errors, the OpenAI frontend for the HTTP status).
 """
 from __future__ import annotations
 
@@ -15,23 +15,22 @@ KIND_CODES = {"error": "INTERNAL", "cancelled": "CANCELLED", "timeout": "UNAVAIL
 CODE_TAG = re.compile(r" \[([A-Z_]+)\]$")
 
 
-def error_response(pb_utils, message: str, kind: str = "error", tag_code: bool = False):
-    """A Triton error response of this kind (``tag_code``: its code also ends the message)."""
+def error_response(pb_utils, message: str, kind: str = "error"):
+    """A Triton error response of this kind, its code also ending the message."""
     code = getattr(pb_utils.TritonError, KIND_CODES[kind])
-    return pb_utils.InferenceResponse(error=pb_utils.TritonError(tagged(message, kind) if tag_code else message,
-                                                                 code))
+    return pb_utils.InferenceResponse(error=pb_utils.TritonError(tagged(message, kind), code))
 
 
 def tagged(message: str, kind: str) -> str:
     return f"{CODE_TAG.sub('', message)} [{KIND_CODES[kind]}]"
 
 
-def kind_of_message(message: str) -> tuple[str, str]:
-    """(kind, the message without its tag) of a tagged message; an untagged one is an "error"."""
+def kind_of_message(message: str, default: str = "error") -> tuple[str, str]:
+    """(kind, the message without its tag) of a tagged message; an untagged one (Triton's own) is ``default``."""
     match = CODE_TAG.search(message)
     codes = {code: kind for kind, code in KIND_CODES.items() if kind != "timeout"}
     if match is None or match.group(1) not in codes:
-        return "error", message
+        return default, message
     return codes[match.group(1)], message[:match.start()]
 
 

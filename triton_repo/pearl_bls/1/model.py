@@ -1,6 +1,6 @@
 """Triton adapter for pearl.serving.bls: runs the ensemble's steps as BLS calls, one thread per request
 (so requests reach the pearl model's queue at once, as through the ensemble), and stops the pearl request
-when the client cancels. Its error messages end with their code (pearl.serving.errors: gRPC streams drop it)."""
+when the client cancels."""
 import functools
 import json
 import threading
@@ -10,7 +10,7 @@ from pathlib import Path
 import triton_python_backend_utils as pb_utils
 
 from pearl.serving.bls import Pipeline, StepFailed, ensemble_io, run
-from pearl.serving.errors import error_response, kind_of
+from pearl.serving.errors import error_response, kind_of, kind_of_message
 
 FINAL = pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL
 ENSEMBLE_CONFIG = Path(__file__).resolve().parents[2] / "ensemble" / "config.pbtxt"
@@ -23,7 +23,9 @@ def infer(step, inputs, request_id, decoupled, streaming=True):
                                         requested_output_names=list(step.output_map))
     for response in request.exec(decoupled=True) if decoupled and streaming else [request.exec()]:
         if response.has_error():
-            raise StepFailed(response.error().message(), kind_of(pb_utils, response.error().code()))
+            # the code arrives as INTERNAL whatever it was; our models' messages carry it (pearl.serving.errors)
+            kind, message = kind_of_message(response.error().message(), kind_of(pb_utils, response.error().code()))
+            raise StepFailed(message, kind)
         yield {tensor.name(): tensor.as_numpy() for tensor in response.output_tensors()}
 
 
@@ -58,11 +60,10 @@ class TritonPythonModel:
                 send=lambda outputs, final: sender.send(
                     pb_utils.InferenceResponse([pb_utils.Tensor(k, v) for k, v in outputs.items()]),
                     flags=FINAL if final else 0),
-                fail=lambda message, kind: sender.send(error_response(pb_utils, message, kind, tag_code=True),
-                                                       flags=FINAL),
+                fail=lambda message, kind: sender.send(error_response(pb_utils, message, kind), flags=FINAL),
                 cancelled=lambda: request.is_cancelled() or sender.is_cancelled())
         except Exception as exc:  # never leave a client without its final response
-            sender.send(error_response(pb_utils, f"pearl_bls failed: {exc}", tag_code=True), flags=FINAL)
+            sender.send(error_response(pb_utils, f"pearl_bls failed: {exc}"), flags=FINAL)
         finally:
             self.threads.discard(threading.current_thread())
 

@@ -2,6 +2,7 @@
 import numpy as np
 import triton_python_backend_utils as pb_utils
 
+from pearl.serving.errors import error_response
 from pearl.serving.inputs import RequestError
 from pearl.serving.preprocessing import Preprocessor
 from pearl.serving.repository import model_parameter
@@ -22,6 +23,5 @@ class TritonPythonModel:
                 responses.append(pb_utils.InferenceResponse(
                     [pb_utils.Tensor(name, np.ascontiguousarray(value)) for name, value in outputs.items()]))
             except RequestError as exc:
-                responses.append(pb_utils.InferenceResponse(
-                    error=pb_utils.TritonError(str(exc), pb_utils.TritonError.INVALID_ARG)))
+                responses.append(error_response(pb_utils, str(exc), "invalid"))
         return responses

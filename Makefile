@@ -16,6 +16,7 @@ HOST ?= 127.0.0.1
 HTTP_PORT ?= 8000
 GRPC_PORT ?= 8001
 METRICS_PORT ?= 8002
+OPENAI_PORT ?= 9000
 PORTS = --http-port $(HTTP_PORT) --grpc-port $(GRPC_PORT) --metrics-port $(METRICS_PORT)
 
 .PHONY: help setup setup-gpu gpu-check genai-perf test test-fast engines serve demo bench bench-concurrency perf soak clean
@@ -33,8 +34,9 @@ help:
 	@echo "make engines [PAIR=name] [DRY_RUN=1] [FORCE=1]"
 	@echo "             build a pair's engines into $(ENGINES_DIR)/<pair> (pairs: build/configs/*.yaml;"
 	@echo "             default $(PAIR)); DRY_RUN=1 prints the per-device build plan only"
-	@echo "make serve [PAIR=name] [HOST=127.0.0.1] [HTTP_PORT=8000 GRPC_PORT=8001 METRICS_PORT=8002]"
-	@echo "             run Triton with the pair's ensemble until Ctrl-C (builds the engines first)"
+	@echo "make serve [PAIR=name] [HOST=127.0.0.1] [HTTP_PORT=8000 GRPC_PORT=8001 METRICS_PORT=8002] [OPENAI_PORT=9000]"
+	@echo "             run Triton with the pair's ensemble, and the OpenAI-compatible API on OPENAI_PORT (0: off),"
+	@echo "             until Ctrl-C (builds the engines first)"
 	@echo "make demo    setup, engines, server, one streamed request with statistics, stop"
 	@echo "make bench [PAIR=name] [BENCH_ARGS='--per-class 8 --max-tokens 128 ...']"
 	@echo "             ar / sd / pearl / assisted generation / llama.cpp per prompt class -> results/bench/<pair>"
@@ -80,7 +82,7 @@ engines: $(SETUP)
 	$(PY) -m pearl_build $(PAIR) --engines-dir $(ENGINES_DIR) $(if $(DRY_RUN),--dry-run) $(if $(FORCE),--force)
 
 serve: engines
-	$(PY) scripts/serve.py --engines $(ENGINES_DIR)/$(PAIR) --host $(HOST) $(PORTS)
+	$(PY) scripts/serve.py --engines $(ENGINES_DIR)/$(PAIR) --host $(HOST) $(PORTS) --openai-port $(OPENAI_PORT)
 
 demo: engines
 	$(PY) scripts/demo.py --engines $(ENGINES_DIR)/$(PAIR) $(PORTS)

@@ -63,10 +63,11 @@ def smollm2(smollm2_engines) -> Path:
     return smollm2_engines / "target"
 
 
-def ar_records(engines: Path, prompts: list[str], max_tokens: int) -> dict[str, dict]:
+def ar_records(engines: Path, prompts: list[str], max_tokens: int, chat: bool = False) -> dict[str, dict]:
     """The runtime's greedy `ar` answer (the target alone) per prompt, as `pearl generate --json` records
-    ("text", "token_ids", ...), from one CLI process (the models load once)."""
-    args = [arg for prompt in prompts for arg in ("--prompt", prompt)]
+    ("text", "token_ids", ...), from one CLI process (the models load once); ``chat``: each prompt a user
+    message in the chat template."""
+    args = [arg for prompt in prompts for arg in ("--prompt", prompt)] + (["--chat"] if chat else [])
     result = subprocess.run([sys.executable, "-m", "pearl", "generate", "--engines", str(engines), "--mode", "ar",
                              "--max-tokens", str(max_tokens), "--json", *args], capture_output=True, text=True,
                             timeout=600, cwd=REPO)

@@ -1,8 +1,10 @@
-"""The serving commands of ``pearl``: ``serve`` (Triton with a pair's ensemble until Ctrl-C), ``demo`` (one
-streamed answer, then stop), ``client`` (a prompt to a running server) and ``fill-template``."""
+"""The serving commands of ``pearl``: ``serve`` (Triton with a pair's ensemble, and the OpenAI-compatible
+API, until Ctrl-C), ``demo`` (one streamed answer, then stop), ``client`` (a prompt to a running server) and
+``fill-template``."""
 from __future__ import annotations
 
 import argparse
+import contextlib
 import signal
 import sys
 import threading
@@ -17,9 +19,9 @@ from pearl.serving.server import LOOPBACK, TritonServer, add_server_arguments
 
 
 def serve(argv: list[str] | None = None) -> int:
-    """Fill the model repository from an engine directory and run Triton on it: bound to 127.0.0.1 unless
-    --host says otherwise, ready when /v2/health/ready says so, until Ctrl-C or SIGTERM (which unload the
-    models and shut the MPI world down)."""
+    """Fill the model repository from an engine directory and run Triton on it, with the OpenAI-compatible
+    API next to it: bound to 127.0.0.1 unless --host says otherwise, ready when /v2/health/ready says so,
+    until Ctrl-C or SIGTERM (which unload the models and shut the MPI world down)."""
     parser = argparse.ArgumentParser(prog="pearl serve", description=serve.__doc__.splitlines()[0])
     parser.add_argument("--engines", type=Path, required=True, help="a pair's engine directory (engines/<pair>)")
     parser.add_argument("--host", default=LOOPBACK, help="address to bind (default loopback only)")
@@ -27,18 +29,22 @@ def serve(argv: list[str] | None = None) -> int:
                         "(default <cache-dir>/triton_repo/<pair>)")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                         help="template value, e.g. apply_chat_template=true (repeatable)")
+    parser.add_argument("--openai-port", type=int, default=9000,
+                        help="the OpenAI-compatible API's port (0: none; it needs apply_chat_template=false)")
     add_server_arguments(parser, CACHE_DIR)
     args = parser.parse_args(argv)
     overrides = dict(item.split("=", 1) for item in args.set)
     repository = args.repository or args.cache_dir / "triton_repo" / args.engines.resolve().name
-    build_repository(TRITON_TEMPLATES, repository, values_for_engines(args.engines, **overrides))
+    values = values_for_engines(args.engines, **overrides)
+    build_repository(TRITON_TEMPLATES, repository, values)
     server = TritonServer(repository, args.cache_dir, args.host, args.http_port, args.grpc_port, args.metrics_port)
+    frontend = openai_config(server, values) if args.openai_port else None  # refused before Triton starts
     print(f"starting tritonserver on {repository} (log: {server.log_file})", flush=True)
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
-    with server:
+    with server, openai_frontend(frontend, server.host, args.openai_port) as openai:
         print(f"ready: HTTP {server.http_url}, gRPC {server.grpc_url}, metrics {args.host}:{args.metrics_port}"
-              f"/metrics; Ctrl-C stops", flush=True)
+              f"/metrics{f', OpenAI API {openai.url}' if openai else ''}; Ctrl-C stops", flush=True)
         try:
             while not stop.wait(1.0):
                 if server.process.poll() is not None:
@@ -48,6 +54,24 @@ def serve(argv: list[str] | None = None) -> int:
             pass
         print("stopping", flush=True)
     return 0
+
+
+def openai_config(server: TritonServer, values: dict[str, str]):
+    from pearl.serving.openai_app import FrontendConfig
+
+    return FrontendConfig.for_repository(server.grpc_url, values)
+
+
+@contextlib.contextmanager
+def openai_frontend(config, host: str, port: int):
+    """The OpenAI-compatible API (``config``: its FrontendConfig) on ``host:port``; None without a config."""
+    if config is None:
+        yield None
+        return
+    from pearl.serving.openai_app import OpenAIServer
+
+    with OpenAIServer(config, host, port) as frontend:
+        yield frontend
 
 
 def demo(argv: list[str] | None = None) -> int:

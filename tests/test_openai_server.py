@@ -186,3 +186,15 @@ def test_a_client_that_leaves_mid_stream_cancels_its_generation(frontend, client
     assert pearl_metrics(frontend.triton)[cancelled] == before + 1
     assert client.completions.create(model=model, prompt="Hi", max_tokens=2).choices[0].text  # still serving
 
+
+def test_the_grafana_dashboard_reads_only_metrics_the_server_exports(frontend, client, model):
+    import re
+    import urllib.request
+
+    client.completions.create(model=model, prompt=PROMPT, max_tokens=4, temperature=0)
+    page = urllib.request.urlopen(f"http://127.0.0.1:{frontend.triton.metrics_port}/metrics").read().decode()
+    exported = {line.split("{")[0].split(" ")[0] for line in page.splitlines() if line and not line.startswith("#")}
+    dashboard = json.loads((REPO / "docs" / "grafana-dashboard.json").read_text())
+    used = {name for panel in dashboard["panels"] for target in panel["targets"]
+            for name in re.findall(r"\b((?:pearl|nv)_[a-z_]+)\b", re.sub(r'"[^"]*"', "", target["expr"]))}
+    assert used and used - exported == set()

@@ -10,6 +10,20 @@ def test_request_round_trip():
         request = GenerationRequest(42, (1, 2, 3, 150000), sampling, Mode.SD, gamma=gamma)
         ints, floats = encode_request(request)
         assert decode_request(ints, floats) == request
+    resumed = GenerationRequest(42, (1, 2, 3), sampling).resumed([7, 8])  # its output so far travels in the prompt
+    assert decode_request(*encode_request(resumed)) == resumed and resumed.num_generated == 2
+
+
+def test_the_engine_hosts_pipe_carries_the_request_unchanged():
+    """The request validated at the edge reaches the engine host as it is (JSON over its pipe)."""
+    import json
+
+    from pearl.serving.host_protocol import decode_request as from_pipe, encode, encode_request as to_pipe
+
+    sampling = SamplingParams(temperature=0.5, top_p=0.8, seed=9, max_tokens=12, stop_token_ids=((4, 5),))
+    for request in (GenerationRequest(3, (1, 2), sampling, Mode.AR, gamma=None),
+                    GenerationRequest(4, (1, 2), sampling, Mode.PEARL, gamma=3).resumed([6])):
+        assert from_pipe(json.loads(encode({"request": to_pipe(request)}))["request"]) == request
 
 
 def test_costs_round_trip():

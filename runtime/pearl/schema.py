@@ -64,6 +64,7 @@ OUTPUTS = (
     Output("generated_tokens", "TYPE_INT32", "generated_tokens"),
     Output("checked_draft_tokens", "TYPE_INT32", "checked_draft_tokens"),
     Output("acceptance_histogram", "TYPE_INT32", "acceptance_histogram", vector=True),
+    Output("resumed", "TYPE_INT32", "resumed"),  # times resent to a new world after a rank died
 )
 
 
@@ -101,6 +102,7 @@ METRICS = (
     Metric("pearl_spec_decode_num_accepted_tokens_per_pos_total",
            "Verifications that accepted the draft token at this window position (vLLM's per-position counter)",
            "accepted_per_position", per_position=True),
+    Metric("pearl_resumed_total", "Times a request was resumed in a new MPI world after a rank died", "resumed"),
 )
 
 

@@ -2,8 +2,9 @@
 from __future__ import annotations
 
 # kind -> the pb_utils.TritonError code's name (its codes exist only inside the stub, so names here)
+# "overloaded": refused for a full queue; UNAVAILABLE so that clients and load balancers retry (HTTP 503)
 KIND_CODES = {"error": "INTERNAL", "cancelled": "CANCELLED", "timeout": "UNAVAILABLE", "invalid": "INVALID_ARG",
-              "unavailable": "UNAVAILABLE"}
+              "unavailable": "UNAVAILABLE", "overloaded": "UNAVAILABLE"}
 
 
 def error_response(pb_utils, message: str, kind: str = "error"):

@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 # kind -> the pb_utils.TritonError code's name (its codes exist only inside the stub, so names here)
-# "overloaded": refused for a full queue; UNAVAILABLE so that clients and load balancers retry (HTTP 503)
+# "overloaded": refused for a full queue; UNAVAILABLE (retry later), counted apart from bad input
 KIND_CODES = {"error": "INTERNAL", "cancelled": "CANCELLED", "timeout": "UNAVAILABLE", "invalid": "INVALID_ARG",
               "unavailable": "UNAVAILABLE", "overloaded": "UNAVAILABLE"}
 

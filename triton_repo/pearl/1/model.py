@@ -5,7 +5,7 @@ Loading the model checks the engine directory and starts the engine host, a chil
 MPI world (draft and target ranks); a problem fails the load with what is wrong and how to fix it. If a
 rank dies, a new world starts by itself and the requests in flight resume in it (at most ``max_resumes``
 times each). Unloading the model shuts the world down. Each request streams responses and always ends with
-Triton's final flag, errors included (a full queue: UNAVAILABLE, HTTP 503). Counters go to Triton's metrics
+Triton's final flag, errors included (a full queue: UNAVAILABLE, counted as overloaded). Counters go to Triton's metrics
 endpoint.
 
 Every call into Triton (responses, cancellation checks, metrics) is made by one thread, ``TritonCalls``:

@@ -35,7 +35,7 @@ from pearl.params import GenerationRequest
 from pearl.processes import kill_if_alive, process_alive
 from pearl.schema import COUNTERS
 from pearl.serving import host_protocol
-from pearl.stats import RequestStats
+from pearl.stats import RequestStats, add_counters
 from pearl.streams import EngineLimits
 
 WATCH_INTERVAL_S = 0.5
@@ -80,7 +80,7 @@ class Flight:
     on_error: OnError
     started: float = field(default_factory=time.monotonic)
     output: list[int] = field(default_factory=list)  # streamed so far, every world
-    earlier: list[float] = field(default_factory=lambda: [0.0] * len(COUNTERS))  # dead worlds' counters
+    earlier: list[float] = field(default_factory=lambda: [0.0] * len(COUNTERS))  # dead worlds' STATS fields
     counters: list[float] = field(default_factory=lambda: [0.0] * len(COUNTERS))  # this world's so far
     resumes: int = 0
     host: HostHandle | None = None  # where it runs; None: waiting for a host
@@ -91,7 +91,7 @@ class Flight:
         return self.request.resumed(self.output) if self.output else self.request
 
     def stats(self, finish_counters: list[float]) -> RequestStats:
-        totals = [a + b for a, b in zip(self.earlier, finish_counters)]
+        totals = add_counters(self.earlier, finish_counters)
         return RequestStats.from_message(totals, self.request.mode.name.lower(), self.request.gamma,
                                          time.monotonic() - self.started, self.resumes)
 
@@ -223,7 +223,7 @@ class EngineProcess:
                     failed.append(self._flights.pop(flight.request.request_id))
                 else:
                     flight.resumes += 1
-                    flight.earlier = [a + b for a, b in zip(flight.earlier, flight.counters)]
+                    flight.earlier = add_counters(flight.earlier, flight.counters)
                     flight.counters = [0.0] * len(COUNTERS)
                     flight.paused_at = time.monotonic()
         for flight in cancelled:

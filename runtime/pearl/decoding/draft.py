@@ -19,7 +19,6 @@ from pearl.decoding.common import Draft, RankState, forward_batch
 from pearl.sampling import choose, probabilities
 
 
-
 def draft_round(states: list[RankState]) -> dict[int, Draft]:
     """Draft every sequence's window, appending the tokens to its sequence as pending tokens."""
     if states and hasattr(states[0].backend, "draft_windows"):

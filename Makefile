@@ -44,8 +44,9 @@ help:
 	@echo "             the batched engine's tokens/s and latency per concurrency -> results/concurrency/<pair>"
 	@echo "make perf [PAIR=name] [PERF_ARGS='--concurrency 1,2,4,8,16 ...']"
 	@echo "             perf_analyzer and genai-perf against the served ensemble -> results/perf/<pair>"
-	@echo "make soak [PAIR=name] [SOAK_ARGS='--minutes 10 --concurrency 8']"
-	@echo "             long perf_analyzer load: errors, tokens/s and memory over time -> results/soak/<pair>"
+	@echo "make soak [PAIR=name] [SOAK_ARGS='--minutes 10 --concurrency 8 --kill-every 60']"
+	@echo "             long perf_analyzer load: errors, tokens/s and memory over time; --kill-every: a rank"
+	@echo "             killed that often, lost requests and resume pauses -> results/soak/<pair>"
 	@echo "make clean   remove the venv and caches"
 
 setup: $(VENV)/.installed

@@ -10,6 +10,20 @@ def test_request_round_trip():
         request = GenerationRequest(42, (1, 2, 3, 150000), sampling, Mode.SD, gamma=gamma)
         ints, floats = encode_request(request)
         assert decode_request(ints, floats) == request
+    resumed = GenerationRequest(42, (1, 2, 3), sampling).resumed([7, 8])  # its output so far travels in the prompt
+    assert decode_request(*encode_request(resumed)) == resumed and resumed.num_generated == 2
+
+
+def test_the_engine_hosts_pipe_carries_the_request_unchanged():
+    """The request validated at the edge reaches the engine host as it is (JSON over its pipe)."""
+    import json
+
+    from pearl.serving.host_protocol import decode_request as from_pipe, encode, encode_request as to_pipe
+
+    sampling = SamplingParams(temperature=0.5, top_p=0.8, seed=9, max_tokens=12, stop_token_ids=((4, 5),))
+    for request in (GenerationRequest(3, (1, 2), sampling, Mode.AR, gamma=None),
+                    GenerationRequest(4, (1, 2), sampling, Mode.PEARL, gamma=3).resumed([6])):
+        assert from_pipe(json.loads(encode({"request": to_pipe(request)}))["request"]) == request
 
 
 def test_costs_round_trip():
@@ -28,3 +42,23 @@ def test_plan_and_draft_messages_round_trip():
     assert decode_plan(encode_plan({}, {5: 1})) == ({}, {5: 1})
     windows = [(7, 30, [1, 2, 3]), (9, 4, [8]), (11, 12, [])]
     assert decode_drafts(encode_drafts(0.125, windows)) == (0.125, windows)
+
+
+def test_a_resumed_requests_statistics_add_up_over_its_worlds():
+    """STATS fields of two worlds as one: counters summed, histograms of different lengths summed entry by entry,
+    the prompt counted once (the second world's prompt carries the first one's output)."""
+    from pearl.schema import COUNTERS
+    from pearl.stats import RequestStats, add_counters
+
+    names = [name for name, _, _ in COUNTERS]
+
+    def fields(prompt_tokens, generated, histogram):
+        values = [1.0] * len(COUNTERS)
+        values[names.index("prompt_tokens")], values[names.index("generated_tokens")] = prompt_tokens, generated
+        return values + histogram
+
+    first, second = fields(5, 7, [0, 2, 1]), fields(12, 3, [1, 1])
+    stats = RequestStats.from_message(add_counters(add_counters([0.0] * len(COUNTERS), first), second),
+                                      "pearl", None, 1.0, resumed=1)
+    assert (stats.prompt_tokens, stats.generated_tokens, stats.rounds) == (5, 10, 2)
+    assert stats.acceptance_histogram == (1, 3, 1) and stats.resumed == 1

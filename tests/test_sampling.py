@@ -1,11 +1,12 @@
-"""Logits processing, seeded generators and the acceptance rule, checked on explicit distributions."""
+"""Logits processing, position-keyed draws, inverse-CDF sampling and the acceptance rule, checked on explicit
+distributions."""
 import math
 
 import pytest
 import torch
 
 from pearl.params import SamplingParams
-from pearl.sampling import DRAFT_STREAM, TARGET_STREAM, make_generator, probabilities, sample, verify
+from pearl.sampling import DRAFT_STREAM, TARGET_STREAM, Draws, probabilities, sample, verify
 
 
 def test_top_k_keeps_the_k_most_likely():
@@ -30,36 +31,52 @@ def test_temperature_sharpens():
     assert math.isclose(cold[0, 1].item(), torch.softmax(logits / 0.5, -1)[0, 1].item(), rel_tol=1e-6)
 
 
-def test_generators_are_reproducible_and_streams_independent():
-    a = torch.rand(4, generator=make_generator(7, TARGET_STREAM))
-    b = torch.rand(4, generator=make_generator(7, TARGET_STREAM))
-    c = torch.rand(4, generator=make_generator(7, DRAFT_STREAM))
-    assert torch.equal(a, b) and not torch.equal(a, c)
+def test_draws_are_reproducible_and_streams_independent():
+    a = [Draws(7, TARGET_STREAM).uniform(i) for i in range(4)]
+    b = [Draws(7, TARGET_STREAM).uniform(i) for i in range(4)]
+    c = [Draws(7, DRAFT_STREAM).uniform(i) for i in range(4)]
+    assert a == b and a != c
+
+
+def test_draws_depend_on_the_position_and_the_draw_alone():
+    """Keyed by (seed, stream, position, index): no state, so a draw is the same whenever it is asked for."""
+    draws = Draws(7, TARGET_STREAM)
+    late = draws.uniform(50, 1)
+    assert [draws.uniform(p) for p in range(60)] and draws.uniform(50, 1) == late
+    values = [draws.uniform(p, k) for p in range(500) for k in (0, 1)] + [Draws(8, TARGET_STREAM).uniform(0)]
+    assert len(set(values)) == len(values) and all(0 <= v < 1 for v in values)
+    assert abs(sum(values) / len(values) - 0.5) < 0.05
+
+
+def test_inverse_cdf_sampling_never_picks_a_token_without_mass():
+    probs = torch.tensor([0.0, 0.25, 0.0, 0.75, 0.0])
+    assert [sample(probs, u) for u in (0.0, 0.2499, 0.25, 0.9999, 1 - 2**-53)] == [1, 1, 3, 3, 3]
+    assert sample(torch.tensor([0.0, 2.0, 2.0]), 0.5) == 2  # unnormalised rows (a residual) work too
 
 
 def test_greedy_verify_stops_at_first_mismatch():
     logits = torch.eye(5)[[1, 2, 3, 4]]  # argmax per row: 1, 2, 3, 4
     greedy = SamplingParams()
-    gen = make_generator(0, TARGET_STREAM)
-    v = verify(logits[:3], [1, 9, 3], None, greedy, gen)
+    draws = Draws(0, TARGET_STREAM)
+    v = verify(logits[:3], [1, 9, 3], None, greedy, draws, 0)
     assert (v.num_accepted, v.next_token) == (1, 2)
-    v = verify(logits[:3], [1, 2, 3], None, greedy, gen)
+    v = verify(logits[:3], [1, 2, 3], None, greedy, draws, 0)
     assert (v.num_accepted, v.next_token) == (3, -1)
-    v = verify(logits, [1, 2, 3], None, greedy, gen, bonus=True)
+    v = verify(logits, [1, 2, 3], None, greedy, draws, 0, bonus=True)
     assert (v.num_accepted, v.next_token) == (3, 4)
 
 
 def test_sampling_verify_matches_target_distribution():
-    """One-token speculative sampling from q must give tokens distributed as p."""
+    """One-token speculative sampling from q must give tokens distributed as p (one position per trial)."""
     p = torch.tensor([0.6, 0.3, 0.1, 0.0])
     q = torch.tensor([0.1, 0.2, 0.3, 0.4])
     params = SamplingParams(temperature=1.0)
-    target_gen, draft_gen = make_generator(1, TARGET_STREAM), make_generator(1, DRAFT_STREAM)
+    target_draws, draft_draws = Draws(1, TARGET_STREAM), Draws(1, DRAFT_STREAM)
     counts = torch.zeros(4)
     n = 20000
-    for _ in range(n):
-        (x,) = sample(q.unsqueeze(0), draft_gen)
-        v = verify(p.log().unsqueeze(0), [x], q.unsqueeze(0), params, target_gen)
+    for position in range(n):
+        x = sample(q, draft_draws.uniform(position))
+        v = verify(p.log().unsqueeze(0), [x], q.unsqueeze(0), params, target_draws, position)
         counts[x if v.num_accepted else v.next_token] += 1
     assert torch.allclose(counts / n, p, atol=0.015)
 

@@ -1,7 +1,7 @@
 """Sequence bookkeeping (verdicts, draft length) and the output/stop rules."""
 import pytest
 
-from pearl.params import SamplingParams
+from pearl.params import GenerationRequest, SamplingParams
 from pearl.sampling import Verdict
 from pearl.sequence import Sequence
 from pearl.stopping import FinishReason, OutputTracker
@@ -72,3 +72,23 @@ def test_stop_sequence_ends_and_is_output():
 def test_max_tokens_cuts_the_output():
     assert track([5, 6, 7, 8], max_tokens=2) == ([5, 6], FinishReason.LENGTH)
     assert track([5, 6], max_tokens=5) == ([5, 6], FinishReason.NONE)
+
+
+def test_a_resumed_request_counts_its_earlier_output():
+    """Resumed as prompt + output so far: max_tokens and stop sequences see the earlier world's output too."""
+    original = GenerationRequest(1, (1, 2), SamplingParams(max_tokens=5, stop_token_ids=((6, 7),)))
+    resumed = original.resumed([5, 6])
+    assert resumed.prompt_ids == (1, 2, 5, 6) and resumed.num_generated == 2
+    assert resumed.max_total_tokens == original.max_total_tokens and resumed.resumed([8]).num_generated == 3
+
+    def track_resumed(tokens):
+        seq = Sequence(1, list(resumed.prompt_ids))
+        tracker = OutputTracker(seq, resumed.sampling, eos_token_ids=(0,), num_generated=resumed.num_generated)
+        seq.tokens += tokens
+        seq.num_verified = len(seq.tokens)
+        return tracker.advance(), tracker.finish_reason, tracker.output
+
+    assert track_resumed([7, 9]) == ([7], FinishReason.STOP, [7])  # the stop sequence began before the resume
+    assert track_resumed([8, 9, 10, 11]) == ([8, 9, 10], FinishReason.LENGTH, [8, 9, 10])  # 2 + 3 = max_tokens
+    with pytest.raises(ValueError, match="num_generated must be below"):
+        original.resumed([5, 6, 8, 9, 10])  # nothing left to generate: a finished request is not resumed

@@ -1,28 +1,81 @@
-"""EngineProcess on the SmolLM2 pair: the engine host serves the same tokens as the ranks do in-process, a
-killed rank fails the running request within seconds and the world comes back by itself, leaving nothing of
-the dead one behind (processes, MPICH's /dev/shm segments); cancelling ends a request after a round; a bad
-engine directory fails the start with the reason."""
+"""EngineProcess on the SmolLM2 pair: the engine host serves the same tokens as the ranks do in-process; a killed
+rank's requests resume in a new world with exactly the output they have without the kill (greedy, and sampled
+with a seed), counted across both worlds, at most max_resumes times (then, or with max_resumes 0, the request
+fails within seconds), and nothing of the dead world is left behind (processes, MPICH's /dev/shm segments);
+cancelling ends a request after a round; a bad engine directory fails the start with the reason."""
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import signal
 import subprocess
 import sys
+import threading
 import time
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
 
 from conftest import mpich_shared_memory
-from pearl.params import SamplingParams
+from pearl.params import GenerationRequest, Mode, SamplingParams
 from pearl.processes import process_alive
 from pearl.serving.engine_process import EngineDied, EngineProcess, EngineStartError
 
 pytestmark = pytest.mark.mpi
 
 PROMPT = [504, 3458, 314, 4798, 30]  # any ids inside the vocabulary
+REQUEST_IDS = itertools.count(1)
+
+
+class Collected:
+    """One request's callbacks gathered the way GenerationService uses them; ``on_chunk(collected)`` runs after
+    each chunk (in the engine's reader thread)."""
+
+    def __init__(self, request_id: int, on_chunk=None) -> None:
+        self.request_id, self.token_ids, self.chunks, self.on_chunk = request_id, [], 0, on_chunk
+        self.finish_reason = self.stats = self.error = self.ended_at = None
+        self.done = threading.Event()
+
+    def on_tokens(self, tokens):
+        self.token_ids += tokens
+        self.chunks += 1
+        if self.on_chunk is not None:
+            self.on_chunk(self)
+
+    def on_done(self, finish_reason, stats):
+        self.finish_reason, self.stats, self.ended_at = finish_reason, stats, time.monotonic()
+        self.done.set()
+
+    def on_error(self, error):
+        self.error, self.ended_at = error, time.monotonic()
+        self.done.set()
+
+    def wait(self, timeout: float = 300) -> "Collected":
+        assert self.done.wait(timeout), "the request did not end"
+        if self.error is not None:
+            raise self.error
+        return self
+
+
+def generate(engine, prompt, sampling, mode="pearl", gamma=None, on_chunk=None) -> Collected:
+    """Submit a request as the edge does (validated against the engine's limits); gamma None: adaptive."""
+    request = GenerationRequest(next(REQUEST_IDS), tuple(prompt), sampling, Mode.parse(mode), gamma)
+    engine.limits.check(request)
+    collected = Collected(request.request_id, on_chunk)
+    engine.submit(request, collected.on_tokens, collected.on_done, collected.on_error)
+    return collected
+
+
+def kill_rank_at(engine, role: str, chunk: int, killed: list):
+    """An on_chunk that SIGKILLs the current world's ``role`` rank after the request's ``chunk``-th chunk."""
+    pid = engine.rank_pids[role]
+
+    def on_chunk(collected):
+        if collected.chunks == chunk:
+            os.kill(pid, signal.SIGKILL)
+            killed.append(time.monotonic())
+    return on_chunk
 
 
 def leftovers(ready: dict) -> tuple[list[int], list[str]]:
@@ -39,57 +92,82 @@ def engine(smollm2_engines):
 
 def test_pearl_through_the_host_equals_ar(engine):
     sampling = SamplingParams(max_tokens=24, ignore_eos=True)
-    pearl = engine.generate(PROMPT, sampling, "pearl", "auto").collect()
-    ar = engine.generate(PROMPT, sampling, "ar").collect()
+    pearl = generate(engine, PROMPT, sampling, "pearl").wait()
+    ar = generate(engine, PROMPT, sampling, "ar").wait()
     assert pearl.token_ids == ar.token_ids and len(ar.token_ids) == 24
     assert pearl.finish_reason == "length" and pearl.stats.generated_tokens == 24
-    assert pearl.stats.draft_tokens > 0 and ar.stats.draft_tokens == 0
+    assert pearl.stats.draft_tokens > 0 and ar.stats.draft_tokens == 0 and pearl.stats.resumed == 0
 
 
 def test_concurrent_requests_share_rounds_and_keep_their_output(engine):
     """The host runs requests side by side; the ranks batch them (the pair's max_batch_size is 4)."""
-    assert engine.max_batch_size == 4
+    assert engine.limits.max_batch_size == 4
     prompts = [PROMPT, PROMPT[:2], [504, 28, 9, 1000, 2, 77, 30], PROMPT[::-1], [12]]  # one waits for a slot
     sampling = SamplingParams(max_tokens=20, ignore_eos=True)
-    alone = [engine.generate(p, sampling, "ar").collect().token_ids for p in prompts]
-    streams = [engine.generate(p, sampling, "pearl", "auto") for p in prompts]
-    with ThreadPoolExecutor(len(prompts)) as pool:
-        together = list(pool.map(lambda stream: stream.collect(), streams))
-    assert [s.token_ids for s in together] == alone
-    assert max(s.stats.mean_batch_size for s in together) > 2
-    assert all(s.stats.mean_batch_size <= 4 for s in together)
+    alone = [generate(engine, p, sampling, "ar").wait().token_ids for p in prompts]
+    together = [generate(engine, p, sampling, "pearl") for p in prompts]
+    assert [c.wait().token_ids for c in together] == alone
+    assert max(c.stats.mean_batch_size for c in together) > 2
+    assert all(c.stats.mean_batch_size <= 4 for c in together)
 
 
-def test_a_killed_rank_fails_the_request_and_the_world_restarts(engine):
-    reference = engine.generate(PROMPT, SamplingParams(max_tokens=16, ignore_eos=True)).collect().token_ids
-    old = engine._host.ready
-    stream = engine.generate(PROMPT, SamplingParams(max_tokens=500, ignore_eos=True))
-    killed = None
-    with pytest.raises(EngineDied, match="worker rank died"):
-        for i, _ in enumerate(stream):
-            if i == 1:
-                os.kill(engine.rank_pids["target"], signal.SIGKILL)
-                killed = time.monotonic()
-    assert time.monotonic() - killed < 5
-    assert engine.generate(PROMPT, SamplingParams(max_tokens=16, ignore_eos=True)).collect().token_ids == reference
-    assert engine.restarts == 1 and engine.rank_pids != old["ranks"]
+def test_a_killed_rank_resumes_the_request_in_the_new_world(engine):
+    sampling = SamplingParams(max_tokens=120, ignore_eos=True)
+    reference = generate(engine, PROMPT, sampling).wait()
+    old, restarts, killed = engine._host.ready, engine.restarts, []
+    resumed = generate(engine, PROMPT, sampling, on_chunk=kill_rank_at(engine, "target", 2, killed)).wait()
+    assert killed and resumed.token_ids == reference.token_ids and resumed.finish_reason == "length"
+    stats = resumed.stats
+    assert stats.resumed == 1 and stats.generated_tokens == 120  # counted across both worlds
+    assert stats.rounds >= 2 and stats.target_forwards >= 2
+    assert engine.restarts == restarts + 1 and engine.rank_pids != old["ranks"]
     assert leftovers(old) == ([], [])
+
+
+def test_a_seeded_sampled_request_gives_the_same_text_across_a_kill(engine):
+    """Draws keyed by token position (pearl.sampling): the new world continues with the same randomness."""
+    sampling = SamplingParams(temperature=1.0, top_p=0.95, seed=1234, max_tokens=80, ignore_eos=True)
+    reference = generate(engine, PROMPT, sampling, "pearl", gamma=3).wait()
+    killed = []
+    resumed = generate(engine, PROMPT, sampling, "pearl", gamma=3,
+                       on_chunk=kill_rank_at(engine, "draft", 3, killed)).wait()
+    assert killed and resumed.stats.resumed == 1
+    assert resumed.token_ids == reference.token_ids
+    other = generate(engine, PROMPT, SamplingParams(temperature=1.0, top_p=0.95, seed=99, max_tokens=80,
+                                                    ignore_eos=True), "pearl", gamma=3).wait()
+    assert other.token_ids != reference.token_ids  # the seed matters
+
+
+def test_a_request_past_its_resumes_fails_and_the_world_restarts(engine):
+    """max_resumes 0 (a template value): what every request did before resuming existed."""
+    reference = generate(engine, PROMPT, SamplingParams(max_tokens=16, ignore_eos=True)).wait().token_ids
+    old, killed = engine._host.ready, []
+    engine.max_resumes = 0
+    try:
+        failed = generate(engine, PROMPT, SamplingParams(max_tokens=500, ignore_eos=True),
+                          on_chunk=kill_rank_at(engine, "target", 2, killed))
+        with pytest.raises(EngineDied, match="worker rank died"):
+            failed.wait()
+    finally:
+        engine.max_resumes = 2
+    assert failed.ended_at - killed[0] < 5
+    assert generate(engine, PROMPT, SamplingParams(max_tokens=16, ignore_eos=True)).wait().token_ids == reference
+    assert engine.rank_pids != old["ranks"] and leftovers(old) == ([], [])
 
 
 def test_a_rank_killed_between_requests_is_replaced_before_the_next(engine):
     old = engine._host.ready
     os.kill(engine.rank_pids["draft"], signal.SIGKILL)
-    result = engine.generate(PROMPT, SamplingParams(max_tokens=8, ignore_eos=True)).collect()
+    result = generate(engine, PROMPT, SamplingParams(max_tokens=8, ignore_eos=True)).wait()
     assert len(result.token_ids) == 8 and engine.rank_pids != old["ranks"]
     assert leftovers(old) == ([], [])
 
 
 def test_cancel_ends_the_request_after_a_round(engine):
-    stream = engine.generate(PROMPT, SamplingParams(max_tokens=400, ignore_eos=True))
-    for _ in stream:
-        stream.cancel()
-    assert stream.finish_reason == "cancelled" and len(stream.token_ids) < 400
-    assert len(engine.generate(PROMPT, SamplingParams(max_tokens=4, ignore_eos=True)).collect().token_ids) == 4
+    collected = generate(engine, PROMPT, SamplingParams(max_tokens=400, ignore_eos=True),
+                         on_chunk=lambda collected: engine.cancel(collected.request_id)).wait()
+    assert collected.finish_reason == "cancelled" and len(collected.token_ids) < 400
+    assert len(generate(engine, PROMPT, SamplingParams(max_tokens=4, ignore_eos=True)).wait().token_ids) == 4
 
 
 def test_closing_leaves_nothing(smollm2_engines):

@@ -1,15 +1,20 @@
 """The pearl model's GenerationService without Triton: queue limit, per-request timeout, client cancellation,
-stop requests by request id, and shutdown, on a real engine over tiny models."""
+stop requests by request id, and shutdown, on a real engine host (an EngineProcess) over tiny models that
+serve one request at a time."""
 from __future__ import annotations
 
+import shutil
 import threading
 
 import numpy as np
 import pytest
 
-from conftest import start_engine
+from pearl.serving.engine_process import EngineProcess
 from pearl.serving.generation import GenerationService, QueueFull
 from pearl.serving.inputs import RequestError
+from pearl_build.config import parse_pair
+from pearl_build.pipeline import build_pair
+from tiny_models import save_tiny_tokenizer
 
 pytestmark = pytest.mark.mpi
 
@@ -41,9 +46,22 @@ class Client:
         return self.cancel_after is not None and len(self.responses) >= self.cancel_after
 
 
+@pytest.fixture(scope="module")
+def engines(tiny, tmp_path_factory):
+    """The tiny pair (its target ends a request with token 7 after ~160 tokens) built as an engine directory;
+    max_batch_size 1, so a second request waits in the service's queue."""
+    root = tmp_path_factory.mktemp("generation")
+    models = {}
+    for role, model in (("draft", tiny["close_draft"]), ("target", tiny["target"])):
+        models[role] = save_tiny_tokenizer(shutil.copytree(model, root / role), [f"w{i}" for i in range(60)])
+    pair = parse_pair({"max_seq_len": 512, "max_batch_size": 1, "draft": {"source": {"path": str(models["draft"])}},
+                       "target": {"source": {"path": str(models["target"])}}}, default_name="tiny")
+    return build_pair(pair, root / "engines", root / "cache", profile=False)
+
+
 @pytest.fixture()
-def service(tiny):
-    service = GenerationService(start_engine(tiny["close_draft"], tiny["target"]), max_queue=2, timeout_s=3.0)
+def service(engines):
+    service = GenerationService(EngineProcess(engines), max_queue=2, timeout_s=3.0)
     yield service
     service.close()
 
@@ -69,12 +87,11 @@ def test_cancelled_request_stops_and_reports_cancelled(service):
     assert follow.done.wait(60) and follow.error is None
 
 
-def test_a_stop_request_ends_the_running_and_queued_requests_with_its_id(tiny):
+def test_a_stop_request_ends_the_running_and_queued_requests_with_its_id(engines):
     failures = []
     # one request at a time, so the second "a" waits in the service's queue (with room for more, the ranks
     # admit it in the same round as the first)
-    engine = start_engine(tiny["close_draft"], tiny["target"], max_batch_size=1)
-    service = GenerationService(engine, on_failed=failures.append)
+    service = GenerationService(EngineProcess(engines), on_failed=failures.append)
     running, queued, other, stop = Client(), Client(), Client(), Client()
     service.submit(inputs(400, streaming=True), running.send, running.fail, request_id="a")
     service.submit(inputs(400, streaming=True), queued.send, queued.fail, request_id="a")
@@ -92,9 +109,9 @@ def test_a_stop_request_ends_the_running_and_queued_requests_with_its_id(tiny):
         service.submit(inputs(1, stop=True), Client().send, Client().fail)
 
 
-def test_a_request_past_its_timeout_ends_with_an_error(tiny):
+def test_a_request_past_its_timeout_ends_with_an_error(engines):
     # the tiny target needs ~0.25 s on a fast CPU core for its ~160 tokens before its end token
-    service = GenerationService(start_engine(tiny["close_draft"], tiny["target"]), timeout_s=0.05)
+    service = GenerationService(EngineProcess(engines), timeout_s=0.05)
     client = Client()
     service.submit(inputs(400, streaming=True), client.send, client.fail)
     assert client.done.wait(60)
@@ -102,8 +119,8 @@ def test_a_request_past_its_timeout_ends_with_an_error(tiny):
     assert client.error is not None and client.error[1] == "timeout" and "within 0.05 s" in client.error[0]
 
 
-def test_queue_limit_refuses_extra_requests_and_close_fails_the_queued(tiny):
-    service = GenerationService(start_engine(tiny["close_draft"], tiny["target"]), max_queue=1)
+def test_queue_limit_refuses_extra_requests_and_close_fails_the_queued(engines):
+    service = GenerationService(EngineProcess(engines), max_queue=1)
     running, queued = Client(), Client()
     service.submit(inputs(300, streaming=True), running.send, running.fail)
     while not running.responses:  # the first one is being served

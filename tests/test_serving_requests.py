@@ -11,9 +11,10 @@ from pearl.serving.inputs import RequestError, parse_request
 from pearl.serving.postprocessing import Postprocessor
 from pearl.serving.preprocessing import Preprocessor
 from pearl.serving.repository import RepositoryError, build_repository, fill_text, values_for_engines
+from pearl.streams import EngineLimits
 from pearl.text import text_delta
 
-EOS = (2,)
+LIMITS = EngineLimits(vocab_size=100, max_seq_len=64, max_batch_size=4, eos_token_ids=(2,))
 
 
 @pytest.fixture(scope="module")
@@ -37,15 +38,16 @@ def test_word_lists_round_trip_in_tensorrt_llm_layout():
         words.from_tensor(np.array([[1, 2], [5, -1]]))
 
 
-def test_a_valid_request_becomes_sampling_params():
+def test_a_valid_request_becomes_its_final_generation_request():
     parsed = parse_request(request(temperature=np.float32(0.5), runtime_top_k=np.int32(7), seed=np.uint64(3),
                                    streaming=True, num_draft_tokens=np.int32(5),
-                                   decoding_mode=b"sd"), EOS)
-    assert parsed.prompt_ids == (5, 6, 7) and parsed.stream and parsed.gamma == 5
-    assert parsed.mode.name == "SD"
-    s = parsed.sampling
+                                   decoding_mode=b"sd"), LIMITS, 41)
+    generation = parsed.generation
+    assert generation.prompt_ids == (5, 6, 7) and parsed.stream and generation.gamma == 5
+    assert generation.mode.name == "SD" and generation.request_id == 41
+    s = generation.sampling
     assert (s.temperature, s.top_k, s.seed, s.max_tokens) == (0.5, 7, 3, 8)
-    assert parse_request(request(), EOS).gamma == "auto"
+    assert parse_request(request(), LIMITS, 1).generation.gamma is None  # "auto": adaptive windows
 
 
 @pytest.mark.parametrize("tensors, message", [
@@ -60,23 +62,25 @@ def test_a_valid_request_becomes_sampling_params():
     ({"end_id": np.int32(77)}, "end_id 77 is not this engine's end token"),
     ({"num_draft_tokens": np.int32(-1)}, "num_draft_tokens must be >= 1"),
     ({"decoding_mode": b"beam"}, "unknown mode 'beam'"),
+    ({"request_output_len": np.int32(100)}, "exceeds the models' limit of 63 tokens"),
+    ({"input_ids": np.array([5, 100], np.int32)}, "outside the vocabulary"),
 ])
 def test_bad_requests_are_refused_with_a_clear_message(tensors, message):
     with pytest.raises(RequestError, match=message):
-        parse_request(request(**tensors), EOS)
+        parse_request(request(**tensors), LIMITS, 1)
 
 
 def test_batches_and_bad_word_lists_are_refused():
     batch = request()
     batch["input_ids"] = np.array([[1, 2], [3, 4]], dtype=np.int32)
     with pytest.raises(RequestError, match="send one prompt per request"):
-        parse_request(batch, EOS)
+        parse_request(batch, LIMITS, 1)
     bad = request()
     bad["bad_words_list"] = words.to_tensor([(3,)])[None]
     with pytest.raises(RequestError, match="bad_words is not supported"):
-        parse_request(bad, EOS)
+        parse_request(bad, LIMITS, 1)
     bad["bad_words_list"] = words.to_tensor([])[None]  # what clients send for "none"
-    assert parse_request(bad, EOS).prompt_ids == (5, 6, 7)
+    assert parse_request(bad, LIMITS, 1).generation.prompt_ids == (5, 6, 7)
 
 
 def test_preprocessing_tokenizes_text_and_stop_words(tokenizer):

@@ -174,7 +174,8 @@ and write raw outputs, summary.json/.md and latency_throughput.png."""
 
 def soak(argv: list[str] | None = None) -> int:
     """``make soak``: perf_analyzer at concurrency 8 against the served ensemble for a while (default 10
-minutes); reports errors, generated tokens/s over time and the server's memory over time."""
+minutes); reports errors, generated tokens/s over time and the server's memory over time; with --kill-every,
+requests lost to killed ranks (target 0) and the pause each resume caused."""
     from pearl.serving.server import TritonServer, add_server_arguments
     from pearl_bench.soak import run_soak, write_report
 
@@ -185,6 +186,8 @@ minutes); reports errors, generated tokens/s over time and the server's memory o
     parser.add_argument("--max-tokens", type=int, default=32)
     parser.add_argument("--prompts", type=int, default=16, help="HumanEval prompts cycled through")
     parser.add_argument("--requests-per-window", type=int, default=16)
+    parser.add_argument("--kill-every", type=float, metavar="SECONDS",
+                        help="SIGKILL a worker rank this often (the ranks in turn); off by default")
     parser.add_argument("--out", type=Path, help="results folder (default results/soak/<pair>)")
     add_server_arguments(parser, CACHE_DIR)
     args = parser.parse_args(argv)
@@ -194,8 +197,8 @@ minutes); reports errors, generated tokens/s over time and the server's memory o
     with TritonServer(repository, args.cache_dir, http_port=args.http_port, grpc_port=args.grpc_port,
                       metrics_port=args.metrics_port) as server:
         summary = run_soak(server, out, args.cache_dir, humaneval(args.prompts), args.max_tokens, args.concurrency,
-                       60 * args.minutes, args.requests_per_window)
+                           60 * args.minutes, args.requests_per_window, kill_every_s=args.kill_every)
     write_report(summary, out, f"soak: {args.engines.resolve().name}, concurrency {args.concurrency}")
     print((out / "soak.md").read_text())
-    return 1 if summary["errors"] else 0
+    return 1 if summary["errors"] or summary["lost_requests"] else 0
 

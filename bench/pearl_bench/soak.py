@@ -1,14 +1,21 @@
 """``make soak``: hold the server under perf_analyzer load for a while and watch for errors, throughput drift
-and memory growth.
+and memory growth; with ``--kill-every``, also kill a worker rank now and then and count what it cost.
 
 Load runs in windows (perf_analyzer at a fixed concurrency, a fixed number of requests each); between
-them the server's Prometheus counters give generated tokens/s, and a sampler thread records the resident
-memory of the server's whole process tree (server, python stubs, MPI ranks) every few seconds. Memory
-growth compares the last window to the first one after warm-up (target: at most 5%).
+them the server's Prometheus counters give generated tokens/s and failed requests, and a sampler thread
+records the resident memory of the server's whole process tree (server, python stubs, MPI ranks) every few
+seconds. Memory growth compares the last window to the first one after warm-up (target: at most 5%).
+
+Kills (``RankKiller``: SIGKILL to one of the world's ranks, target and draft in turn): the requests in flight
+should resume in the new world, so none is lost (``pearl_requests_failed_total`` does not move; target 0)
+and each streamed request sees a pause: per kill, the longest gap between two responses of a request that
+spans the kill, from perf_analyzer's per-response timestamps.
 """
 from __future__ import annotations
 
 import json
+import os
+import signal
 import threading
 import time
 import urllib.request
@@ -33,10 +40,62 @@ def tree_rss_bytes(pid: int) -> int:
     return total
 
 
-def generated_tokens(metrics_url: str) -> float:
+def metric_total(metrics_url: str, name: str) -> float:
+    """A pearl metric summed over its labels."""
     text = urllib.request.urlopen(f"http://{metrics_url}/metrics", timeout=10).read().decode()
-    return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
-               if line.startswith("pearl_generated_tokens_total"))
+    return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines() if line.startswith(name + "{"))
+
+
+def worker_ranks(server_pid: int) -> list[int]:
+    """The MPI worker ranks below the server."""
+    ranks = []
+    for pid in sorted(process_tree(server_pid)):
+        try:
+            if b"pearl.ranks.worker" in Path(f"/proc/{pid}/cmdline").read_bytes():
+                ranks.append(pid)
+        except OSError:
+            continue
+    return ranks
+
+
+class RankKiller(threading.Thread):
+    """SIGKILL one of the server's worker ranks every ``every_s`` seconds, the world's ranks in turn;
+    ``kills``: the wall-clock times (time.time()) of the kills."""
+
+    def __init__(self, server_pid: int, every_s: float) -> None:
+        super().__init__(daemon=True)
+        self.server_pid, self.every_s = server_pid, every_s
+        self.kills: list[float] = []
+        self._halt = threading.Event()
+
+    def run(self) -> None:
+        while not self._halt.wait(self.every_s):
+            ranks = worker_ranks(self.server_pid)
+            if len(ranks) < 2:  # a world is starting: the next period kills one of the new one
+                continue
+            os.kill(ranks[len(self.kills) % len(ranks)], signal.SIGKILL)
+            self.kills.append(time.time())
+            print(json.dumps({"kill_at_s": round(self.kills[-1], 3)}), flush=True)
+
+    def stop(self) -> None:
+        self._halt.set()
+        self.join()
+
+
+def resume_pauses(out: Path, kills: list[float]) -> list[dict]:
+    """Per kill: the longest gap (s) between two responses of a streamed request that spans it (None: no
+    request was in flight), from every window's perf_analyzer profile export (epoch-ns timestamps)."""
+    requests = []
+    for profile in sorted(out.glob("window*/profile_*.json")):
+        for experiment in json.loads(profile.read_text()).get("experiments", []):
+            for request in experiment.get("requests", []):
+                times = [request["timestamp"], *request.get("response_timestamps", [])]
+                requests.append([t / 1e9 for t in times])
+    pauses = []
+    for kill in kills:
+        gaps = [b - a for times in requests for a, b in zip(times, times[1:]) if a <= kill < b]
+        pauses.append({"kill_at": kill, "pause_s": max(gaps) if gaps else None, "requests_in_flight": len(gaps)})
+    return pauses
 
 
 class MemorySampler(threading.Thread):
@@ -57,14 +116,19 @@ class MemorySampler(threading.Thread):
 
 
 def run_soak(server, out: Path, cache_dir: Path, prompts: list[Prompt], max_tokens: int, concurrency: int,
-         duration_s: float, requests_per_window: int, warmup_windows: int = 1) -> dict:
+             duration_s: float, requests_per_window: int, warmup_windows: int = 1,
+             kill_every_s: float | None = None) -> dict:
     sampler = MemorySampler(server.process.pid)
     sampler.start()
+    killer = RankKiller(server.process.pid, kill_every_s) if kill_every_s else None
     windows, start = [], time.monotonic()
     metrics_url = f"{server.host}:{server.metrics_port}"
+    if killer is not None:
+        killer.start()
     try:
         while time.monotonic() - start < duration_s or len(windows) <= warmup_windows:
-            t0, tokens0 = time.monotonic(), generated_tokens(metrics_url)
+            t0, tokens0 = time.monotonic(), metric_total(metrics_url, "pearl_generated_tokens_total")
+            failed0 = metric_total(metrics_url, "pearl_requests_failed_total")
             error = None
             window_dir = out / f"window{len(windows):03d}"  # perf_analyzer's raw files, kept per window
             window_dir.mkdir(parents=True, exist_ok=True)
@@ -74,13 +138,20 @@ def run_soak(server, out: Path, cache_dir: Path, prompts: list[Prompt], max_toke
             except PerfError as exc:
                 point, error = {}, str(exc)[-500:]
             elapsed = time.monotonic() - t0
+            tokens = metric_total(metrics_url, "pearl_generated_tokens_total") - tokens0
             windows.append({"t_s": round(t0 - start, 1), "window_s": elapsed, "error": error,
-                            "tokens_per_s": (generated_tokens(metrics_url) - tokens0) / elapsed, **point,
-                            "server_ready": server.ready()})
+                            "tokens_per_s": tokens / elapsed, **point, "server_ready": server.ready(),
+                            "failed": metric_total(metrics_url, "pearl_requests_failed_total") - failed0})
             print(json.dumps(windows[-1]), flush=True)
     finally:
+        if killer is not None:
+            killer.stop()
         sampler.stop()
-    return summarize(windows, sampler.samples, warmup_windows)
+    summary = summarize(windows, sampler.samples, warmup_windows)
+    if killer is not None:
+        summary["kills"] = resume_pauses(out, killer.kills)
+        summary["kill_every_s"] = kill_every_s
+    return summary
 
 
 def summarize(windows: list[dict], memory: list[tuple[float, int]], warmup_windows: int) -> dict:
@@ -91,7 +162,7 @@ def summarize(windows: list[dict], memory: list[tuple[float, int]], warmup_windo
     growth = (last - first) / first if first else 0.0
     return {"windows": windows, "memory": [{"t_s": round(t, 1), "rss_bytes": rss} for t, rss in memory],
             "errors": sum(1 for w in windows if w["error"]), "memory_growth": growth,
-            "memory_growth_target": GROWTH_TARGET}
+            "memory_growth_target": GROWTH_TARGET, "lost_requests": int(sum(w["failed"] for w in windows))}
 
 
 def write_report(summary: dict, out: Path, title: str) -> None:
@@ -100,12 +171,18 @@ def write_report(summary: dict, out: Path, title: str) -> None:
     import matplotlib.pyplot as plt
 
     (out / "soak.json").write_text(json.dumps(summary, indent=2) + "\n")
-    lines = [f"# {title}", "", f"errors: {summary['errors']} (target 0); memory growth after warm-up: "
-             f"{100 * summary['memory_growth']:.1f}% (target <= {100 * GROWTH_TARGET:.0f}%)", "",
-             "| t (s) | tokens/s | requests/s | p50 ms | error |", "|---|---|---|---|---|"]
+    lines = [f"# {title}", "", f"errors: {summary['errors']} (target 0); lost requests: "
+             f"{summary['lost_requests']} (target 0); memory growth after warm-up: "
+             f"{100 * summary['memory_growth']:.1f}% (target <= {100 * GROWTH_TARGET:.0f}%)", ""]
+    if "kills" in summary:
+        pauses = [k["pause_s"] for k in summary["kills"] if k["pause_s"] is not None]
+        lines += [f"rank kills: {len(summary['kills'])} (every {summary['kill_every_s']:g} s); pause per resume: "
+                  + (f"{min(pauses):.1f}-{max(pauses):.1f} s, mean {sum(pauses) / len(pauses):.1f} s"
+                     if pauses else "no request was in flight at a kill"), ""]
+    lines += ["| t (s) | tokens/s | requests/s | p50 ms | failed | error |", "|---|---|---|---|---|---|"]
     for w in summary["windows"]:
         lines.append(f"| {w['t_s']} | {w['tokens_per_s']:.2f} | {w.get('requests_per_s', 0):.3f} | "
-                     f"{w.get('p50_ms', 0):.0f} | {w['error'] or ''} |")
+                     f"{w.get('p50_ms', 0):.0f} | {w['failed']:.0f} | {w['error'] or ''} |")
     (out / "soak.md").write_text("\n".join(lines) + "\n")
     fig, (top, bottom) = plt.subplots(2, 1, figsize=(7, 6), sharex=True)
     top.plot([w["t_s"] for w in summary["windows"]], [w["tokens_per_s"] for w in summary["windows"]], marker="o")

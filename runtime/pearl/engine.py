@@ -23,6 +23,7 @@ from pearl.backends import check_model_path
 from pearl.tokenizers import load_tokenizer
 from pearl.ranks.config import WorldConfig
 from pearl.ranks.protocol import DRAFT_RANK, TARGET_RANK
+from pearl.ranks.router import Router
 from pearl.ranks.world import World
 from pearl.engine_files import load_pair
 from pearl.params import GenerationRequest, Mode, SamplingParams
@@ -30,7 +31,7 @@ from pearl.profiling import DEFAULT_ACCEPTANCE
 from pearl.speculation import CostRow, SpeculationCosts
 from pearl.stats import RequestStats
 from pearl.stopping import FinishReason
-from pearl.streams import GenerationStream, check_fits
+from pearl.streams import EngineLimits, GenerationStream, check_fits
 
 MAX_UNPROFILED_WINDOW = 16  # adaptive windows of a pair measured at start-up only (its verify taken as flat)
 
@@ -91,6 +92,8 @@ class Engine:
         self.world.begin(self.vocab_size)
         self._costs_lock = threading.Lock()
         self._ids = itertools.count(1)
+        self._router: Router | None = None  # started by the first generate (the engine host polls the world)
+        self._router_lock = threading.Lock()
         self.costs = costs
         if costs is not None:
             self.world.send_costs(costs)
@@ -113,11 +116,17 @@ class Engine:
         self.close()
 
     def close(self) -> None:
+        if self._router is not None:
+            self._router.close()
         self.world.close()
 
     @property
     def max_batch_size(self) -> int:
         return self.config.max_batch_size
+
+    @property
+    def limits(self) -> EngineLimits:
+        return EngineLimits(self.vocab_size, self.max_seq_len, self.max_batch_size, tuple(self.eos_token_ids))
 
     def ensure_costs(self) -> None:
         """Costs for adaptive windows: without a profile, one draft step and one target step measured on the
@@ -145,13 +154,13 @@ class Engine:
 
     def _serve(self, request: GenerationRequest, stream: GenerationStream) -> Iterator[list[int]]:
         start = time.perf_counter()
-        for item in self.world.submit(request):
-            if isinstance(item, tuple):
-                tokens, reason = item
-                if reason:
-                    stream.finish_reason = FinishReason(reason).label
-                if tokens:
-                    yield tokens
-            else:
-                stream.stats = RequestStats.from_message(item, request.mode.name.lower(), request.gamma,
+        with self._router_lock:
+            if self._router is None:
+                self._router = Router(self.world)
+        for report in self._router.submit(request):
+            if report.finished:
+                stream.finish_reason = FinishReason(report.finish_reason).label
+                stream.stats = RequestStats.from_message(report.counters, request.mode.name.lower(), request.gamma,
                                                          time.perf_counter() - start)
+            if report.tokens:
+                yield report.tokens

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import enum
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 
 class Mode(enum.IntEnum):
@@ -63,13 +63,16 @@ class SamplingParams:
 @dataclass(frozen=True)
 class GenerationRequest:
     """One request as the ranks see it: prompt ids, decoder, draft window length and sampling. ``gamma``
-    None: adaptive, the target picks each round's window (``pearl.speculation``)."""
+    None: adaptive, the target picks each round's window (``pearl.speculation``). ``num_generated``: the
+    prompt's last tokens that are this request's own output already (a request resumed in a new world after
+    a rank died): they count toward ``max_tokens`` and stop sequences, and are not output again."""
 
     request_id: int
     prompt_ids: tuple[int, ...]
     sampling: SamplingParams
     mode: Mode = Mode.PEARL
     gamma: int | None = 4
+    num_generated: int = 0
 
     def __post_init__(self) -> None:
         if not self.prompt_ids:
@@ -78,8 +81,16 @@ class GenerationRequest:
             raise ValueError(f"gamma must be >= 1 (or None: adaptive), got {self.gamma}")
         if any(t < 0 for t in self.prompt_ids):
             raise ValueError("prompt token ids must be >= 0")
+        if not 0 <= self.num_generated < min(len(self.prompt_ids), self.sampling.max_tokens):
+            raise ValueError(f"num_generated must be below the prompt's length and max_tokens (a resumed "
+                             f"request has tokens left to generate), got {self.num_generated}")
+
+    def resumed(self, output: list[int]) -> "GenerationRequest":
+        """This request continued after ``output``: its prompt, then that output, with the rest of its budget."""
+        return replace(self, prompt_ids=self.prompt_ids + tuple(output),
+                       num_generated=self.num_generated + len(output))
 
     @property
     def max_total_tokens(self) -> int:
         """The longest a sequence can get: drafting may run one token past max_tokens (see Sequence)."""
-        return len(self.prompt_ids) + self.sampling.max_tokens + 1
+        return len(self.prompt_ids) - self.num_generated + self.sampling.max_tokens + 1

@@ -1,9 +1,15 @@
-"""Facts about processes by pid, read from /proc: alive or not, parent, descendants, and ending them."""
+"""Facts about processes by pid, read from /proc: alive or not, parent, descendants, and ending them; and
+tying a process's life to its parent's."""
 from __future__ import annotations
 
+import ctypes
 import os
 import signal
+import sys
 from pathlib import Path
+from typing import Callable
+
+PR_SET_PDEATHSIG = 1  # linux/prctl.h
 
 
 def process_alive(pid: int) -> bool:
@@ -52,3 +58,31 @@ def process_tree(pid: int) -> set[int]:
             found.add(child)
             todo.append(child)
     return found
+
+
+
+def die_with_parent(sig: int = signal.SIGTERM) -> None:
+    """Have the kernel send this process ``sig`` when its parent dies (Linux ``prctl(PR_SET_PDEATHSIG)``;
+    elsewhere nothing). "Parent" is the thread that started it: start long-lived children from a thread that
+    lives as long as their parent should."""
+    parent = os.getppid()
+    if _arm_parent_death_signal(sig) and os.getppid() != parent:
+        os.kill(os.getpid(), sig)  # the parent died before the signal was armed
+
+
+def exit_with_parent(sig: int = signal.SIGTERM) -> Callable[[], None]:
+    """A ``subprocess.Popen(preexec_fn=...)`` for a child that must not outlive the process starting it."""
+    parent = os.getpid()
+
+    def arm() -> None:  # in the child, between fork and exec
+        if _arm_parent_death_signal(sig) and os.getppid() != parent:
+            os.kill(os.getpid(), sig)
+    return arm
+
+
+def _arm_parent_death_signal(sig: int) -> bool:
+    if not sys.platform.startswith("linux"):
+        return False
+    if ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, sig) != 0:
+        raise OSError(ctypes.get_errno(), "prctl(PR_SET_PDEATHSIG) failed")
+    return True

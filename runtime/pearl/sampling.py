@@ -1,13 +1,19 @@
-"""Token selection: logits processing, seeded sampling and the lossless acceptance rule.
+"""Token selection: logits processing, position-keyed random draws and the lossless acceptance rule.
 
-Both ranks build their generators from the request seed (`make_generator`), so a request is reproducible.
-The target rank alone decides acceptance (`verify`); the draft rank only samples its proposals.
+Randomness is keyed by token position, never by how far a generator has been advanced: draw ``k`` of the
+token at sequence position ``i`` is a uniform hashed from (request seed, stream, i, k) (``Draws``). Each
+position's token is decided once from its own draws and the prefix before it, so every position gets fresh
+randomness independent of the prefix (the output stays distributed exactly as the target's sampling), and a
+request resent as prompt + its accepted tokens (``pearl.serving.engine_process``: a resume after a rank died)
+continues with the same draws. The target rank alone decides acceptance (``verify``); the draft rank only
+samples its proposals.
 """
 from __future__ import annotations
 
+import hashlib
+import struct
 from dataclasses import dataclass
 
-import numpy as np
 import torch
 
 from pearl.params import SamplingParams
@@ -15,11 +21,26 @@ from pearl.params import SamplingParams
 # Independent random streams per request: the draft's proposals must not share draws with the
 # target's acceptance tests, or the acceptance rule would no longer be unbiased.
 TARGET_STREAM, DRAFT_STREAM = 0, 1
+# The draws of one position on the target stream: the acceptance test, then the token it samples (a
+# correction after a rejection); a token sampled straight from the target's distribution uses the first.
+CHECK, CORRECTION = 0, 1
 
 
-def make_generator(seed: int, stream: int, device: torch.device | str = "cpu") -> torch.Generator:
-    state = np.random.SeedSequence([seed, stream]).generate_state(1, dtype=np.uint64)[0]
-    return torch.Generator(device=device).manual_seed(int(state) & (2**63 - 1))
+@dataclass(frozen=True)
+class Draws:
+    """One request's random numbers on one stream, by token position (seed: the request's)."""
+
+    seed: int
+    stream: int
+
+    def bits(self, position: int, index: int = 0) -> int:
+        """64 random bits of draw ``index`` at ``position`` (blake2b of the key: independent across keys)."""
+        key = struct.pack("<4Q", self.seed, self.stream, position, index)
+        return int.from_bytes(hashlib.blake2b(key, digest_size=8).digest(), "little")
+
+    def uniform(self, position: int, index: int = 0) -> float:
+        """A uniform in [0, 1) with 53 random bits."""
+        return (self.bits(position, index) >> 11) * 2.0**-53
 
 
 def probabilities(logits: torch.Tensor, params: SamplingParams) -> torch.Tensor:
@@ -38,18 +59,24 @@ def probabilities(logits: torch.Tensor, params: SamplingParams) -> torch.Tensor:
     return logits.softmax(-1)
 
 
-def sample(probs: torch.Tensor, generator: torch.Generator) -> list[int]:
-    """One draw per row."""
-    return torch.multinomial(probs, 1, generator=generator).squeeze(-1).tolist()
+def sample(probs: torch.Tensor, u: float) -> int:
+    """The token of one row of (unnormalised) probabilities at uniform ``u``, by inverse CDF: token i owns
+    [cdf[i-1], cdf[i]), so a token of probability 0 is never picked."""
+    cdf = probs.double().cumsum(-1)
+    index = int(torch.searchsorted(cdf, cdf.new_tensor([u * cdf[-1].item()]), right=True))
+    if index >= cdf.numel():  # u * total rounded up to the total: the last token that has mass
+        index = int(torch.nonzero(probs > 0)[-1])
+    return index
 
 
-def choose(logits: torch.Tensor, params: SamplingParams, generator: torch.Generator
+def choose(logits: torch.Tensor, params: SamplingParams, draws: Draws, position: int
            ) -> tuple[list[int], torch.Tensor | None]:
-    """Pick one token per row; also return the rows' probabilities when sampling (None when greedy)."""
+    """Pick one token per row, row j being the token at ``position + j``; also return the rows'
+    probabilities when sampling (None when greedy)."""
     if params.greedy:
         return logits.argmax(-1).tolist(), None
     probs = probabilities(logits, params)
-    return sample(probs, generator), probs
+    return [sample(row, draws.uniform(position + j)) for j, row in enumerate(probs)], probs
 
 
 @dataclass(frozen=True)
@@ -71,12 +98,12 @@ class Verdict:
 
 
 def verify(target_logits: torch.Tensor, draft_tokens: list[int], draft_probs: torch.Tensor | None,
-           params: SamplingParams, generator: torch.Generator, bonus: bool = False) -> Verdict:
+           params: SamplingParams, draws: Draws, position: int, bonus: bool = False) -> Verdict:
     """Check draft tokens against the target, in order, stopping at the first rejection.
 
-    target_logits[i] is the target's distribution for draft_tokens[i]; with ``bonus`` there is one more
-    row, sampled when every token is accepted. draft_probs[i] is the distribution the draft sampled
-    draft_tokens[i] from (None when greedy).
+    draft_tokens[i] is the token at sequence position ``position + i``; target_logits[i] is the target's
+    distribution for it; with ``bonus`` there is one more row, sampled when every token is accepted.
+    draft_probs[i] is the distribution the draft sampled draft_tokens[i] from (None when greedy).
 
     Greedy: accept while the token is the target's argmax; the correction is the argmax.
     Sampling (Leviathan et al. / Chen et al.): accept token x with probability min(1, p(x) / q(x));
@@ -96,11 +123,9 @@ def verify(target_logits: torch.Tensor, draft_tokens: list[int], draft_probs: to
     index = torch.arange(n, device=p.device)
     tokens = torch.tensor(draft_tokens, device=p.device)
     ratio = (p[index, tokens] / q[index, tokens]).tolist()
-    draws = torch.rand(n, generator=generator, device=generator.device).tolist()
     for i in range(n):
-        if draws[i] >= ratio[i]:
+        if draws.uniform(position + i, CHECK) >= ratio[i]:
             residual = (p[i] - q[i]).clamp_min(0.0)
-            total = residual.sum()
-            residual = residual / total if total > 0 else p[i]
-            return Verdict(i, sample(residual.unsqueeze(0), generator)[0])
-    return Verdict(n, sample(p[n:n + 1], generator)[0] if bonus else -1)
+            residual = residual if residual.sum() > 0 else p[i]
+            return Verdict(i, sample(residual, draws.uniform(position + i, CORRECTION)))
+    return Verdict(n, sample(p[n], draws.uniform(position + n, CHECK)) if bonus else -1)

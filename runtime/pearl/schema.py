@@ -66,6 +66,7 @@ OUTPUTS = (
     Output("acceptance_histogram", "TYPE_INT32", "acceptance_histogram", vector=True),
     Output("mean_acceptance_length", "TYPE_FP32", "mean_acceptance_length"),
     Output("draft_acceptance_rate", "TYPE_FP32", "draft_acceptance_rate"),
+    Output("resumed", "TYPE_INT32", "resumed"),  # times resent to a new world after a rank died
 )
 
 
@@ -103,6 +104,7 @@ METRICS = (
     Metric("pearl_spec_decode_num_accepted_tokens_per_pos_total",
            "Verifications that accepted the draft token at this window position (vLLM's per-position counter)",
            "accepted_per_position", per_position=True),
+    Metric("pearl_resumed_total", "Times a request was resumed in a new MPI world after a rank died", "resumed"),
 )
 
 

@@ -1,5 +1,6 @@
-"""Per-request statistics: the target's counters (``pearl.schema.COUNTERS``) plus the driver's wall time, and
-the figures derived from them. No torch, no MPI (the Triton-side modules use it)."""
+"""Per-request statistics: the target's counters (``pearl.schema.COUNTERS``) plus the driver's wall time and how
+often the request was resumed in a new world, and the figures derived from them. No torch, no MPI (the
+Triton-side modules use it)."""
 from __future__ import annotations
 
 from dataclasses import asdict, field, make_dataclass
@@ -15,13 +16,13 @@ class _Figures:
         object.__setattr__(self, ACCEPTANCE_HISTOGRAM, tuple(int(n) for n in getattr(self, ACCEPTANCE_HISTOGRAM)))
 
     @classmethod
-    def from_message(cls, values, mode: str, gamma: int | None, wall_s: float) -> "RequestStats":
+    def from_message(cls, values, mode: str, gamma: int | None, wall_s: float, resumed: int = 0) -> "RequestStats":
         """From a STATS message's fields (its numbers after the request id: ``COUNTERS`` order, then the
-        acceptance histogram)."""
+        acceptance histogram; a resumed request's summed over its worlds, ``add_counters``)."""
         values = list(values)
         counters = {name: kind(value) for (name, kind, _), value in zip(COUNTERS, values)}
         return cls(mode=mode, gamma=gamma, wall_s=wall_s, **counters,
-                   **{ACCEPTANCE_HISTOGRAM: values[len(COUNTERS):]})
+                   **{ACCEPTANCE_HISTOGRAM: values[len(COUNTERS):]}, resumed=resumed)
 
     @property
     def tokens_per_s(self) -> float:
@@ -83,12 +84,27 @@ class _Figures:
 
 
 # mode, the request's fixed window (None: adaptive; see mean_gamma), the driver's wall time from sending the
-# request to its last token (model loading excluded), the target's counters, then its acceptance histogram
+# request to its last token (model loading excluded), the target's counters, its acceptance histogram, then how
+# many times the request was resent to a new world after a rank died (pearl.serving.engine_process)
 RequestStats = make_dataclass(
     "RequestStats", [("mode", str), ("gamma", "int | None"), ("wall_s", float),
                      *[(name, kind, field(metadata={"doc": doc})) for name, kind, doc in COUNTERS],
-                     (ACCEPTANCE_HISTOGRAM, tuple, field(default=(0,)))],
+                     (ACCEPTANCE_HISTOGRAM, tuple, field(default=(0,))), ("resumed", int, field(default=0))],
     bases=(_Figures,), frozen=True)
 RequestStats.__module__ = __name__
-RequestStats.__doc__ = ("One finished request's statistics (fields: mode, gamma, wall_s, then pearl.schema.COUNTERS, "
-                        "then the acceptance histogram).")
+RequestStats.__doc__ = ("One finished request's statistics (fields: mode, gamma, wall_s, pearl.schema.COUNTERS, "
+                        "the acceptance histogram, resumed).")
+
+
+def add_counters(earlier: list[float], later: list[float]) -> list[float]:
+    """Two worlds' STATS fields of one resumed request as one: counters and histograms summed, except the
+    prompt's length, which the later world counts again (its prompt carries the earlier output, not counted)."""
+    n = len(COUNTERS)
+    summed = [a + b for a, b in zip(earlier[:n], later[:n])]
+    prompt = [name for name, _, _ in COUNTERS].index("prompt_tokens")
+    summed[prompt] = earlier[prompt] or later[prompt]
+    histogram = [0.0] * max(len(earlier) - n, len(later) - n)
+    for part in (earlier[n:], later[n:]):
+        for i, count in enumerate(part):
+            histogram[i] += count
+    return summed + histogram

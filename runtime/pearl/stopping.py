@@ -4,7 +4,7 @@ The target rank (the one that decides) owns an ``OutputTracker`` per request. Af
 over the newly verified tokens one at a time, in order, so every decoder stops at exactly the same token:
 - an EOS token ends the request and is not output (unless ``ignore_eos``);
 - a stop sequence ends the request and is output (as TensorRT-LLM's stop_words do);
-- ``max_tokens`` output tokens end it with reason "length";
+- ``max_tokens`` output tokens end it with reason "length" (a resumed request's earlier output counts);
 - a cancellation from the driver ends it after the current round with reason "cancelled".
 """
 from __future__ import annotations
@@ -27,11 +27,14 @@ class FinishReason(enum.IntEnum):
 
 
 class OutputTracker:
-    def __init__(self, seq: Sequence, params: SamplingParams, eos_token_ids: tuple[int, ...]) -> None:
+    def __init__(self, seq: Sequence, params: SamplingParams, eos_token_ids: tuple[int, ...],
+                 num_generated: int = 0) -> None:
+        """``num_generated``: the prompt's last tokens are output of an earlier world (a resumed request)."""
         self.seq = seq
         self.params = params
         self.eos = frozenset(() if params.ignore_eos else eos_token_ids)
-        self.output: list[int] = []
+        self.output: list[int] = []  # this world's
+        self._all_output = seq.tokens[seq.num_prompt - num_generated:seq.num_prompt]  # earlier worlds' too
         self.finish_reason = FinishReason.NONE
         self._scanned = seq.num_prompt  # tokens[:_scanned] have been looked at
 
@@ -55,12 +58,13 @@ class OutputTracker:
                 break
             new.append(token)
             self.output.append(token)
+            self._all_output.append(token)
             if self._ends_with_stop_sequence():
                 self.finish_reason = FinishReason.STOP
-            elif len(self.output) >= self.params.max_tokens:
+            elif len(self._all_output) >= self.params.max_tokens:
                 self.finish_reason = FinishReason.LENGTH
         return new
 
     def _ends_with_stop_sequence(self) -> bool:
-        tail = self.output
+        tail = self._all_output  # a stop sequence may begin in an earlier world's output
         return any(len(tail) >= len(s) and tuple(tail[-len(s):]) == s for s in self.params.stop_token_ids)

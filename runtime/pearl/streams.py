@@ -1,13 +1,27 @@
-"""What a caller of an engine holds: the stream of a request's tokens, and the check that a request fits the
-models. Free of MPI, so the Triton model that runs the engine in a child process (serving.engine_process)
-uses the same stream without starting MPI itself.
+"""What a caller of an engine holds: the stream of a request's tokens, the engine's limits and the check that a
+request fits the models. Free of MPI, so the Triton side (serving.engine_process, serving.inputs) uses them
+without starting MPI itself.
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Callable, Iterator
 
 from pearl.params import GenerationRequest
 from pearl.stats import RequestStats
+
+
+@dataclass(frozen=True)
+class EngineLimits:
+    """What an engine takes: requests are checked against it where they enter (``check``), once."""
+
+    vocab_size: int
+    max_seq_len: int
+    max_batch_size: int  # requests served at once (the ranks batch them)
+    eos_token_ids: tuple[int, ...]
+
+    def check(self, request: GenerationRequest) -> None:
+        check_fits(request, self.vocab_size, self.max_seq_len)
 
 
 def check_fits(request: GenerationRequest, vocab_size: int, max_seq_len: int) -> None:

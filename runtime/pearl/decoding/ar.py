@@ -17,5 +17,5 @@ class ArStep:
         return 0
 
     def decide(self, state: TargetState, logits: torch.Tensor) -> tuple[Verdict, int]:
-        (token,), _ = choose(logits, state.params, state.generator)
+        (token,), _ = choose(logits, state.params, state.draws, state.seq.num_verified)
         return Verdict(0, token), 0

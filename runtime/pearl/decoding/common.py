@@ -12,7 +12,7 @@ import torch
 
 from pearl.backends.base import ModelBackend
 from pearl.params import GenerationRequest
-from pearl.sampling import Verdict, make_generator
+from pearl.sampling import Draws, Verdict
 from pearl.sequence import Sequence
 
 
@@ -30,21 +30,21 @@ class Draft:
 
 @dataclass
 class RankState:
-    """One request on one rank: its sequence, the backend that runs it, its random stream, its counters."""
+    """One request on one rank: its sequence, the backend that runs it, its random draws, its counters."""
 
     request: GenerationRequest
     backend: ModelBackend
     vocab_size: int  # logits columns both models share; the rest (padding) is cut off
     stream: int  # sampling.TARGET_STREAM or DRAFT_STREAM
     seq: Sequence = field(init=False)
-    generator: torch.Generator = field(init=False)
+    draws: Draws = field(init=False)  # by token position (pearl.sampling)
     forwards: int = 0  # batched forwards this sequence took part in
     forward_s: float = 0.0  # their wall time (a sequence waits for the whole batch)
     window: int = 0  # this round's draft window; 0: the draft sits this round out
 
     def __post_init__(self) -> None:
         self.seq = Sequence(self.request.request_id, list(self.request.prompt_ids))
-        self.generator = make_generator(self.request.sampling.seed, self.stream, self.backend.device)
+        self.draws = Draws(self.request.sampling.seed, self.stream)
 
     @property
     def request_id(self) -> int:

@@ -18,8 +18,6 @@ import torch
 from pearl.decoding.common import Draft, RankState, forward_batch
 from pearl.sampling import choose, probabilities
 
-SEED_BOUND = 2**63 - 1  # a fresh seed per window from the sequence's own draft stream: windows never repeat draws
-
 
 def draft_round(states: list[RankState]) -> dict[int, Draft]:
     """Draft every sequence's window, appending the tokens to its sequence as pending tokens."""
@@ -30,7 +28,7 @@ def draft_round(states: list[RankState]) -> dict[int, Draft]:
     for step in range(max(lengths.values(), default=0)):
         drafting = [state for state in states if lengths[state.request_id] > step]
         for state, logits in zip(drafting, forward_batch(drafting, [1] * len(drafting))):
-            (token,), probs = choose(logits, state.params, state.generator)
+            (token,), probs = choose(logits, state.params, state.draws, len(state.seq.tokens))
             state.seq.tokens.append(token)
             tokens, rows = windows[state.request_id]
             tokens.append(token)
@@ -41,7 +39,8 @@ def draft_round(states: list[RankState]) -> dict[int, Draft]:
 
 def _draft_windows(states: list[RankState]) -> dict[int, Draft]:
     backend = states[0].backend
-    seeds = [int(torch.randint(SEED_BOUND, (1,), generator=state.generator)) for state in states]
+    # the executor's seed for a window: the draft stream's draw at the window's first position
+    seeds = [state.draws.bits(len(state.seq.tokens)) >> 1 for state in states]
     start = time.perf_counter()
     windows = backend.draft_windows([state.seq for state in states], [state.num_to_draft() for state in states],
                                     [state.params for state in states], seeds)

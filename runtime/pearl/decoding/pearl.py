@@ -40,7 +40,7 @@ class PearlStep:
         draft = state.draft
         checks = self.checks + draft.tokens[:1]
         q = None if draft.probs is None else self._rows_for_checks(draft.probs)
-        verdict = verify(logits, checks, q, state.params, state.generator)
+        verdict = verify(logits, checks, q, state.params, state.draws, state.seq.num_verified)
         if draft.probs is not None:
             self.pending_probs = None if verdict.corrected else draft.probs[1:]
         return verdict, len(checks)

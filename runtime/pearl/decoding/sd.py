@@ -22,5 +22,6 @@ class SdStep:
 
     def decide(self, state: TargetState, logits: torch.Tensor) -> tuple[Verdict, int]:
         draft = state.draft
-        return (verify(logits, draft.tokens, draft.probs, state.params, state.generator, bonus=True),
+        return (verify(logits, draft.tokens, draft.probs, state.params, state.draws, state.seq.num_verified,
+                       bonus=True),
                 len(draft.tokens))

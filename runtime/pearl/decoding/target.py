@@ -60,7 +60,8 @@ class TargetState(RankState):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        self.tracker = OutputTracker(self.seq, self.params, self.backend.eos_token_ids)
+        self.tracker = OutputTracker(self.seq, self.params, self.backend.eos_token_ids,
+                                     self.request.num_generated)
 
     @property
     def finished(self) -> bool:
@@ -94,9 +95,10 @@ class TargetState(RankState):
             self.current_run = 0
 
     def stats(self) -> np.ndarray:
-        """The request's statistics, ``STATS_FIELDS`` order, then its acceptance histogram (once finished)."""
+        """The request's statistics so far, ``STATS_FIELDS`` order, then its acceptance histogram (final once it
+        is finished: the target sends them after every TOKENS)."""
         values = dict(generated_tokens=len(self.tracker.output), target_forwards=self.forwards,
-                      prompt_tokens=len(self.request.prompt_ids),
+                      prompt_tokens=len(self.request.prompt_ids) - self.request.num_generated,
                       target_forward_s=self.forward_s, target_wait_s=self.wait_s,
                       target_busy_s=time.perf_counter() - self.started,
                       accepted_runs=self.accepted_runs + (1 if self.current_run else 0))

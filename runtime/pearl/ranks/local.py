@@ -10,7 +10,7 @@ from __future__ import annotations
 import threading
 import time
 from collections import defaultdict
-from typing import Hashable
+from typing import Callable, Hashable
 
 import numpy as np
 from mpi4py import MPI
@@ -71,6 +71,11 @@ class LocalEndpoint:
 
     def recv_from(self, source: int, tag: int, timeout: float | None = None) -> np.ndarray:
         return self.recv(source, tag, timeout)[0]
+
+    def wait_until(self, ready: Callable[[], bool], timeout: float | None = None) -> bool:
+        """Wait (without probing) until ``ready()``, checked whenever a message arrives; False after ``timeout``."""
+        with self.mailbox.arrived:  # re-entrant: ready() may look into the mailbox
+            return self.mailbox.arrived.wait_for(ready, timeout)
 
 
 def start_workers(num_workers: int) -> tuple[LocalEndpoint, list[threading.Thread]]:

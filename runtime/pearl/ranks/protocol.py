@@ -14,7 +14,7 @@ message size. Layouts:
 Driver -> each worker
   CONFIG       uint8    UTF-8 JSON of the WorldConfig (once, first message)
   CONTROL      int64    [OP_GENERATE, request_id, mode, gamma, max_tokens, top_k, seed, ignore_eos,
-                         n_prompt, n_stops, prompt ids..., stop lengths..., stop ids...]
+                         num_generated, n_prompt, n_stops, prompt ids..., stop lengths..., stop ids...]
                         (to the target, and to the draft unless mode is AR: the draft never hears of those;
                         gamma 0: adaptive, the target picks each round's window, see pearl.speculation)
                         [OP_START, shared vocab size]  (once, after every worker is READY)
@@ -29,9 +29,10 @@ Worker -> driver
   ERROR        uint8    UTF-8 message (instead of READY; or a rank failed while serving: the world is broken,
                         every request in flight fails and the world must be restarted)
   TOKENS       int64    [request_id, finish_reason, ids...]  (target; finish_reason 0 = more follow)
-  STATS        float64  [request_id, STATS_FIELDS..., acceptance histogram...]  (target; right after the
-                        request's last TOKENS; the fields: pearl.schema.COUNTERS; the histogram, at least one
-                        entry: pearl.schema.ACCEPTANCE_HISTOGRAM)
+  STATS        float64  [request_id, STATS_FIELDS..., acceptance histogram...]  (target; right after EVERY
+                        TOKENS: the request's counters so far, pearl.schema.COUNTERS, then its histogram, at least
+                        one entry, pearl.schema.ACCEPTANCE_HISTOGRAM; after the last TOKENS its totals. Running
+                        totals let a request resumed in a new world count what the dead one did)
   PROFILE      float64  [seconds of a forward over k new tokens, for k = 1..max_tokens]
 Draft <-> target (peers): continuous batching, one PLAN and one DRAFT per round, in lock step
   PLAN         int64    target -> draft at each round boundary (only when there is something to say):
@@ -85,15 +86,16 @@ def message_text(message: np.ndarray) -> str:
 def encode_request(req: GenerationRequest) -> tuple[np.ndarray, np.ndarray]:
     s = req.sampling
     header = [OP_GENERATE, req.request_id, int(req.mode), req.gamma or 0, s.max_tokens, s.top_k, s.seed,
-              int(s.ignore_eos), len(req.prompt_ids), len(s.stop_token_ids)]
+              int(s.ignore_eos), req.num_generated, len(req.prompt_ids), len(s.stop_token_ids)]
     stops = [len(stop) for stop in s.stop_token_ids] + [t for stop in s.stop_token_ids for t in stop]
     ints = np.array(header + list(req.prompt_ids) + stops, dtype=np.int64)
     return ints, np.array([s.temperature, s.top_p], dtype=np.float64)
 
 
 def decode_request(ints: np.ndarray, floats: np.ndarray) -> GenerationRequest:
-    (_, request_id, mode, gamma, max_tokens, top_k, seed, ignore_eos, n_prompt, n_stops) = ints[:10].tolist()
-    rest = ints[10:].tolist()
+    (_, request_id, mode, gamma, max_tokens, top_k, seed, ignore_eos, num_generated, n_prompt,
+     n_stops) = ints[:11].tolist()
+    rest = ints[11:].tolist()
     prompt, lengths, stop_ids = rest[:n_prompt], rest[n_prompt:n_prompt + n_stops], rest[n_prompt + n_stops:]
     stops, start = [], 0
     for length in lengths:
@@ -102,7 +104,7 @@ def decode_request(ints: np.ndarray, floats: np.ndarray) -> GenerationRequest:
     sampling = SamplingParams(temperature=float(floats[0]), top_p=float(floats[1]), top_k=top_k, seed=seed,
                               max_tokens=max_tokens, stop_token_ids=tuple(stops), ignore_eos=bool(ignore_eos))
     return GenerationRequest(request_id=request_id, prompt_ids=tuple(prompt), sampling=sampling,
-                             mode=Mode(mode), gamma=gamma or None)
+                             mode=Mode(mode), gamma=gamma or None, num_generated=num_generated)
 
 
 class ProtocolError(RuntimeError):

@@ -158,11 +158,10 @@ class TargetRank:
                 for request_id, forwards, tokens in windows}
 
     def _report(self, state: TargetState) -> None:
-        """Stream the round's new tokens; a finished request also sends its statistics and leaves."""
-        reason = int(state.tracker.finish_reason)
+        """Stream the round's new tokens, each time with the statistics so far; a finished request leaves."""
         if state.new_tokens or state.finished:
+            reason = int(state.tracker.finish_reason)
             self.driver.send(np.array([state.request_id, reason, *state.new_tokens]), DRIVER_RANK, TOKENS)
-        if state.finished:
             self.driver.send(np.array([state.request_id, *state.stats()]), DRIVER_RANK, STATS)
-            if self.active.pop(state.request_id, None) is not None:
-                state.release()
+        if state.finished and self.active.pop(state.request_id, None) is not None:
+            state.release()

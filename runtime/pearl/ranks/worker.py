@@ -7,6 +7,7 @@ tensor-parallel followers of one of them (``pearl.ranks.roles``).
 from __future__ import annotations
 
 import os
+import signal
 import sys
 import time
 import traceback
@@ -24,6 +25,7 @@ from pearl.ranks.protocol import (CANCEL, CONFIG, CONTROL, COSTS, DRIVER_RANK, E
 from pearl.ranks.roles import WorldLayout
 from pearl.ranks.target_rank import TargetRank
 from pearl.ranks.transport import MAX_SLEEP_S, MIN_SLEEP_S, Endpoint, wait_until
+from pearl.processes import die_with_parent
 from pearl.profiling import forward_seconds
 from pearl.speculation import SpeculationCosts
 
@@ -145,6 +147,7 @@ class Worker:
 
 def main() -> None:
     sys.stdout = sys.stderr  # the driver's stdout may carry --json output; workers never write there
+    die_with_parent(signal.SIGKILL)  # the MPI process manager's proxy: a rank never outlives its world's
     intercomm, workers, spawned = connect()
     world_offset = MPI.COMM_WORLD.Get_rank() - workers.Get_rank()
     worker = Worker(Endpoint(intercomm), Endpoint(workers), workers.Get_rank(), world_offset)

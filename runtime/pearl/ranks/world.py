@@ -3,21 +3,20 @@
 ``World.start`` spawns the workers from a plain Python process (``MPI.COMM_SELF.Spawn``), or attaches to
 workers started next to it by ``mpiexec -n 1 python -m pearl ... : -n 2 python -m pearl.ranks.worker``.
 
-Many requests are in flight at once (the ranks batch them): ``submit`` may be called from any thread and
-returns the request's own result iterator. After ``begin`` one receiver thread owns every receive from
-the workers and routes each message to the queue of its request (TOKENS, STATS) or of the caller waiting
-for it (PROFILE); an ERROR fails every request in flight.
+Many requests are in flight at once (the ranks batch them): ``submit`` sends one (from any thread), and
+``poll`` receives the next ``Report`` of any request: its new tokens and its counters so far. ``poll`` has
+one caller at a time: the engine host's event loop (``pearl.serving.engine_host``), or the receiver thread
+of ``pearl.ranks.router`` that routes reports to the threads of ``Engine.generate``. A rank's ERROR makes
+``poll`` raise: the batch is lost and the world must be restarted.
 """
 from __future__ import annotations
 
 import os
-import queue
 import sys
 import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
 
 import numpy as np
 
@@ -36,7 +35,7 @@ from pearl.ranks.config import WorldConfig  # noqa: E402
 from pearl.ranks.protocol import (CANCEL, CONFIG, CONTROL, COSTS, DRAFT_RANK, ERROR, OP_GENERATE,  # noqa: E402
                                  OP_PROFILE, OP_SHUTDOWN, OP_START, PROFILE, READY, SAMPLING, STATS, TARGET_RANK,
                                  TOKENS, encode_request, message_text, text_message)
-from pearl.ranks.transport import Endpoint  # noqa: E402
+from pearl.ranks.transport import Endpoint, wait_until  # noqa: E402
 from pearl.ranks.roles import WorldLayout  # noqa: E402
 from pearl.ranks.worker import INTERCOMM_TAG  # noqa: E402
 from pearl.params import GenerationRequest, Mode  # noqa: E402
@@ -45,11 +44,26 @@ from pearl.speculation import SpeculationCosts  # noqa: E402
 
 WORKER_RANKS = (DRAFT_RANK, TARGET_RANK)  # the models' leaders: the ranks that serve requests
 ROLE_NAMES = {DRAFT_RANK: "draft", TARGET_RANK: "target"}
-RECEIVER_MAX_SLEEP_S = 5e-3  # see pearl.ranks.worker.IDLE_MAX_SLEEP_S: idle probes slow the ranks
+POLL_MAX_SLEEP_S = 5e-3  # see pearl.ranks.worker.IDLE_MAX_SLEEP_S: idle probes slow the ranks
 
 
 class WorldError(RuntimeError):
     """A worker could not start, or failed while serving."""
+
+
+@dataclass(frozen=True)
+class Report:
+    """A request's progress: its new tokens, and its counters so far (a STATS message's fields, in
+    ``pearl.schema.COUNTERS`` order); ``finish_reason`` (``pearl.stopping.FinishReason``) 0: more follow."""
+
+    request_id: int
+    tokens: list[int]
+    finish_reason: int
+    counters: np.ndarray
+
+    @property
+    def finished(self) -> bool:
+        return self.finish_reason != 0
 
 
 @dataclass(frozen=True)
@@ -73,13 +87,8 @@ class World:
         self.ranks: dict[int, RankInfo] = {}
         self.closed = False
         self.failure: str | None = None  # set when a rank failed while serving: the world must be restarted
-        self._requests: dict[int, queue.Queue] = {}  # in flight: (tag, message) in arrival order
-        self._requests_lock = threading.Lock()
         self._send_lock = threading.Lock()  # a request's CONTROL and SAMPLING go out back to back
-        self._profiles: queue.Queue[tuple[int, np.ndarray]] = queue.Queue()
         self._profile_lock = threading.Lock()
-        self._receiving = threading.Event()
-        self._receiver: threading.Thread | None = None
 
     @classmethod
     def start(cls, config: WorldConfig) -> "World":
@@ -134,9 +143,6 @@ class World:
     def begin(self, vocab_size: int) -> None:
         """Tell the workers the shared vocabulary; they serve requests from now on."""
         self._control([OP_START, vocab_size])
-        self._receiving.set()
-        self._receiver = threading.Thread(target=self._receive, name="pearl-world-receiver", daemon=True)
-        self._receiver.start()
 
     def _control(self, values: list[int]) -> None:
         with self._send_lock:
@@ -146,37 +152,26 @@ class World:
     def name(self, rank: int) -> str:
         return self.layout.name(rank)
 
-    @property
-    def in_flight(self) -> int:
-        """Requests submitted and not finished yet."""
-        return len(self._requests)
+    def has_report(self) -> bool:
+        """Whether ``poll`` has something to return now (a report, or a rank's failure)."""
+        return self.failure is not None or self.endpoint.has(tag=ERROR) or self.endpoint.has(TARGET_RANK, TOKENS)
 
-    def _receive(self) -> None:
-        while self._receiving.is_set():
-            try:
-                # tokens reach a client 5 ms late at most; the ranks keep the cores
-                message, source, tag = self.endpoint.recv(timeout=0.1, max_sleep=RECEIVER_MAX_SLEEP_S)
-            except TimeoutError:
-                continue
-            if tag == ERROR:
-                self.failure = f"the {self.name(source)} rank failed:\n{message_text(message)}"
-                self._end_all(self.failure)
-            elif tag == PROFILE:
-                self._profiles.put((source, message))
-            elif tag in (TOKENS, STATS):
-                with self._requests_lock:
-                    results = self._requests.get(int(message[0]))
-                    if tag == STATS:  # a request's last message
-                        self._requests.pop(int(message[0]), None)
-                if results is not None:
-                    results.put((tag, message[1:]))
-
-    def _end_all(self, reason: str) -> None:
-        """Fail every request in flight."""
-        with self._requests_lock:
-            requests, self._requests = self._requests, {}
-        for results in requests.values():
-            results.put((ERROR, reason))
+    def poll(self, timeout: float = 0.0, max_sleep: float = POLL_MAX_SLEEP_S) -> Report | None:
+        """The next report of any request, waiting up to ``timeout`` s (probing every ``max_sleep`` s at most:
+        tokens reach a client that late at most, and the ranks keep the cores); None if none came. Raises
+        WorldError once a rank failed. One caller at a time."""
+        # an in-process world's endpoint waits on its mailbox; probing would take the GIL from the rank threads
+        waiter = getattr(self.endpoint, "wait_until", None)
+        if not (waiter(self.has_report, timeout) if waiter else wait_until(self.has_report, timeout, max_sleep)):
+            return None
+        if self.failure is None and self.endpoint.has(tag=ERROR):
+            message, source, _ = self.endpoint.recv(tag=ERROR)
+            self.failure = f"the {self.name(source)} rank failed:\n{message_text(message)}"
+        if self.failure is not None:
+            raise WorldError(self.failure)
+        tokens = self.endpoint.recv_from(TARGET_RANK, TOKENS)
+        counters = self.endpoint.recv_from(TARGET_RANK, STATS)  # sent right after every TOKENS
+        return Report(int(tokens[0]), tokens[2:].tolist(), int(tokens[1]), counters[1:])
 
     def profile(self, max_tokens: dict[str, int], steps: int = 5, batch_size: int = 1,
                 threads: dict[str, int] | None = None) -> dict[str, list[float]]:
@@ -192,8 +187,8 @@ class World:
                 message = [OP_PROFILE, steps, max_tokens[role], batch_size, (threads or {}).get(role, 0)]
                 with self._send_lock:
                     self.endpoint.send(np.array(message, dtype=np.int64), rank, CONTROL)
-                source, result = self._profiles.get()
-                seconds[ROLE_NAMES[source]] = result.tolist()
+                # its own tag: a receive beside poll's (which never takes a PROFILE)
+                seconds[role] = self.endpoint.recv_from(rank, PROFILE).tolist()
         return seconds
 
     def send_costs(self, costs: SpeculationCosts) -> None:
@@ -201,22 +196,18 @@ class World:
         with self._send_lock:
             self.endpoint.send(costs.to_message(), TARGET_RANK, COSTS)
 
-    def submit(self, request: GenerationRequest) -> Iterator[tuple[list[int], int] | np.ndarray]:
-        """Send the request to its ranks (the draft only hears of requests that use it); iterate the result
-        for (tokens, finish_reason) chunks, then the STATS array."""
-        results: queue.Queue = queue.Queue()
-        with self._requests_lock:  # the receiver sets failure before it ends the requests under this lock
-            if self.closed:
-                raise WorldError("the worker ranks are shut down (the engine is closed)")
-            if self.failure is not None:
-                raise WorldError(f"the worker ranks failed earlier and must be restarted: {self.failure}")
-            self._requests[request.request_id] = results
+    def submit(self, request: GenerationRequest) -> None:
+        """Send the request to its ranks (the draft only hears of requests that use it); its reports come
+        from ``poll``."""
+        if self.closed:
+            raise WorldError("the worker ranks are shut down (the engine is closed)")
+        if self.failure is not None:
+            raise WorldError(f"the worker ranks failed earlier and must be restarted: {self.failure}")
         ints, floats = encode_request(request)
         with self._send_lock:
             for rank in WORKER_RANKS if request.mode is not Mode.AR else (TARGET_RANK,):
                 self.endpoint.send(ints, rank, CONTROL)
                 self.endpoint.send(floats, rank, SAMPLING)
-        return self._results(request.request_id, results)
 
     def cancel(self, request_id: int) -> None:
         """Ask the target to end the request at its next round boundary (it then finishes as usual)."""
@@ -224,27 +215,12 @@ class World:
             with self._send_lock:
                 self.endpoint.send(np.array([request_id], dtype=np.int64), TARGET_RANK, CANCEL)
 
-    @staticmethod
-    def _results(request_id: int, results: queue.Queue) -> Iterator[tuple[list[int], int] | np.ndarray]:
-        while True:
-            tag, message = results.get()
-            if tag == ERROR:
-                raise WorldError(f"request {request_id}: {message}")
-            if tag == TOKENS:
-                yield message[1:].tolist(), int(message[0])
-            else:
-                yield message
-                return
-
     def close(self, timeout: float = 30.0) -> None:
-        """Shut the workers down and wait until their processes are gone; kill any that hang."""
+        """Shut the workers down and wait until their processes are gone; kill any that hang. Whoever polls
+        must have stopped."""
         if self.closed:
             return
         self.closed = True
-        self._receiving.clear()
-        if self._receiver is not None:
-            self._receiver.join()
-        self._end_all("the engine was closed")
         with self._send_lock:  # every worker: followers wait for it too (pearl.ranks.roles)
             for rank in range(self.layout.num_workers):
                 self.endpoint.send(np.array([OP_SHUTDOWN], dtype=np.int64), rank, CONTROL)

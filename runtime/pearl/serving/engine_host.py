@@ -1,52 +1,43 @@
-"""The engine host: a process of its own that owns one Engine (the MPI driver and its worker ranks) and
-serves it to its parent, :class:`pearl.serving.engine_process.EngineProcess`, over a pipe.
+"""The engine host: a process of its own that owns one Engine (the MPI driver and its worker ranks) and serves
+it to its owner, :class:`pearl.serving.engine_process.EngineProcess`, over a pipe
+(``pearl.serving.host_protocol``).
 
 Why a process of its own: when a worker rank dies, MPICH's process manager kills the process that spawned
-the ranks. Here that is this host, not the Triton model that owns it, so the model survives, fails the
-requests that were running and starts a new host.
+the ranks. Here that is this host, not the Triton model that owns it, so the model survives, resumes the
+requests that were running in a new world and starts a new host.
 
-Protocol: one JSON object per line. The parent writes to the host's stdin, the host answers on its stdout
-(stdin and stdout are moved away from fds 0 and 1 first, so the MPI process manager, which forwards
-stdin to the ranks, and anything that prints cannot touch them).
-
-    parent -> host  {"op": "generate", "id": n, "prompt_ids": [...], "sampling": {SamplingParams fields},
-                     "mode": "pearl" | "sd" | "ar", "gamma": g | "auto"}
-                    {"op": "cancel", "id": n}           end request n after the ranks' current round
-                    {"op": "close"}                     shut the world down and exit (so does EOF)
-    host -> parent  {"event": "ready", "eos_token_ids": [...], "vocab_size": v, "max_seq_len": m,
-                     "max_batch_size": b, "ranks": {"draft": pid, "target": pid},
-                     "helpers": [pids of the MPI process manager], "shm": [/dev/shm files the world maps]}
-                    {"event": "start_failed", "message": "..."}   then the host exits
-                    {"event": "tokens", "id": n, "tokens": [...]}
-                    {"event": "done", "id": n, "finish_reason": "stop" | ..., "stats": {RequestStats fields}}
-                    {"event": "failed", "id": n, "message": "..."}
-
-Requests run concurrently (a thread each; the engine batches them on the ranks), so events of different
-requests interleave. Closing waits for the running requests to finish. A rank that fails while serving
-fails every request in flight; the host then exits with code 3 so that the parent starts a new world.
+One event loop (``Host.serve``) over the pipe and the MPI world owns every request's lifecycle: a request
+arrives validated, goes to the ranks, each of its reports goes back as an event, its last one ends it. No
+thread per request: the ranks batch the requests, the loop only routes. stdin and stdout are moved away
+from fds 0 and 1 first, so the MPI process manager (which forwards stdin to the ranks) and anything that
+prints cannot touch them.
 """
 from __future__ import annotations
 
 import argparse
 import json
 import os
-import queue
+import select
 import sys
-import threading
-import traceback
+import time
 from dataclasses import asdict
 from pathlib import Path
 from typing import IO
 
 from pearl.engine import Engine
 from pearl.processes import process_tree
-from pearl.params import SamplingParams
+from pearl.ranks.transport import MIN_SLEEP_S
+from pearl.ranks.world import POLL_MAX_SLEEP_S, Report, World, WorldError
+from pearl.serving import host_protocol
+from pearl.stopping import FinishReason
+
+ABANDON_S = 10.0  # with its owner gone, how long the cancelled requests get to end before the world shuts down
 
 
-def take_protocol_streams() -> tuple[IO[str], IO[str]]:
-    """Private copies of stdin/stdout for the protocol; fd 0 becomes /dev/null and fd 1 stderr, which is
-    what the MPI process manager and the ranks inherit."""
-    protocol_in = os.fdopen(os.dup(0), "r", encoding="utf-8")
+def take_protocol_streams() -> tuple[int, IO[str]]:
+    """Private copies of stdin (a raw fd, read without blocking) and stdout for the protocol; fd 0 becomes
+    /dev/null and fd 1 stderr, which is what the MPI process manager and the ranks inherit."""
+    protocol_in = os.dup(0)
     protocol_out = os.fdopen(os.dup(1), "w", encoding="utf-8")
     null = os.open(os.devnull, os.O_RDONLY)
     os.dup2(null, 0)
@@ -58,7 +49,7 @@ def take_protocol_streams() -> tuple[IO[str], IO[str]]:
 
 def process_manager_pids(rank_pids: list[int]) -> list[int]:
     """MPICH's mpiexec and its proxy: everything below this host but the ranks. The proxy and the ranks run in
-    sessions of their own, so a signal to the host's process group misses them: the parent kills them by pid."""
+    sessions of their own, so a signal to the host's process group misses them: the owner kills them by pid."""
     return sorted(process_tree(os.getpid()) - {os.getpid(), *rank_pids})
 
 
@@ -76,60 +67,80 @@ def shared_memory_of(pids: list[int]) -> list[str]:
 
 
 class Host:
-    def __init__(self, engine: Engine, out: IO[str]) -> None:
-        self.engine, self.out = engine, out
-        self.requests: queue.Queue[dict | None] = queue.Queue()
-        self.cancelled: set[int] = set()
-        self._write_lock = threading.Lock()
+    """The event loop. ``running``: the requests on the ranks; the loop ends once it is closing and they
+    are done (or, when the owner is gone, ``ABANDON_S`` after it cancelled them)."""
 
-    def send(self, message: dict) -> None:
-        with self._write_lock:
-            self.out.write(json.dumps(message) + "\n")
-            self.out.flush()
-
-    def read(self, protocol_in: IO[str]) -> None:
-        """Reader thread: cancels take effect at once; everything else queues for the main loop."""
-        for line in protocol_in:
-            message = json.loads(line)
-            if message["op"] == "cancel":
-                self.cancelled.add(message["id"])
-            elif message["op"] == "close":
-                break
-            else:
-                self.requests.put(message)
-        self.requests.put(None)  # close, or the parent is gone
+    def __init__(self, world: World, protocol_in: int, out: IO[str]) -> None:
+        self.world, self.protocol_in, self.out = world, protocol_in, out
+        self.running: set[int] = set()
+        self.closing = False  # "close" or end of file: no more requests come
+        self.abandon_at: float | None = None  # the owner is gone: stop waiting for the requests then
+        self._buffer = b""
 
     def serve(self) -> None:
-        running = []
-        while (message := self.requests.get()) is not None:
-            running = [thread for thread in running if thread.is_alive()]
-            running.append(threading.Thread(target=self.run, args=(message,), name=f"request-{message['id']}"))
-            running[-1].start()
-        for thread in running:
-            thread.join()
+        while not (self.closing and (not self.running or time.monotonic() > self.abandon_at)):
+            self._wait()
+            for message in self._messages():
+                self._handle(message)
+            while (report := self.world.poll()) is not None:
+                self._report(report)
 
-    def run(self, message: dict) -> None:
-        request_id = message["id"]
+    def _wait(self) -> None:
+        """Until the pipe or the world has something: the pipe at once (select), the world within
+        POLL_MAX_SLEEP_S (an MPI probe has no file descriptor)."""
+        sleep = MIN_SLEEP_S
+        while not self.world.has_report():
+            if self.closing:  # the pipe is done: pace the probes, back to serve() to check the deadline
+                time.sleep(POLL_MAX_SLEEP_S)
+                return
+            if select.select([self.protocol_in], [], [], sleep)[0]:
+                return
+            sleep = min(2 * sleep, POLL_MAX_SLEEP_S)
+
+    def _messages(self) -> list[dict]:
+        """The complete lines that have arrived (never blocks)."""
+        if self.closing or not select.select([self.protocol_in], [], [], 0)[0]:
+            return []
+        data = os.read(self.protocol_in, 1 << 16)
+        if not data:  # end of file: the owner closed the pipe, or died without closing the world
+            return [{"op": "abandon"}]
+        *lines, self._buffer = (self._buffer + data).split(b"\n")
+        return [json.loads(line) for line in lines]
+
+    def _handle(self, message: dict) -> None:
+        op = message["op"]
+        if op == "generate":
+            request = host_protocol.decode_request(message["request"])
+            self.running.add(request.request_id)  # first: a world that failed fails it too
+            self.world.submit(request)
+        elif op == "cancel" and message["id"] in self.running:
+            self.world.cancel(message["id"])  # the ranks end it after this round; it then reports "cancelled"
+        elif op == "close":
+            self.closing, self.abandon_at = True, float("inf")
+        elif op == "abandon" and self.abandon_at != float("inf"):
+            self.closing, self.abandon_at = True, time.monotonic() + ABANDON_S
+            for request_id in self.running:
+                self.world.cancel(request_id)
+
+    def _report(self, report: Report) -> None:
+        event = {"id": report.request_id, "tokens": report.tokens, "counters": report.counters.tolist()}
+        if report.finished:
+            self.running.discard(report.request_id)
+            self.send({"event": "done", **event, "finish_reason": FinishReason(report.finish_reason).label})
+        else:
+            self.send({"event": "tokens", **event})
+
+    def fail_all(self, message: str) -> None:
+        for request_id in sorted(self.running):
+            self.send({"event": "failed", "id": request_id, "message": message})
+        self.running.clear()
+
+    def send(self, message: dict) -> None:
         try:
-            self.generate(request_id, message)
-        except Exception:
-            self.send({"event": "failed", "id": request_id, "message": traceback.format_exc(limit=4)})
-            if self.engine.world.failure is not None:  # a rank raised: the batch is lost, this world is done
-                self.requests.put(None)  # the host exits (code 3) and the parent starts a new one
-        self.cancelled.discard(request_id)
-
-    def generate(self, request_id: int, message: dict) -> None:
-        sampling = message["sampling"]
-        sampling = SamplingParams(**{**sampling, "stop_token_ids": tuple(map(tuple, sampling["stop_token_ids"]))})
-        stream = self.engine.generate(message["prompt_ids"], sampling, message["mode"], message["gamma"])
-        cancelling = False
-        for chunk in stream:
-            self.send({"event": "tokens", "id": request_id, "tokens": chunk})
-            if request_id in self.cancelled and not cancelling:
-                stream.cancel()  # the ranks end it after this round; the rest still drains
-                cancelling = True
-        self.send({"event": "done", "id": request_id, "finish_reason": stream.finish_reason,
-                   "stats": asdict(stream.stats)})
+            self.out.write(host_protocol.encode(message))
+            self.out.flush()
+        except (BrokenPipeError, ValueError, OSError):
+            pass  # the owner is gone; the loop ends by itself
 
 
 def main() -> int:
@@ -143,22 +154,21 @@ def main() -> int:
         engine = Engine.from_engine_dir(args.engines, args.threads_per_rank, args.check_hashes)
         engine.ensure_costs()  # now, not at the first adaptive request
     except Exception as exc:
-        protocol_out.write(json.dumps({"event": "start_failed", "message": str(exc)}) + "\n")
+        protocol_out.write(host_protocol.encode({"event": "start_failed", "message": str(exc)}))
         protocol_out.flush()
         return 1
+    host = Host(engine.world, protocol_in, protocol_out)
     ranks = {engine.world.name(rank): info.pid for rank, info in engine.world.ranks.items()}
-    host = Host(engine, protocol_out)
-    host.send({"event": "ready", "eos_token_ids": list(engine.eos_token_ids), "vocab_size": engine.vocab_size,
-               "max_seq_len": engine.max_seq_len, "max_batch_size": engine.max_batch_size,
-               "ranks": ranks,
+    host.send({"event": "ready", "limits": asdict(engine.limits), "ranks": ranks,
                "helpers": process_manager_pids(list(ranks.values())),
                "shm": shared_memory_of([os.getpid(), *ranks.values()])})
-    threading.Thread(target=host.read, args=(protocol_in,), daemon=True).start()
     try:
         host.serve()
+    except WorldError as exc:  # a rank raised: the batch's state is lost, this world is done
+        host.fail_all(str(exc))
     finally:
         engine.close()
-    return 3 if engine.world.failure is not None else 0
+    return host_protocol.EXIT_RANK_FAILED if engine.world.failure is not None else 0
 
 
 if __name__ == "__main__":

@@ -1,16 +1,24 @@
-"""An Engine in a child process (:mod:`pearl.serving.engine_host`) that is restarted when it dies.
+"""An Engine in a child process (:mod:`pearl.serving.engine_host`) that is restarted when it dies, and the
+requests it held resumed in the new one.
 
-``EngineProcess`` has the Engine's serving surface (``generate`` -> ``GenerationStream``, ``eos_token_ids``,
-``close``). If a worker rank dies, MPICH's process manager takes the host down with it (a rank that the
-watchdog finds dead first gets the host killed): the running request ends at once with ``EngineDied``, what
-the dead world left is removed (the host's process group, the process manager's proxy and the ranks, which
-run in sessions of their own, and MPICH's /dev/shm segments), and a new host starts in the background. The
-next request waits for it. Should the new host fail to start, each request tries once more and otherwise
-fails with the reason.
+``EngineProcess`` is a thin client: ``submit(request, on_tokens, on_done, on_error)`` sends a validated
+``GenerationRequest`` to the host, and one reader thread per host turns the host's events into those
+callbacks (no thread per request). It keeps what a request needs to outlive its world: the output so far
+and the counters the ranks reported.
+
+If a worker rank dies, MPICH's process manager takes the host down with it (a rank that the watchdog finds
+dead first gets the host killed). What the dead world left is removed (the host's process group, the process
+manager's proxy and the ranks, which run in sessions of their own, and MPICH's /dev/shm segments) and a new
+host starts. Each request the dead world held is then resent to the new one as its prompt plus the output it
+already streamed, with the rest of its budget (``GenerationRequest.resumed``): its client sees a pause, no
+error, no token twice or missing, and position-keyed sampling (``pearl.sampling``) continues a seeded request
+with the same draws. A request is resumed at most ``max_resumes`` times; past that, or when the new world
+cannot start, it fails with ``EngineDied`` / ``EngineStartError``. A request submitted while no host runs
+waits for the next; after a failed start, the next request tries once more. A rank that raises (rather than
+dies) fails the requests in flight instead: resending them could repeat the failure.
 """
 from __future__ import annotations
 
-import itertools
 import json
 import os
 import queue
@@ -19,20 +27,27 @@ import subprocess
 import sys
 import threading
 import time
-from dataclasses import asdict
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterator
+from typing import Callable
 
-from pearl.params import GenerationRequest, Mode, SamplingParams
+from pearl.params import GenerationRequest
 from pearl.processes import kill_if_alive, process_alive
-from pearl.stats import RequestStats
-from pearl.streams import GenerationStream, check_fits
+from pearl.schema import COUNTERS
+from pearl.serving import host_protocol
+from pearl.stats import RequestStats, add_counters
+from pearl.streams import EngineLimits
 
 WATCH_INTERVAL_S = 0.5
+DEFAULT_MAX_RESUMES = 2
+
+OnTokens = Callable[[list[int]], None]
+OnDone = Callable[[str | None, RequestStats], None]  # (finish_reason, statistics)
+OnError = Callable[[Exception], None]
 
 
 class EngineDied(RuntimeError):
-    """The engine host (and so the MPI world) died while serving; a new one is starting."""
+    """The engine host (and so the MPI world) died and the request could not be resumed."""
 
 
 class EngineStartError(RuntimeError):
@@ -40,104 +55,124 @@ class EngineStartError(RuntimeError):
 
 
 class HostHandle:
-    """One running host: its process, what its ready message said, and where its events go."""
+    """One running host: its process and what its ready message said."""
 
     def __init__(self, process: subprocess.Popen, ready: dict) -> None:
-        self.process = process
-        self.ready = ready
-        self._events: dict[int, queue.Queue[dict]] = {}  # per request in flight, in arrival order
-        self._events_lock = threading.Lock()
-        self._death: dict | None = None
+        self.process, self.ready = process, ready
         self.dead = threading.Event()
-
-    def subscribe(self, request_id: int) -> queue.Queue[dict]:
-        """The queue that gets the request's events (and a "died" event if the host dies)."""
-        events: queue.Queue[dict] = queue.Queue()
-        with self._events_lock:
-            self._events[request_id] = events
-            if self._death is not None:
-                events.put(self._death)
-        return events
-
-    def unsubscribe(self, request_id: int) -> None:
-        with self._events_lock:
-            self._events.pop(request_id, None)
-
-    def deliver(self, event: dict) -> None:
-        with self._events_lock:
-            events = self._events.get(event.get("id"))
-        if events is not None:  # else: late events of a request whose consumer stopped early
-            events.put(event)
-
-    def died(self, message: str) -> None:
-        """Every request in flight, and any that comes later, hears that the host is gone."""
-        with self._events_lock:
-            self._death = {"event": "died", "message": message}
-            for events in self._events.values():
-                events.put(self._death)
+        self.reader: threading.Thread | None = None
 
     def send(self, message: dict) -> None:
         try:
-            self.process.stdin.write(json.dumps(message) + "\n")
+            self.process.stdin.write(host_protocol.encode(message))
             self.process.stdin.flush()
         except (BrokenPipeError, ValueError, OSError):
             pass  # the host is gone; its reader reports that
 
 
+@dataclass(eq=False)
+class Flight:
+    """A request from submit to its last callback, across worlds."""
+
+    request: GenerationRequest  # as submitted
+    on_tokens: OnTokens
+    on_done: OnDone
+    on_error: OnError
+    started: float = field(default_factory=time.monotonic)
+    output: list[int] = field(default_factory=list)  # streamed so far, every world
+    earlier: list[float] = field(default_factory=lambda: [0.0] * len(COUNTERS))  # dead worlds' STATS fields
+    counters: list[float] = field(default_factory=lambda: [0.0] * len(COUNTERS))  # this world's so far
+    resumes: int = 0
+    host: HostHandle | None = None  # where it runs; None: waiting for a host
+    cancelled: bool = False
+    paused_at: float | None = None  # when its world died (until its next tokens)
+
+    def to_send(self) -> GenerationRequest:
+        return self.request.resumed(self.output) if self.output else self.request
+
+    def stats(self, finish_counters: list[float]) -> RequestStats:
+        totals = add_counters(self.earlier, finish_counters)
+        return RequestStats.from_message(totals, self.request.mode.name.lower(), self.request.gamma,
+                                         time.monotonic() - self.started, self.resumes)
+
+
 class EngineProcess:
     def __init__(self, engine_dir: str | Path, threads_per_rank: int | None = None,
-                 startup_timeout_s: float = 600.0, check_hashes: bool = False) -> None:
+                 startup_timeout_s: float = 600.0, check_hashes: bool = False,
+                 max_resumes: int = DEFAULT_MAX_RESUMES) -> None:
+        if max_resumes < 0:
+            raise ValueError(f"max_resumes must be >= 0, got {max_resumes}")
         self.engine_dir, self.threads_per_rank = Path(engine_dir), threads_per_rank
-        self.startup_timeout_s = startup_timeout_s
-        self._ids = itertools.count(1)
-        self._closed = False
+        self.startup_timeout_s, self.max_resumes = startup_timeout_s, max_resumes
         self.restarts = 0
-        self._host_ready = threading.Event()
-        self._start_error: str | None = None
+        self._lock = threading.Lock()
+        self._flights: dict[int, Flight] = {}
+        self._closed = False
+        self._settled = threading.Event()  # no start under way
         # a failure to start the first host is the caller's error; hashes are checked once, not at restarts
-        self._host = self._start(check_hashes)
-        self._host_ready.set()
-
-    # -- what GenerationService uses --------------------------------------------------------------------
-    @property
-    def eos_token_ids(self) -> tuple[int, ...]:
-        return tuple(self._host.ready["eos_token_ids"])
-
-    @property
-    def max_batch_size(self) -> int:
-        """Requests the engine serves at once (the ranks batch them)."""
-        return int(self._host.ready["max_batch_size"])
+        self._host: HostHandle | None = self._start(check_hashes)
+        self._settled.set()
+        self.limits = EngineLimits(**{**self._host.ready["limits"],
+                                      "eos_token_ids": tuple(self._host.ready["limits"]["eos_token_ids"])})
 
     @property
     def rank_pids(self) -> dict[str, int]:
         """{"draft": pid, "target": pid} of the current world."""
-        return dict(self._host.ready["ranks"])
+        self._settled.wait(self.startup_timeout_s)
+        return dict(self._host.ready["ranks"]) if self._host is not None else {}
 
-    def generate(self, prompt_ids: list[int], sampling: SamplingParams = SamplingParams(),
-                 mode: Mode | str = Mode.PEARL, gamma: int | str = "auto") -> GenerationStream:
-        """As ``Engine.generate`` (``gamma="auto"``: adaptive windows)."""
-        mode = Mode.parse(mode) if isinstance(mode, str) else mode
-        ready = self._host.ready
-        request = GenerationRequest(next(self._ids), tuple(int(t) for t in prompt_ids), sampling, mode,
-                                    None if gamma == "auto" else int(gamma))
-        check_fits(request, ready["vocab_size"], ready["max_seq_len"])
-        return GenerationStream(lambda stream: self._serve(request, stream, request.gamma or "auto"),
-                                cancel=lambda: self._host.send({"op": "cancel", "id": request.request_id}))
+    # -- what GenerationService uses --------------------------------------------------------------------
+    def submit(self, request: GenerationRequest, on_tokens: OnTokens, on_done: OnDone, on_error: OnError) -> None:
+        """Serve a request (checked against ``limits`` by the caller). The callbacks come from one thread,
+        in order: ``on_tokens`` per chunk, then ``on_done`` or ``on_error`` once."""
+        with self._lock:
+            if self._closed:
+                raise EngineDied("the engine is shut down")
+            if request.request_id in self._flights:
+                raise ValueError(f"request id {request.request_id} is already in flight")
+            flight = self._flights[request.request_id] = Flight(request, on_tokens, on_done, on_error)
+            if self._host is not None:
+                self._send(flight, self._host)
+            elif self._settled.is_set():  # the last start failed: this request tries once more
+                self._settled.clear()
+                threading.Thread(target=self._restart, name="pearl-engine-restart", daemon=True).start()
+
+    def cancel(self, request_id: int) -> None:
+        """End the request after the ranks' current round (it then ends with finish_reason "cancelled"); one
+        waiting for a new world ends now."""
+        with self._lock:
+            flight = self._flights.get(request_id)
+            if flight is None or flight.cancelled:
+                return
+            flight.cancelled = True
+            if flight.host is not None:
+                flight.host.send({"op": "cancel", "id": request_id})
+                return
+            del self._flights[request_id]
+        flight.on_done("cancelled", flight.stats(flight.counters))
 
     def close(self) -> None:
-        self._closed = True
-        self._host_ready.wait(self.startup_timeout_s)
+        """Finish the requests in flight, shut the world down; a request waiting for a world fails."""
+        with self._lock:
+            self._closed = True
+        self._settled.wait(self.startup_timeout_s)
         host = self._host
-        host.send({"op": "close"})
-        try:
-            host.process.stdin.close()
-        except OSError:
-            pass
-        try:
-            host.process.wait(timeout=60)
-        except subprocess.TimeoutExpired:
-            pass
-        self._clean_up(host)
+        if host is not None:
+            host.send({"op": "close"})
+            try:
+                host.process.stdin.close()
+            except OSError:
+                pass
+            try:
+                host.process.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                pass
+            self._clean_up(host)
+            host.reader.join(timeout=60)
+        with self._lock:
+            flights, self._flights = list(self._flights.values()), {}
+        for flight in flights:
+            flight.on_error(EngineDied("the engine is shut down"))
 
     def __enter__(self) -> "EngineProcess":
         return self
@@ -145,52 +180,59 @@ class EngineProcess:
     def __exit__(self, *exc) -> None:
         self.close()
 
-    # -- serving ----------------------------------------------------------------------------------------
-    def _serve(self, request: GenerationRequest, stream: GenerationStream,
-               gamma: int | str) -> Iterator[list[int]]:
-        """Send the request and turn the host's events into chunks. A world that dies before the request's
-        first tokens (a rank killed between requests) costs no output: the request goes to the new world,
-        once (a request that itself brings the world down must not do it forever)."""
-        for attempt in (1, 2):
-            host = self._running_host()
-            events = host.subscribe(request.request_id)
-            try:
-                host.send({"op": "generate", "id": request.request_id, "prompt_ids": list(request.prompt_ids),
-                           "sampling": asdict(request.sampling), "mode": request.mode.name.lower(),
-                           "gamma": gamma})
-                while True:
-                    event = events.get()
-                    if event["event"] == "died":
-                        if stream.token_ids or attempt == 2 or self._closed:
-                            raise EngineDied(event["message"])
-                        break  # nothing was produced yet: send it again to the new world
-                    if event["event"] == "tokens":
-                        yield event["tokens"]
-                    elif event["event"] == "failed":
-                        raise RuntimeError(event["message"])
-                    elif event["event"] == "done":
-                        if event["finish_reason"]:
-                            stream.finish_reason = event["finish_reason"]
-                        stream.stats = RequestStats(**event["stats"])
-                        return
-            finally:
-                host.unsubscribe(request.request_id)
+    # -- events -----------------------------------------------------------------------------------------
+    def _send(self, flight: Flight, host: HostHandle) -> None:
+        flight.host = host
+        host.send({"op": "generate", "request": host_protocol.encode_request(flight.to_send())})
 
-    def _running_host(self) -> HostHandle:
-        """The current live host: waits while a replacement starts, retries one that failed to start."""
-        deadline = time.monotonic() + self.startup_timeout_s
-        while True:
-            if self._closed:
-                raise EngineDied("the engine is shut down")
-            if not self._host_ready.wait(max(0.0, deadline - time.monotonic())):
-                raise EngineDied(f"the engine did not restart within {self.startup_timeout_s:g} s")
-            if self._start_error is not None:
-                self._restart()
-                if self._start_error is not None:
-                    raise EngineStartError(f"the engine could not be restarted: {self._start_error}")
-            if not self._host.dead.is_set():
-                return self._host
-            time.sleep(0.05)  # the reader has seen the death and is about to start the replacement
+    def _on_event(self, host: HostHandle, event: dict) -> None:
+        with self._lock:
+            flight = self._flights.get(event["id"])
+            if flight is None or flight.host is not host:
+                return  # a request that already ended
+            if event["event"] != "tokens":
+                del self._flights[event["id"]]
+        if flight.paused_at is not None:
+            print(f"pearl: request {event['id']} resumed after {time.monotonic() - flight.paused_at:.1f} s",
+                  file=sys.stderr, flush=True)
+            flight.paused_at = None
+        if event["event"] == "failed":
+            flight.on_error(RuntimeError(event["message"]))
+            return
+        flight.counters = event["counters"]
+        if event["tokens"]:
+            flight.output.extend(event["tokens"])
+            flight.on_tokens(event["tokens"])
+        if event["event"] == "done":
+            flight.on_done(event["finish_reason"], flight.stats(flight.counters))
+
+    def _host_died(self, host: HostHandle, message: str) -> None:
+        """Resume what the dead host held in the next one, within each request's resumes; fail the rest."""
+        failed, cancelled = [], []
+        with self._lock:
+            closed = self._closed
+            if self._host is host:
+                self._host = None
+                if not closed:
+                    self._settled.clear()  # a start is under way from here on
+            for flight in [f for f in self._flights.values() if f.host is host]:
+                flight.host = None
+                if flight.cancelled:  # its client is gone: nothing to resume
+                    cancelled.append(self._flights.pop(flight.request.request_id))
+                elif closed or flight.resumes >= self.max_resumes:
+                    failed.append(self._flights.pop(flight.request.request_id))
+                else:
+                    flight.resumes += 1
+                    flight.earlier = add_counters(flight.earlier, flight.counters)
+                    flight.counters = [0.0] * len(COUNTERS)
+                    flight.paused_at = time.monotonic()
+        for flight in cancelled:
+            flight.on_done("cancelled", flight.stats(flight.counters))
+        for flight in failed:
+            resumes = f" (resumed {flight.resumes} times already)" if flight.resumes and not closed else ""
+            flight.on_error(EngineDied(f"{message}{resumes}"))
+        if not closed:
+            self._restart()
 
     # -- the host's life --------------------------------------------------------------------------------
     def _start(self, check_hashes: bool = False) -> HostHandle:
@@ -212,23 +254,42 @@ class EngineProcess:
             reason = message.get("message") or f"the engine host exited with code {process.poll()} (see the log)"
             raise EngineStartError(reason)
         host = HostHandle(process, message)
-        threading.Thread(target=self._read, args=(host,), name="pearl-engine-reader", daemon=True).start()
+        host.reader = threading.Thread(target=self._read, args=(host,), name="pearl-engine-reader", daemon=True)
+        host.reader.start()
         threading.Thread(target=self._watch, args=(host,), name="pearl-engine-watchdog", daemon=True).start()
         return host
 
+    def _restart(self) -> None:
+        """Start a replacement host and send it the requests that wait; if it cannot start, they fail."""
+        try:
+            host = self._start()
+        except Exception as exc:
+            with self._lock:
+                waiting = [f for f in self._flights.values() if f.host is None]
+                for flight in waiting:
+                    del self._flights[flight.request.request_id]
+                self._settled.set()
+            for flight in waiting:
+                flight.on_error(EngineStartError(f"the engine could not be restarted: {exc}"))
+            return
+        with self._lock:
+            self._host = host
+            self.restarts += 1
+            for flight in [f for f in self._flights.values() if f.host is None]:
+                self._send(flight, host)
+            self._settled.set()
+
     def _read(self, host: HostHandle) -> None:
         for line in host.process.stdout:
-            host.deliver(json.loads(line))
+            self._on_event(host, json.loads(line))
         code = host.process.wait()
         dead_ranks = [f"{role} pid {pid}" for role, pid in host.ready["ranks"].items() if not process_alive(pid)]
         self._clean_up(host)
-        if self._closed:
-            host.died("the engine is shut down")
-            return
-        cause = (f"a worker rank died and took the MPI world down (gone: {', '.join(dead_ranks)})"
-                 if dead_ranks and code != 0 else f"the engine host exited with code {code}")
-        host.died(f"{cause}; the MPI world is restarting")
-        self._restart()
+        if code == host_protocol.EXIT_RANK_FAILED or (not dead_ranks and code == 0):
+            cause = f"the engine host exited with code {code}"
+        else:
+            cause = f"a worker rank died and took the MPI world down (gone: {', '.join(dead_ranks) or 'none'})"
+        self._host_died(host, "the engine is shut down" if self._closed else f"{cause}; the MPI world is restarting")
 
     def _watch(self, host: HostHandle) -> None:
         """A rank that died without taking the host along (the process manager normally does): kill it all."""
@@ -247,18 +308,6 @@ class EngineProcess:
         for path in host.ready["shm"]:
             Path(path).unlink(missing_ok=True)
         host.dead.set()
-
-    def _restart(self) -> None:
-        """Start a replacement host; requests wait meanwhile (``_host_ready``)."""
-        self._host_ready.clear()
-        try:
-            self._host = self._start()
-            self._start_error = None
-            self.restarts += 1
-        except Exception as exc:  # the next request reports it
-            self._start_error = str(exc)
-        finally:
-            self._host_ready.set()
 
 
 def read_line(process: subprocess.Popen, timeout_s: float) -> str:
@@ -288,4 +337,3 @@ def kill_group(process: subprocess.Popen) -> None:
         process.wait(timeout=10)
     except subprocess.TimeoutExpired:
         pass
-

@@ -10,8 +10,9 @@ from __future__ import annotations
 import re
 
 # kind -> the pb_utils.TritonError code's name (its codes exist only inside the stub, so names here)
+# "overloaded": refused for a full queue; UNAVAILABLE (retry later), counted apart from bad input
 KIND_CODES = {"error": "INTERNAL", "cancelled": "CANCELLED", "timeout": "UNAVAILABLE", "invalid": "INVALID_ARG",
-              "unavailable": "UNAVAILABLE"}
+              "unavailable": "UNAVAILABLE", "overloaded": "UNAVAILABLE"}
 CODE_TAG = re.compile(r" \[([A-Z_]+)\]$")
 
 
@@ -28,7 +29,8 @@ def tagged(message: str, kind: str) -> str:
 def kind_of_message(message: str, default: str = "error") -> tuple[str, str]:
     """(kind, the message without its tag) of a tagged message; an untagged one (Triton's own) is ``default``."""
     match = CODE_TAG.search(message)
-    codes = {code: kind for kind, code in KIND_CODES.items() if kind != "timeout"}
+    # UNAVAILABLE is also timeout's and overloaded's code: read back, it is "unavailable" (the same status)
+    codes = {code: kind for kind, code in KIND_CODES.items() if kind not in ("timeout", "overloaded")}
     if match is None or match.group(1) not in codes:
         return default, message
     return codes[match.group(1)], message[:match.start()]

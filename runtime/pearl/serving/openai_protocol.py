@@ -28,7 +28,8 @@ SPEC_DECODE_FIELDS = {
 # an error kind (pearl.serving.errors) -> (HTTP status, OpenAI's error type)
 ERROR_STATUS = {"invalid": (400, "invalid_request_error"), "not_found": (404, "invalid_request_error"),
                 "unavailable": (503, "server_error"), "timeout": (503, "server_error"),
-                "cancelled": (503, "server_error"), "error": (500, "server_error")}
+                "cancelled": (503, "server_error"), "overloaded": (503, "server_error"),
+                "error": (500, "server_error")}
 
 
 class StreamOptions(BaseModel):

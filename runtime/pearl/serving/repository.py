@@ -31,6 +31,7 @@ DEFAULTS = {
     # true: pearl and pearl_bls are decoupled (responses streamed as they are accepted; gRPC streaming and HTTP
     # generate_stream). false: one response per request, so HTTP infer and gRPC unary infer work; no streaming
     "decoupled_mode": "true",
+    "max_resumes": "2",  # times a request may be resumed in a new world after a rank died; then UNAVAILABLE
 }
 BOOLEANS = ("add_special_tokens", "skip_special_tokens", "apply_chat_template", "verify_engine_hashes",
             "decoupled_mode")

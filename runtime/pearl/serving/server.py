@@ -23,6 +23,8 @@ import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from pearl.processes import exit_with_parent
+
 LOOPBACK = "127.0.0.1"
 
 
@@ -81,7 +83,9 @@ def server_command(cache_dir: Path) -> ServerCommand:
 
 
 class TritonServer:
-    """A tritonserver process on ``repository``; use as a context manager or call start()/stop()."""
+    """A tritonserver process on ``repository``; use as a context manager or call start()/stop(). The server
+    ends when the thread that started it ends (``pearl.processes.exit_with_parent``): start it from the main
+    thread, or one that lives as long as the server should."""
 
     def __init__(self, repository: Path, cache_dir: Path, host: str = LOOPBACK, http_port: int = 8000,
                  grpc_port: int = 8001, metrics_port: int = 8002, log_file: Path | None = None) -> None:
@@ -112,9 +116,11 @@ class TritonServer:
         argv, env = self.command()
         self.log_file.parent.mkdir(parents=True, exist_ok=True)
         with open(self.log_file, "wb") as log:
-            # Its own process group: stop() reaches the python backend stubs and their MPI ranks too.
+            # Its own process group: stop() reaches the python backend stubs and their MPI ranks too. SIGTERM
+            # when this process dies, even by SIGKILL: Triton then unloads the models (the pearl model closes
+            # its world) and exits, its stubs with it, instead of staying behind holding the ports.
             self.process = subprocess.Popen(argv, env=env, stdout=log, stderr=subprocess.STDOUT,
-                                            start_new_session=True)
+                                            start_new_session=True, preexec_fn=exit_with_parent(signal.SIGTERM))
         self.wait_ready(timeout)
         return self
 

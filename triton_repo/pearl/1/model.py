@@ -3,12 +3,13 @@ repository was filled with decoupled_mode false; then each request gets its one 
 
 Loading the model checks the engine directory and starts the engine host, a child process that runs the
 MPI world (draft and target ranks); a problem fails the load with what is wrong and how to fix it. If a
-rank dies, the request it served fails at once and a new world starts by itself. Unloading the model
-shuts the world down. Each request streams responses and always ends with Triton's final flag, errors
-included. Counters go to Triton's metrics endpoint.
+rank dies, a new world starts by itself and the requests in flight resume in it (at most ``max_resumes``
+times each). Unloading the model shuts the world down. Each request streams responses and always ends with
+Triton's final flag, errors included (a full queue: UNAVAILABLE, counted as overloaded). Counters go to Triton's metrics
+endpoint.
 
 Every call into Triton (responses, cancellation checks, metrics) is made by one thread, ``TritonCalls``:
-the generation service runs one worker thread per request in the batch, and tritonserver 2.51's python
+responses come from the engine's reader thread and requests from ``execute``, and tritonserver 2.51's python
 backend crashes under concurrent calls from several stub threads (SIGSEGV or boost::interprocess::
 lock_exception in libtriton_python.so, seen with perf_analyzer at concurrency 8-16). Triton's own vLLM
 backend sends from a single response thread for the same reason.
@@ -135,7 +136,8 @@ class TritonPythonModel:
         threads = model_parameter(args, "threads_per_rank")  # empty: the engine directory's setting
         try:
             engine = EngineProcess(engine_dir, int(threads) if threads.isdigit() else None,
-                                   check_hashes=model_parameter(args, "verify_engine_hashes") == "true")
+                                   check_hashes=model_parameter(args, "verify_engine_hashes") == "true",
+                                   max_resumes=int(model_parameter(args, "max_resumes")))
         except Exception as exc:  # Triton marks the model UNAVAILABLE with this message as the reason
             raise pb_utils.TritonModelException(
                 f"cannot load the PEARL engines in {engine_dir}: {exc}. Fix: rebuild them with "
@@ -144,11 +146,14 @@ class TritonPythonModel:
         self.triton = TritonCalls()
         self.service = GenerationService(engine,
                                          on_finished=lambda stats: self.triton.call(self.metrics.record, stats),
-                                         on_failed=lambda kind: self.triton.call(self.metrics.record_failure, kind),
+                                         on_failed=self.record_failure,
                                          max_queue=int(model_parameter(args, "max_queue_size")),
                                          timeout_s=float(model_parameter(args, "request_timeout_s")),
                                          streaming=pb_utils.using_decoupled_model_transaction_policy(
                                              json.loads(args["model_config"])))
+
+    def record_failure(self, kind):
+        self.triton.call(self.metrics.record_failure, kind)
 
     def execute(self, requests):
         for request in requests:
@@ -165,8 +170,9 @@ class TritonPythonModel:
             try:
                 self.service.submit({t.name(): t.as_numpy() for t in request.inputs()}, send, fail,
                                     cancelled=cancelled.is_set, request_id=request.request_id())
-            except QueueFull as exc:
-                fail(str(exc), "unavailable")
+            except QueueFull as exc:  # a refusal to retry: counted, unlike a bad request
+                fail(str(exc), exc.kind)
+                self.record_failure(exc.kind)
             except RequestError as exc:
                 fail(str(exc), "invalid")
         return None

@@ -27,14 +27,6 @@ def process_alive(pid: int) -> bool:
         return True
 
 
-def parent_pid(pid: int) -> int | None:
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return int(f.read().rsplit(")", 1)[1].split()[1])
-    except (OSError, ValueError, IndexError):
-        return None
-
-
 def kill_if_alive(pid: int) -> None:
     if process_alive(pid):
         try:

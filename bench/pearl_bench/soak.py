@@ -178,11 +178,11 @@ def write_report(summary: dict, out: Path, title: str) -> None:
         pauses = [k["pause_s"] for k in summary["kills"] if k["pause_s"] is not None]
         lines += [f"rank kills: {len(summary['kills'])} (every {summary['kill_every_s']:g} s); pause per resume: "
                   + (f"{min(pauses):.1f}-{max(pauses):.1f} s, mean {sum(pauses) / len(pauses):.1f} s"
-                     if pauses else "no request was in flight at a kill"), ""]
+                     if pauses else "none measured (no request that spanned a kill finished)"), ""]
     lines += ["| t (s) | tokens/s | requests/s | p50 ms | failed | error |", "|---|---|---|---|---|---|"]
     for w in summary["windows"]:
         lines.append(f"| {w['t_s']} | {w['tokens_per_s']:.2f} | {w.get('requests_per_s', 0):.3f} | "
-                     f"{w.get('p50_ms', 0):.0f} | {w['failed']:.0f} | {w['error'] or ''} |")
+                     f"{w.get('p50_ms', 0):.0f} | {w['failed']:.0f} | {table_cell(w['error'] or '')} |")
     (out / "soak.md").write_text("\n".join(lines) + "\n")
     fig, (top, bottom) = plt.subplots(2, 1, figsize=(7, 6), sharex=True)
     top.plot([w["t_s"] for w in summary["windows"]], [w["tokens_per_s"] for w in summary["windows"]], marker="o")
@@ -193,3 +193,9 @@ def write_report(summary: dict, out: Path, title: str) -> None:
     fig.tight_layout()
     fig.savefig(out / "soak.png", dpi=120)
     plt.close(fig)
+
+
+def table_cell(text: str, width: int = 200) -> str:
+    """One Markdown table cell: perf_analyzer's multi-line error on one line, pipes escaped, its end kept."""
+    text = " ".join(text.split()).replace("|", "\\|")
+    return text if len(text) <= width else "..." + text[-width:]

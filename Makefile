@@ -4,6 +4,8 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 GENAI_VENV ?= .venv-genai
 GENAI_PERF := $(GENAI_VENV)/bin/genai-perf
+AIPERF_VENV ?= .venv-aiperf
+AIPERF := $(AIPERF_VENV)/bin/aiperf
 PIP := $(PY) -m pip --disable-pip-version-check
 
 GPU_VENV ?= .venv-gpu
@@ -19,7 +21,7 @@ METRICS_PORT ?= 8002
 OPENAI_PORT ?= 9000
 PORTS = --http-port $(HTTP_PORT) --grpc-port $(GRPC_PORT) --metrics-port $(METRICS_PORT)
 
-.PHONY: help setup setup-gpu gpu-check genai-perf test test-fast engines serve demo bench bench-concurrency perf soak clean
+.PHONY: help setup setup-gpu gpu-check genai-perf aiperf test test-fast engines serve demo bench bench-concurrency perf soak clean
 
 help:
 	@echo "make setup   create $(VENV) with the pinned dependencies and the pearl package"
@@ -28,7 +30,9 @@ help:
 	@echo "make gpu-check  scripts/gpu_check.sh: torch on CUDA (and TensorRT-LLM if importable), JSON results"
 	@echo "make genai-perf"
 	@echo "             create $(GENAI_VENV) with genai-perf (its own pins: requirements-genai-perf.txt)"
-	@echo "make test    run the test suite (sets up both venvs)"
+	@echo "make aiperf"
+	@echo "             create $(AIPERF_VENV) with AIPerf (its own pins: requirements-aiperf.txt)"
+	@echo "make test    run the test suite (sets up the venvs it needs)"
 	@echo "make test-fast"
 	@echo "             the fast lane (< 2 min): no MPI processes, no Triton, no real weights, one case a check"
 	@echo "make engines [PAIR=name] [DRY_RUN=1] [FORCE=1]"
@@ -43,7 +47,7 @@ help:
 	@echo "make bench-concurrency [PAIR=name] [CONCURRENCY_ARGS='--concurrency 1,2,4,8,16 --max-tokens 64']"
 	@echo "             the batched engine's tokens/s and latency per concurrency -> results/concurrency/<pair>"
 	@echo "make perf [PAIR=name] [PERF_ARGS='--concurrency 1,2,4,8,16 ...']"
-	@echo "             perf_analyzer and genai-perf against the served ensemble -> results/perf/<pair>"
+	@echo "             perf_analyzer, genai-perf and AIPerf (OpenAI API) against the server -> results/perf/<pair>"
 	@echo "make soak [PAIR=name] [SOAK_ARGS='--minutes 10 --concurrency 8 --kill-every 60']"
 	@echo "             long perf_analyzer load: errors, tokens/s and memory over time; --kill-every: a rank"
 	@echo "             killed that often, lost requests and resume pauses -> results/soak/<pair>"
@@ -73,8 +77,15 @@ $(GENAI_VENV)/.installed: requirements-genai-perf.txt
 	$(GENAI_VENV)/bin/python -m pip --disable-pip-version-check install -q -r requirements-genai-perf.txt
 	touch $@
 
-test: setup genai-perf
-	PEARL_GENAI_PERF=$(GENAI_PERF) $(PY) -m pytest tests
+aiperf: $(AIPERF_VENV)/.installed
+
+$(AIPERF_VENV)/.installed: requirements-aiperf.txt
+	$(PYTHON) -m venv $(AIPERF_VENV)
+	$(AIPERF_VENV)/bin/python -m pip --disable-pip-version-check install -q -r requirements-aiperf.txt
+	touch $@
+
+test: setup genai-perf aiperf
+	PEARL_GENAI_PERF=$(GENAI_PERF) PEARL_AIPERF=$(AIPERF) $(PY) -m pytest tests
 
 test-fast: setup
 	$(PY) -m pytest tests -q -m "not mpi and not triton and not real_weights and not slow"
@@ -94,12 +105,13 @@ bench: engines
 bench-concurrency: engines
 	$(PY) scripts/bench_concurrency.py --engines $(ENGINES_DIR)/$(PAIR) $(CONCURRENCY_ARGS)
 
-perf: engines genai-perf
-	$(PY) scripts/perf.py --engines $(ENGINES_DIR)/$(PAIR) $(PORTS) --genai-perf $(GENAI_PERF) $(PERF_ARGS)
+perf: engines genai-perf aiperf
+	$(PY) scripts/perf.py --engines $(ENGINES_DIR)/$(PAIR) $(PORTS) --genai-perf $(GENAI_PERF) --aiperf $(AIPERF) \
+		--openai-port $(OPENAI_PORT) $(PERF_ARGS)
 
 soak: engines
 	$(PY) scripts/soak.py --engines $(ENGINES_DIR)/$(PAIR) $(PORTS) $(SOAK_ARGS)
 
 clean:
-	rm -rf $(VENV) $(GENAI_VENV) .pytest_cache
+	rm -rf $(VENV) $(GENAI_VENV) $(AIPERF_VENV) .pytest_cache
 	find . -name __pycache__ -prune -exec rm -rf {} +

@@ -1,6 +1,6 @@
 """`make bench` and `make perf` in short runs on the SmolLM2 pair: files are produced, numbers parse, PEARL and
-SD outputs equal ar's, an interrupted bench resumes without redoing work, perf_analyzer and genai-perf measure the
-server."""
+SD outputs equal ar's, an interrupted bench resumes without redoing work, perf_analyzer, genai-perf and AIPerf
+measure the server."""
 from __future__ import annotations
 
 import json
@@ -76,7 +76,7 @@ def test_perf_analyzer_and_genai_perf_against_the_server(smollm2_engines, tmp_pa
     (out / "profile_nostream_c1.json").write_text("{}")  # a run before left its exports: run again over them
     run_script("perf.py", "--engines", str(smollm2_engines), "--prompts", "2", "--max-tokens", "16",
                "--concurrency", "1,2", "--requests-per-point", "2", "--out", str(out), "--cache-dir", str(CACHE_DIR),
-               "--genai-perf", GENAI_PERF,
+               "--genai-perf", GENAI_PERF, "--no-aiperf",
                "--http-port", str(free_port()), "--grpc-port", str(free_port()), "--metrics-port", str(free_port()))
     summary = json.loads((out / "summary.json").read_text())
     points = {(p["stream"], p["concurrency"]): p for p in summary["points"]}
@@ -99,6 +99,30 @@ def test_perf_analyzer_and_genai_perf_against_the_server(smollm2_engines, tmp_pa
         assert g["output_tokens_per_s"] > 0 and 0 < g["output_tokens_mean"] <= 20  # re-tokenized text
     assert list((out / "genai_perf" / "c2").glob("*/profile_export_genai_perf.csv"))
     assert "output tokens/s/user" in (out / "summary.md").read_text()
+
+
+# and the AIPerf that `make aiperf` installs into its own venv
+AIPERF = os.environ.get("PEARL_AIPERF", str(REPO / ".venv-aiperf" / "bin" / "aiperf"))
+
+
+def test_aiperf_against_the_openai_api(smollm2_engines, tmp_path):
+    out = tmp_path / "perf"
+    run_script("perf.py", "--engines", str(smollm2_engines), "--prompts", "2", "--max-tokens", "16",
+               "--concurrency", "1,2", "--requests-per-point", "2", "--out", str(out), "--cache-dir", str(CACHE_DIR),
+               "--no-genai-perf", "--aiperf", AIPERF, "--openai-port", str(free_port()),
+               "--http-port", str(free_port()), "--grpc-port", str(free_port()), "--metrics-port", str(free_port()))
+    summary = json.loads((out / "summary.json").read_text())
+    aiperf = {a["concurrency"]: a for a in summary["aiperf"]}
+    assert set(aiperf) == {1, 2} and summary["genai_perf"] == []
+    for a in aiperf.values():
+        assert 0 < a["time_to_first_token_ms"] < a["request_latency_ms"] and a["inter_token_latency_ms"] > 0
+        assert a["output_tokens_per_s"] > 0 and 0 < a["output_tokens_mean"] <= 20  # re-tokenized text
+        # from the responses' metrics.speculative_decoding: AIPerf read them
+        assert a["mean_acceptance_length"] >= 1 and 0 <= a["draft_acceptance_rate_pct"] <= 100
+    sent = json.loads(next((out / "aiperf" / "c2").rglob("inputs.json")).read_text())["data"][0]["payloads"][0]
+    assert sent["stream"] is True and sent["max_completion_tokens"] == 16 and sent["temperature"] == 0
+    assert list((out / "aiperf" / "c2").rglob("profile_export_aiperf.csv"))
+    assert "draft acceptance %" in (out / "summary.md").read_text()
 
 
 def test_soak_reports_errors_throughput_and_memory(smollm2_engines, tmp_path):

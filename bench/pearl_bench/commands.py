@@ -116,10 +116,14 @@ Writes summary.json, summary.md and concurrency.png to --out (see pearl_bench.co
 
 def perf(argv: list[str] | None = None) -> int:
     """``make perf``: start the server, load it with perf_analyzer (gRPC; `stream` on and off; several
-concurrencies) and genai-perf (streamed: TTFT, inter-token latency, output tokens/s) using HumanEval prompts,
-and write raw outputs, summary.json/.md and latency_throughput.png."""
+concurrencies), genai-perf (streamed: TTFT, inter-token latency, output tokens/s) and AIPerf (the same, through
+the OpenAI-compatible chat endpoint, with its speculative-decoding figures) using HumanEval prompts, and write
+raw outputs, summary.json/.md and latency_throughput.png."""
     from pearl.engine_files import pair_models
+    from pearl.serving.commands import openai_config, openai_frontend
+    from pearl.serving.repository import values_for_engines
     from pearl.serving.server import TritonServer, add_server_arguments
+    from pearl_bench.aiperf import find_aiperf, run_aiperf_point
     from pearl_bench.genai_perf import find_genai_perf, run_genai_point
     from pearl_bench.perf import run_point, token_latencies, write_report
 
@@ -132,7 +136,11 @@ and write raw outputs, summary.json/.md and latency_throughput.png."""
                         help="requests measured per point (default 2 x concurrency, at least 4)")
     parser.add_argument("--genai-perf", default="genai-perf", metavar="PATH",
                         help="genai-perf executable (`make perf` passes the one `make genai-perf` installs)")
-    parser.add_argument("--no-genai-perf", action="store_true", help="perf_analyzer only")
+    parser.add_argument("--no-genai-perf", action="store_true", help="skip genai-perf")
+    parser.add_argument("--aiperf", default="aiperf", metavar="PATH",
+                        help="aiperf executable (`make perf` passes the one `make aiperf` installs)")
+    parser.add_argument("--no-aiperf", action="store_true", help="skip AIPerf (and the OpenAI frontend)")
+    parser.add_argument("--openai-port", type=int, default=9000, help="the OpenAI-compatible API AIPerf loads")
     parser.add_argument("--out", type=Path, help="results folder (default results/perf/<pair>)")
     add_server_arguments(parser, CACHE_DIR)
     args = parser.parse_args(argv)
@@ -144,11 +152,15 @@ and write raw outputs, summary.json/.md and latency_throughput.png."""
     out.mkdir(parents=True, exist_ok=True)
     prompts = humaneval(args.prompts)
     genai_perf = None if args.no_genai_perf else find_genai_perf(args.genai_perf)
+    aiperf = None if args.no_aiperf else find_aiperf(args.aiperf)
     concurrencies = [int(c) for c in args.concurrency.split(",")]
     repository = _served(args.engines, args.cache_dir)
-    points, genai_points = [], []
-    with TritonServer(repository, args.cache_dir, http_port=args.http_port, grpc_port=args.grpc_port,
-                      metrics_port=args.metrics_port) as server:
+    tokenizer = pair_models(args.engines, check_files=False)["target"][0]
+    points, genai_points, aiperf_points = [], [], []
+    server = TritonServer(repository, args.cache_dir, http_port=args.http_port, grpc_port=args.grpc_port,
+                          metrics_port=args.metrics_port)
+    frontend = None if aiperf is None else openai_config(server, values_for_engines(args.engines))
+    with server, openai_frontend(frontend, server.host, args.openai_port) as openai:
         for stream in (False, True):
             for concurrency in concurrencies:
                 point = run_point(server.grpc_url, out, args.cache_dir, prompts, args.max_tokens, stream,
@@ -158,14 +170,19 @@ and write raw outputs, summary.json/.md and latency_throughput.png."""
                 points.append(point)
                 print(json.dumps(point), flush=True)
         if genai_perf is not None:
-            tokenizer = pair_models(args.engines, check_files=False)["target"][0]
             for concurrency in concurrencies:
                 point = run_genai_point(genai_perf, server.grpc_url, tokenizer, out, args.cache_dir, prompts,
                                         args.max_tokens, concurrency, requests_for(concurrency))
                 genai_points.append(point)
                 print(json.dumps({"genai_perf": point}), flush=True)
+        if openai is not None:
+            for concurrency in concurrencies:
+                point = run_aiperf_point(aiperf, f"http://{openai.host}:{openai.port}", frontend.model, tokenizer, out,
+                                         prompts, args.max_tokens, concurrency, requests_for(concurrency))
+                aiperf_points.append(point)
+                print(json.dumps({"aiperf": point}), flush=True)
     summary = {"engines": str(args.engines), "max_tokens": args.max_tokens, "prompts": args.prompts, "points": points,
-               "genai_perf": genai_points}
+               "genai_perf": genai_points, "aiperf": aiperf_points}
     write_report(summary, out, f"make perf: {args.engines.resolve().name}")
     print((out / "summary.md").read_text())
     return 0

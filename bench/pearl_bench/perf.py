@@ -156,5 +156,16 @@ def write_report(summary: dict, out: Path, title: str) -> None:
                   f"{g['request_latency_ms']:.0f} | {g['output_tokens_per_s']:.2f} | "
                   f"{g['output_tokens_per_s_per_user']:.2f} | {g['output_tokens_mean']:.1f} |"
                   for g in summary["genai_perf"]]
+    if summary.get("aiperf"):
+        lines += ["", "AIPerf (OpenAI chat endpoint, streamed, temperature 0, tokens counted with the target's "
+                  "tokenizer; averages; acceptance from the responses' `metrics.speculative_decoding`)", "",
+                  "| concurrency | TTFT ms | ITL ms | request latency ms | output tokens/s | output tokens/s/user "
+                  "| output tokens/request | mean acceptance length | draft acceptance % |",
+                  "|---|---|---|---|---|---|---|---|---|"]
+        lines += [f"| {a['concurrency']} | {a['time_to_first_token_ms']:.0f} | {a['inter_token_latency_ms']:.0f} | "
+                  f"{a['request_latency_ms']:.0f} | {a['output_tokens_per_s']:.2f} | "
+                  f"{a['output_tokens_per_s_per_user']:.2f} | {a['output_tokens_mean']:.1f} | "
+                  f"{a.get('mean_acceptance_length', float('nan')):.2f} | "
+                  f"{a.get('draft_acceptance_rate_pct', float('nan')):.1f} |" for a in summary["aiperf"]]
     (out / "summary.md").write_text("\n".join(lines) + "\n")
     chart(summary["points"], out / "latency_throughput.png")

@@ -16,19 +16,11 @@ import shutil
 import subprocess
 from pathlib import Path
 
+from pearl_bench.genai_perf import METRICS, find_tool, write_prompts
 from pearl_bench.perf import PerfError
 from pearl_bench.prompts import Prompt
 
-# AIPerf's metric tag -> (our column, the statistic we keep)
-METRICS = {
-    "time_to_first_token": ("time_to_first_token_ms", "avg"),
-    "inter_token_latency": ("inter_token_latency_ms", "avg"),
-    "request_latency": ("request_latency_ms", "avg"),
-    "output_token_throughput": ("output_tokens_per_s", "avg"),
-    "output_token_throughput_per_user": ("output_tokens_per_s_per_user", "avg"),
-    "output_sequence_length": ("output_tokens_mean", "avg"),
-    "request_throughput": ("requests_per_s", "avg"),
-}
+# AIPerf keeps genai-perf's metric tags, so their columns are ours too (genai_perf.METRICS)
 # its speculative-decoding figures, present when the responses carried them
 SPEC_DECODE = {
     "spec_decode_acceptance_length": ("mean_acceptance_length", "avg"),  # per request, averaged
@@ -40,12 +32,7 @@ EXTRA_INPUTS = json.dumps({"temperature": 0, "stream_options": {"include_usage":
 
 
 def find_aiperf(command: str) -> str:
-    """The aiperf executable: a path, or a name on PATH."""
-    found = command if Path(command).is_file() else shutil.which(command)
-    if found is None:
-        raise PerfError(f"aiperf not found at {command!r}: run `make aiperf` (its own venv, "
-                        f"requirements-aiperf.txt) or pass --aiperf PATH; --no-aiperf skips it")
-    return found
+    return find_tool(command, "aiperf")
 
 
 def run_aiperf_point(aiperf: str, url: str, model: str, tokenizer: Path, out_dir: Path, prompts: list[Prompt],
@@ -53,9 +40,7 @@ def run_aiperf_point(aiperf: str, url: str, model: str, tokenizer: Path, out_dir
     """One streamed AIPerf measurement of the chat endpoint at ``url`` (http://host:port, no /v1) at a
     concurrency; its artifacts stay under out_dir/aiperf."""
     artifacts = out_dir / "aiperf"
-    artifacts.mkdir(parents=True, exist_ok=True)
-    input_file = artifacts / "prompts.jsonl"
-    input_file.write_text("".join(json.dumps({"text": p.text}) + "\n" for p in prompts))
+    input_file = write_prompts(artifacts, prompts)
     run_dir = artifacts / f"c{concurrency}"
     shutil.rmtree(run_dir, ignore_errors=True)  # a run before left its exports
     command = [aiperf, "profile", "-m", model, "--endpoint-type", "chat", "--streaming", "-u", url,

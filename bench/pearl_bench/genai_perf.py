@@ -30,13 +30,25 @@ METRICS = {
 }
 
 
-def find_genai_perf(command: str) -> str:
-    """The genai-perf executable: a path, or a name on PATH."""
+def find_tool(command: str, name: str) -> str:
+    """A perf tool's executable (genai-perf, aiperf): a path, or a name on PATH; each has its own venv."""
     found = command if Path(command).is_file() else shutil.which(command)
     if found is None:
-        raise PerfError(f"genai-perf not found at {command!r}: run `make genai-perf` (its own venv, "
-                        f"requirements-genai-perf.txt) or pass --genai-perf PATH; --no-genai-perf skips it")
+        raise PerfError(f"{name} not found at {command!r}: run `make {name}` (its own venv, "
+                        f"requirements-{name}.txt) or pass --{name} PATH; --no-{name} skips it")
     return found
+
+
+def find_genai_perf(command: str) -> str:
+    return find_tool(command, "genai-perf")
+
+
+def write_prompts(artifacts: Path, prompts: list[Prompt]) -> Path:
+    """The prompts as the perf tools' --input-file: one {"text": ...} per line."""
+    artifacts.mkdir(parents=True, exist_ok=True)
+    input_file = artifacts / "prompts.jsonl"
+    input_file.write_text("".join(json.dumps({"text": p.text}) + "\n" for p in prompts))
+    return input_file
 
 
 def run_genai_point(genai_perf: str, url: str, tokenizer: Path, out_dir: Path, cache_dir: Path,
@@ -46,9 +58,7 @@ def run_genai_point(genai_perf: str, url: str, tokenizer: Path, out_dir: Path, c
     binary, env = perf_analyzer(cache_dir)
     env["PATH"] = os.pathsep.join([str(Path(binary).parent), os.environ.get("PATH", "")])
     artifacts = out_dir / "genai_perf"
-    artifacts.mkdir(parents=True, exist_ok=True)
-    input_file = artifacts / "prompts.jsonl"
-    input_file.write_text("".join(json.dumps({"text": p.text}) + "\n" for p in prompts))
+    input_file = write_prompts(artifacts, prompts)
     # no --output-tokens-mean-deterministic: it sends `min_length`, an input TRT-LLM's ensemble renamed
     # to `min_tokens`; generation may end at EOS before max_tokens, and genai-perf counts what came back
     command = [genai_perf, "profile", "-m", model, "--endpoint-type", "kserve", "--backend", "tensorrtllm",

@@ -53,18 +53,30 @@ def measure(engine: Engine, settings: dict, vocab: int) -> dict:
     generator = torch.Generator().manual_seed(0)
     prompt = torch.randint(vocab - 1, (settings["prompt_tokens"],), generator=generator).tolist()
     sampling = SamplingParams(max_tokens=settings["max_tokens"], ignore_eos=True)
-    results = {}
+    results, ar_tokens = {}, None
     for mode in MODES:
         engine.generate(prompt, sampling, mode, settings["gamma"]).collect()
-        stats = [engine.generate(prompt, sampling, mode, settings["gamma"]).collect().stats
-                 for _ in range(settings["requests"])]
+        streams = [engine.generate(prompt, sampling, mode, settings["gamma"]).collect()
+                   for _ in range(settings["requests"])]
+        stats = [stream.stats for stream in streams]
+        ar_tokens = ar_tokens or streams[0].token_ids  # MODES starts with ar: the reference every mode must equal
         results[mode] = {
+            "same_tokens_as_ar": all(stream.token_ids == ar_tokens for stream in streams),
+            "first_difference": first_difference(ar_tokens, [stream.token_ids for stream in streams]),
             "tokens_per_s": sum(s.generated_tokens for s in stats) / sum(s.wall_s for s in stats),
             "round_overhead": sum(s.round_overhead for s in stats) / len(stats),
             "acceptance_rate": sum(s.acceptance_rate for s in stats) / len(stats),
             "tokens_per_target_forward": sum(s.tokens_per_target_forward for s in stats) / len(stats),
             "requests": [s.to_dict() for s in stats]}
     return results
+
+
+def first_difference(reference: list[int], outputs: list[list[int]]) -> int | None:
+    """The first token position where any output leaves the reference (greedy on a GPU can differ from ``ar`` at
+    a near tie, where a verify's batched kernels and a one-token step round differently), or None."""
+    positions = [next((i for i, (a, b) in enumerate(zip(reference, out)) if a != b), None) for out in outputs]
+    found = [p for p in positions if p is not None]
+    return min(found) if found else None
 
 
 def torch_pair(folders: dict[str, Path], settings: dict, devices: tuple[str, str]) -> dict:
@@ -136,7 +148,9 @@ def main(argv: list[str] | None = None) -> int:
             entry["tensorrt_llm"] = trtllm_pair(name, folders, settings, args.work, gpus)
         entry["seconds"] = round(time.perf_counter() - started, 1)
         report["pairs"][name] = entry
-        summary = ", ".join(f"{mode} {entry['torch'][mode]['tokens_per_s']:.1f} tok/s" for mode in MODES)
+        summary = ", ".join(f"{mode} {entry['torch'][mode]['tokens_per_s']:.1f} tok/s"
+                            + ("" if entry["torch"][mode]["same_tokens_as_ar"] else " (differs from ar)")
+                            for mode in MODES)
         print(f"gpu_check: {name} (torch): {summary}", flush=True)
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "gpu_check.json").write_text(json.dumps(report, indent=2) + "\n")

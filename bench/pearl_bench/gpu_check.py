@@ -25,7 +25,9 @@ from pearl.engine import Engine
 from pearl.params import SamplingParams
 
 CONFIG = Path(__file__).with_suffix(".yaml")
-MODES = ("ar", "sd", "pearl")
+# label: (mode, gamma); "gamma" is gpu_check.yaml's fixed window, "auto" the adaptive one (drafting off where
+# the target alone is faster). ar comes first: the reference every other run's tokens must equal.
+MODES = {"ar": ("ar", "gamma"), "sd": ("sd", "gamma"), "pearl": ("pearl", "gamma"), "pearl_auto": ("pearl", "auto")}
 
 
 def save_random_model(folder: Path, shape: dict, dtype: str, seed: int, device: str) -> Path:
@@ -54,19 +56,20 @@ def measure(engine: Engine, settings: dict, vocab: int) -> dict:
     prompt = torch.randint(vocab - 1, (settings["prompt_tokens"],), generator=generator).tolist()
     sampling = SamplingParams(max_tokens=settings["max_tokens"], ignore_eos=True)
     results, ar_tokens = {}, None
-    for mode in MODES:
-        engine.generate(prompt, sampling, mode, settings["gamma"]).collect()
-        streams = [engine.generate(prompt, sampling, mode, settings["gamma"]).collect()
-                   for _ in range(settings["requests"])]
+    for label, (mode, gamma) in MODES.items():
+        gamma = settings["gamma"] if gamma == "gamma" else gamma
+        engine.generate(prompt, sampling, mode, gamma).collect()
+        streams = [engine.generate(prompt, sampling, mode, gamma).collect() for _ in range(settings["requests"])]
         stats = [stream.stats for stream in streams]
-        ar_tokens = ar_tokens or streams[0].token_ids  # MODES starts with ar: the reference every mode must equal
-        results[mode] = {
+        ar_tokens = ar_tokens or streams[0].token_ids
+        results[label] = {
             "same_tokens_as_ar": all(stream.token_ids == ar_tokens for stream in streams),
             "first_difference": first_difference(ar_tokens, [stream.token_ids for stream in streams]),
             "tokens_per_s": sum(s.generated_tokens for s in stats) / sum(s.wall_s for s in stats),
             "round_overhead": sum(s.round_overhead for s in stats) / len(stats),
             "acceptance_rate": sum(s.acceptance_rate for s in stats) / len(stats),
             "tokens_per_target_forward": sum(s.tokens_per_target_forward for s in stats) / len(stats),
+            "drafted_rounds": sum(s.drafted_rounds for s in stats) / sum(s.rounds for s in stats),
             "requests": [s.to_dict() for s in stats]}
     return results
 

@@ -1,8 +1,9 @@
 """EngineProcess on the SmolLM2 pair: the engine host serves the same tokens as the ranks do in-process; a killed
 rank's requests resume in a new world with exactly the output they have without the kill (greedy, and sampled
-with a seed), counted across both worlds, at most max_resumes times (then, or with max_resumes 0, the request
-fails within seconds), and nothing of the dead world is left behind (processes, MPICH's /dev/shm segments);
-cancelling ends a request after a round; a bad engine directory fails the start with the reason."""
+with a seed), counted across both worlds, at most max_resumes times in a row without a token between (then, or
+with max_resumes 0, the request fails within seconds), and nothing of the dead world is left behind (processes,
+MPICH's /dev/shm segments); a spare world takes over from a dead one; cancelling ends a request after a round;
+a bad engine directory fails the start with the reason."""
 from __future__ import annotations
 
 import itertools
@@ -20,7 +21,7 @@ import pytest
 from conftest import mpich_shared_memory
 from pearl.params import GenerationRequest, Mode, SamplingParams
 from pearl.processes import process_alive
-from pearl.serving.engine_process import EngineDied, EngineProcess, EngineStartError
+from pearl.serving.engine_process import EngineDied, EngineProcess, EngineStartError, Flight
 
 pytestmark = pytest.mark.mpi
 
@@ -153,6 +154,51 @@ def test_a_request_past_its_resumes_fails_and_the_world_restarts(engine):
     assert failed.ended_at - killed[0] < 5
     assert generate(engine, PROMPT, SamplingParams(max_tokens=16, ignore_eos=True)).wait().token_ids == reference
     assert engine.rank_pids != old["ranks"] and leftovers(old) == ([], [])
+
+
+def test_deaths_with_tokens_between_them_do_not_use_up_the_resumes(engine):
+    """max_resumes counts resumes in a row with no token streamed between: a request that makes progress in
+    each world is not what kills them, so two deaths apart still finish it with max_resumes 1."""
+    sampling = SamplingParams(max_tokens=120, ignore_eos=True)
+    reference = generate(engine, PROMPT, sampling).wait()
+    killed = []
+
+    def kill_twice(collected):  # the second kill only once chunks come from the new world
+        pid = engine.rank_pids["target"]
+        if (not killed and collected.chunks == 2) or (len(killed) == 1 and collected.chunks >= 6 and pid != killed[0]):
+            os.kill(pid, signal.SIGKILL)
+            killed.append(pid)
+    engine.max_resumes = 1
+    try:
+        result = generate(engine, PROMPT, sampling, on_chunk=kill_twice).wait()
+    finally:
+        engine.max_resumes = 2
+    assert len(killed) == 2 and result.stats.resumed == 2 and result.token_ids == reference.token_ids
+
+
+def test_the_resume_budget_counts_deaths_in_a_row_without_a_token():
+    flight = Flight(GenerationRequest(1, (5,), SamplingParams()), None, None, None)
+    assert flight.resume(2) and flight.resume(2) and not flight.resume(2)  # three deaths, nothing streamed
+    flight.output += [7]
+    assert flight.resume(2) and flight.resumes == 3 and flight.fruitless_resumes == 1
+    assert not Flight(GenerationRequest(2, (5,), SamplingParams()), None, None, None).resume(0)
+
+
+def test_a_spare_world_takes_over_when_the_serving_one_dies(smollm2_engines):
+    with EngineProcess(smollm2_engines, spare_world=True) as engine:
+        spare = engine.wait_for_spare()
+        assert spare and set(spare.values()).isdisjoint(engine.rank_pids.values())
+        sampling = SamplingParams(max_tokens=60, ignore_eos=True)
+        reference = generate(engine, PROMPT, sampling).wait()
+        old, killed = engine._host.ready, []
+        resumed = generate(engine, PROMPT, sampling, on_chunk=kill_rank_at(engine, "target", 2, killed)).wait()
+        assert killed and resumed.token_ids == reference.token_ids and resumed.stats.resumed == 1
+        assert engine.rank_pids == spare and engine.restarts == 1  # the spare serves now
+        assert leftovers(old) == ([], [])
+        next_spare = engine.wait_for_spare()  # and another one loaded behind it
+        assert next_spare and set(next_spare.values()).isdisjoint(spare.values())
+        worlds = [engine._host.ready, engine._spare.ready]
+    assert [leftovers(ready) for ready in worlds] == [([], []), ([], [])]  # closing ends both
 
 
 def test_a_rank_killed_between_requests_is_replaced_before_the_next(engine):

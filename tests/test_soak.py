@@ -4,8 +4,13 @@ failed by the server are reported as lost."""
 from __future__ import annotations
 
 import json
+import os
 
-from pearl_bench.soak import resume_pauses, summarize
+import subprocess
+import sys
+import time
+
+from pearl_bench.soak import resume_pauses, serving_ranks, summarize
 
 
 def profile(path, requests):
@@ -27,3 +32,18 @@ def test_requests_the_server_counted_as_failed_are_lost():
     windows = [{"t_s": 0.0, "error": None, "failed": 0.0}, {"t_s": 1.0, "error": None, "failed": 2.0}]
     summary = summarize(windows, [(0.0, 100), (1.0, 100)], warmup_windows=1)
     assert summary["lost_requests"] == 2 and summary["errors"] == 0
+
+
+def test_the_killer_picks_the_serving_worlds_ranks_not_a_spares():
+    """The serving world is the oldest: a spare always starts after the world it stands in for."""
+    def fake_rank():  # "pearl.ranks.worker" in its command line, as a real rank has
+        return subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)", "pearl.ranks.worker"])
+    serving = [fake_rank(), fake_rank()]
+    time.sleep(0.5)
+    spare = [fake_rank(), fake_rank()]
+    try:
+        assert serving_ranks(os.getpid()) == sorted(p.pid for p in serving)
+    finally:
+        for process in serving + spare:
+            process.kill()
+            process.wait()

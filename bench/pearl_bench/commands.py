@@ -11,11 +11,13 @@ from pearl.layout import CACHE_DIR, RESULTS_DIR, TRITON_TEMPLATES
 from pearl_bench.prompts import CLASSES, from_jsonl, humaneval, mixed
 
 
-def _served(engines: Path, cache_dir: Path):
-    """The filled model repository of a pair's engines, for a server to load."""
+def _served(engines: Path, cache_dir: Path, template_values: list[str] = ()):
+    """The filled model repository of a pair's engines, for a server to load; ``template_values``: KEY=VALUE
+    overrides, as ``pearl serve --set`` takes them."""
     from pearl.serving.repository import build_repository, values_for_engines
+    overrides = dict(item.split("=", 1) for item in template_values)
     return build_repository(TRITON_TEMPLATES, cache_dir / "triton_repo" / engines.resolve().name,
-                            values_for_engines(engines))
+                            values_for_engines(engines, **overrides))
 
 
 def bench(argv: list[str] | None = None) -> int:
@@ -205,12 +207,17 @@ requests lost to killed ranks (target 0) and the pause each resume caused."""
     parser.add_argument("--requests-per-window", type=int, default=16)
     parser.add_argument("--kill-every", type=float, metavar="SECONDS",
                         help="SIGKILL a worker rank this often (the ranks in turn); off by default")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                        help="a template value of the served repository, as `pearl serve --set` (e.g. spare_world=true)")
     parser.add_argument("--out", type=Path, help="results folder (default results/soak/<pair>)")
     add_server_arguments(parser, CACHE_DIR)
     args = parser.parse_args(argv)
     out = args.out or RESULTS_DIR / "soak" / args.engines.resolve().name
     out.mkdir(parents=True, exist_ok=True)
-    repository = _served(args.engines, args.cache_dir)
+    try:
+        repository = _served(args.engines, args.cache_dir, args.set)
+    except ValueError as exc:
+        parser.error(str(exc))
     with TritonServer(repository, args.cache_dir, http_port=args.http_port, grpc_port=args.grpc_port,
                       metrics_port=args.metrics_port) as server:
         summary = run_soak(server, out, args.cache_dir, humaneval(args.prompts), args.max_tokens, args.concurrency,

@@ -47,19 +47,27 @@ def metric_total(metrics_url: str, name: str) -> float:
 
 
 def worker_ranks(server_pid: int) -> list[int]:
-    """The MPI worker ranks below the server."""
+    """The MPI worker ranks below the server, oldest first."""
     ranks = []
-    for pid in sorted(process_tree(server_pid)):
+    for pid in process_tree(server_pid):
         try:
             if b"pearl.ranks.worker" in Path(f"/proc/{pid}/cmdline").read_bytes():
-                ranks.append(pid)
+                started = int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[19])
+                ranks.append((started, pid))
         except OSError:
             continue
-    return ranks
+    return [pid for _, pid in sorted(ranks)]
+
+
+def serving_ranks(server_pid: int) -> list[int]:
+    """The serving world's two ranks, by pid: the oldest ones (a spare world always starts after the world it
+    stands in for, so the oldest living world is the one serving)."""
+    return sorted(worker_ranks(server_pid)[:2])
 
 
 class RankKiller(threading.Thread):
-    """SIGKILL one of the server's worker ranks every ``every_s`` seconds, the world's ranks in turn;
+    """SIGKILL one of the serving world's ranks every ``every_s`` seconds, target and draft in turn (never a
+    spare world's);
     ``kills``: the wall-clock times (time.time()) of the kills."""
 
     def __init__(self, server_pid: int, every_s: float) -> None:
@@ -70,7 +78,7 @@ class RankKiller(threading.Thread):
 
     def run(self) -> None:
         while not self._halt.wait(self.every_s):
-            ranks = worker_ranks(self.server_pid)
+            ranks = serving_ranks(self.server_pid)
             if len(ranks) < 2:  # a world is starting: the next period kills one of the new one
                 continue
             os.kill(ranks[len(self.kills) % len(ranks)], signal.SIGKILL)

@@ -12,10 +12,16 @@ manager's proxy and the ranks, which run in sessions of their own, and MPICH's /
 host starts. Each request the dead world held is then resent to the new one as its prompt plus the output it
 already streamed, with the rest of its budget (``GenerationRequest.resumed``): its client sees a pause, no
 error, no token twice or missing, and position-keyed sampling (``pearl.sampling``) continues a seeded request
-with the same draws. A request is resumed at most ``max_resumes`` times; past that, or when the new world
-cannot start, it fails with ``EngineDied`` / ``EngineStartError``. A request submitted while no host runs
-waits for the next; after a failed start, the next request tries once more. A rank that raises (rather than
-dies) fails the requests in flight instead: resending them could repeat the failure.
+with the same draws. A request is resumed at most ``max_resumes`` times in a row without streaming a token in
+between (a request that makes progress between deaths is not what kills the worlds, and its output bounds how
+often that can happen); past that, or when the new world cannot start, it fails with ``EngineDied`` /
+``EngineStartError``. A request submitted while no host runs waits for the next; after a failed start, the
+next request tries once more. A rank that raises (rather than dies) fails the requests in flight instead:
+resending them could repeat the failure.
+
+With ``spare_world``, a second host loads its world in the background once the first is ready and waits: when
+the serving world dies, the spare takes over at once (a resume then costs one prefill, not a world's start)
+and another spare starts loading. It costs the models' memory twice.
 """
 from __future__ import annotations
 
@@ -83,9 +89,22 @@ class Flight:
     earlier: list[float] = field(default_factory=lambda: [0.0] * len(COUNTERS))  # dead worlds' STATS fields
     counters: list[float] = field(default_factory=lambda: [0.0] * len(COUNTERS))  # this world's so far
     resumes: int = 0
+    fruitless_resumes: int = 0  # resumes in a row with no token streamed since
+    output_at_resume: int = 0  # len(output) when it was last resumed
     host: HostHandle | None = None  # where it runs; None: waiting for a host
     cancelled: bool = False
     paused_at: float | None = None  # when its world died (until its next tokens)
+
+    def resume(self, max_resumes: int) -> bool:
+        """Count one more resume if the budget allows it: ``max_resumes`` in a row without a token between."""
+        if len(self.output) > self.output_at_resume:
+            self.fruitless_resumes = 0
+        if self.fruitless_resumes >= max_resumes:
+            return False
+        self.resumes += 1
+        self.fruitless_resumes += 1
+        self.output_at_resume = len(self.output)
+        return True
 
     def to_send(self) -> GenerationRequest:
         return self.request.resumed(self.output) if self.output else self.request
@@ -99,27 +118,37 @@ class Flight:
 class EngineProcess:
     def __init__(self, engine_dir: str | Path, threads_per_rank: int | None = None,
                  startup_timeout_s: float = 600.0, check_hashes: bool = False,
-                 max_resumes: int = DEFAULT_MAX_RESUMES) -> None:
+                 max_resumes: int = DEFAULT_MAX_RESUMES, spare_world: bool = False) -> None:
         if max_resumes < 0:
             raise ValueError(f"max_resumes must be >= 0, got {max_resumes}")
         self.engine_dir, self.threads_per_rank = Path(engine_dir), threads_per_rank
-        self.startup_timeout_s, self.max_resumes = startup_timeout_s, max_resumes
+        self.startup_timeout_s, self.max_resumes, self.spare_world = startup_timeout_s, max_resumes, spare_world
         self.restarts = 0
         self._lock = threading.Lock()
         self._flights: dict[int, Flight] = {}
         self._closed = False
         self._settled = threading.Event()  # no start under way
+        self._spare: HostHandle | None = None  # a loaded world waiting to take over
+        self._spare_settled = threading.Event()  # no spare start under way
+        self._spare_settled.set()
         # a failure to start the first host is the caller's error; hashes are checked once, not at restarts
         self._host: HostHandle | None = self._start(check_hashes)
         self._settled.set()
         self.limits = EngineLimits(**{**self._host.ready["limits"],
                                       "eos_token_ids": tuple(self._host.ready["limits"]["eos_token_ids"])})
+        self._start_spare()
 
     @property
     def rank_pids(self) -> dict[str, int]:
         """{"draft": pid, "target": pid} of the current world."""
         self._settled.wait(self.startup_timeout_s)
         return dict(self._host.ready["ranks"]) if self._host is not None else {}
+
+    def wait_for_spare(self, timeout_s: float | None = None) -> dict[str, int]:
+        """The spare world's {"draft": pid, "target": pid} once it is loaded ({} without one)."""
+        self._spare_settled.wait(self.startup_timeout_s if timeout_s is None else timeout_s)
+        spare = self._spare
+        return dict(spare.ready["ranks"]) if spare is not None else {}
 
     # -- what GenerationService uses --------------------------------------------------------------------
     def submit(self, request: GenerationRequest, on_tokens: OnTokens, on_done: OnDone, on_error: OnError) -> None:
@@ -156,19 +185,10 @@ class EngineProcess:
         with self._lock:
             self._closed = True
         self._settled.wait(self.startup_timeout_s)
-        host = self._host
-        if host is not None:
-            host.send({"op": "close"})
-            try:
-                host.process.stdin.close()
-            except OSError:
-                pass
-            try:
-                host.process.wait(timeout=60)
-            except subprocess.TimeoutExpired:
-                pass
-            self._clean_up(host)
-            host.reader.join(timeout=60)
+        self._spare_settled.wait(self.startup_timeout_s)
+        for host in (self._host, self._spare):
+            if host is not None:
+                self._stop(host)
         with self._lock:
             flights, self._flights = list(self._flights.values()), {}
         for flight in flights:
@@ -207,32 +227,41 @@ class EngineProcess:
             flight.on_done(event["finish_reason"], flight.stats(flight.counters))
 
     def _host_died(self, host: HostHandle, message: str) -> None:
-        """Resume what the dead host held in the next one, within each request's resumes; fail the rest."""
+        """Resume what the dead host held in the next one, within each request's resumes; fail the rest.
+        A dead spare is replaced by another spare."""
         failed, cancelled = [], []
         with self._lock:
             closed = self._closed
-            if self._host is host:
+            serving, spare = self._host is host, self._spare is host
+            if serving:
                 self._host = None
                 if not closed:
                     self._settled.clear()  # a start is under way from here on
+            if spare:
+                self._spare = None
             for flight in [f for f in self._flights.values() if f.host is host]:
                 flight.host = None
                 if flight.cancelled:  # its client is gone: nothing to resume
                     cancelled.append(self._flights.pop(flight.request.request_id))
-                elif closed or flight.resumes >= self.max_resumes:
+                elif closed or not flight.resume(self.max_resumes):
                     failed.append(self._flights.pop(flight.request.request_id))
                 else:
-                    flight.resumes += 1
                     flight.earlier = add_counters(flight.earlier, flight.counters)
                     flight.counters = [0.0] * len(COUNTERS)
                     flight.paused_at = time.monotonic()
         for flight in cancelled:
             flight.on_done("cancelled", flight.stats(flight.counters))
         for flight in failed:
-            resumes = f" (resumed {flight.resumes} times already)" if flight.resumes and not closed else ""
+            resumes = (f" (resumed {flight.fruitless_resumes} times in a row without a new token)"
+                       if flight.fruitless_resumes and not closed else "")
             flight.on_error(EngineDied(f"{message}{resumes}"))
-        if not closed:
+        if closed:
+            return
+        if serving:
             self._restart()
+        elif spare:
+            print(f"pearl: the spare world died ({message}); loading another", file=sys.stderr, flush=True)
+            self._start_spare()
 
     # -- the host's life --------------------------------------------------------------------------------
     def _start(self, check_hashes: bool = False) -> HostHandle:
@@ -260,9 +289,10 @@ class EngineProcess:
         return host
 
     def _restart(self) -> None:
-        """Start a replacement host and send it the requests that wait; if it cannot start, they fail."""
+        """Put the spare world (or a new host) in the dead one's place and send it the requests that wait; if
+        none can start, they fail."""
         try:
-            host = self._start()
+            host = self._take_spare() or self._start()
         except Exception as exc:
             with self._lock:
                 waiting = [f for f in self._flights.values() if f.host is None]
@@ -278,6 +308,56 @@ class EngineProcess:
             for flight in [f for f in self._flights.values() if f.host is None]:
                 self._send(flight, host)
             self._settled.set()
+        self._start_spare()
+
+    def _start_spare(self) -> None:
+        """With ``spare_world``, load a spare world in the background unless one is loaded or loading."""
+        with self._lock:
+            if not self.spare_world or self._closed or self._spare is not None or not self._spare_settled.is_set():
+                return
+            self._spare_settled.clear()
+        threading.Thread(target=self._load_spare, name="pearl-engine-spare", daemon=True).start()
+
+    def _load_spare(self) -> None:
+        try:
+            host = self._start()
+        except Exception as exc:  # the serving world is unaffected; the next restart starts a host itself
+            print(f"pearl: the spare world could not start: {exc}", file=sys.stderr, flush=True)
+            host = None
+        with self._lock:
+            if host is not None and not self._closed and host.process.poll() is None:
+                self._spare, host = host, None
+            self._spare_settled.set()
+        if host is not None:  # closed while it loaded, or died at once
+            self._stop(host)
+
+    def _take_spare(self) -> HostHandle | None:
+        """The spare world, once a start under way has ended; None without a live one."""
+        self._spare_settled.wait(self.startup_timeout_s)
+        with self._lock:
+            spare, self._spare = self._spare, None
+        if spare is None:
+            return None
+        if spare.process.poll() is not None or not all(process_alive(pid) for pid in spare.ready["ranks"].values()):
+            self._stop(spare)  # died as it was taken: its reader finds it neither serving nor spare
+            return None
+        print("pearl: the spare world takes over", file=sys.stderr, flush=True)
+        return spare
+
+    def _stop(self, host: HostHandle) -> None:
+        """Close a host: it finishes what it serves, shuts its world down and exits; nothing of it stays."""
+        host.send({"op": "close"})
+        try:
+            host.process.stdin.close()
+        except OSError:
+            pass
+        try:
+            host.process.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            pass
+        self._clean_up(host)
+        if host.reader is not None and host.reader is not threading.current_thread():
+            host.reader.join(timeout=60)
 
     def _read(self, host: HostHandle) -> None:
         for line in host.process.stdout:

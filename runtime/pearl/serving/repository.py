@@ -31,10 +31,15 @@ DEFAULTS = {
     # true: pearl and pearl_bls are decoupled (responses streamed as they are accepted; gRPC streaming and HTTP
     # generate_stream). false: one response per request, so HTTP infer and gRPC unary infer work; no streaming
     "decoupled_mode": "true",
-    "max_resumes": "2",  # times a request may be resumed in a new world after a rank died; then UNAVAILABLE
+    # times in a row a request may be resumed in a new world after a rank died, with no token streamed in
+    # between; then UNAVAILABLE
+    "max_resumes": "2",
+    # true: a second world loads in the background and takes over at once when the serving one dies (a resume
+    # then costs a prefill instead of a world's start); the models' memory twice
+    "spare_world": "false",
 }
 BOOLEANS = ("add_special_tokens", "skip_special_tokens", "apply_chat_template", "verify_engine_hashes",
-            "decoupled_mode")
+            "decoupled_mode", "spare_world")
 
 
 class RepositoryError(ValueError):

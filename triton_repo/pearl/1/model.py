@@ -3,8 +3,8 @@ repository was filled with decoupled_mode false; then each request gets its one 
 
 Loading the model checks the engine directory and starts the engine host, a child process that runs the
 MPI world (draft and target ranks); a problem fails the load with what is wrong and how to fix it. If a
-rank dies, a new world starts by itself and the requests in flight resume in it (at most ``max_resumes``
-times each). Unloading the model shuts the world down. Each request streams responses and always ends with
+rank dies, a new world starts by itself (or a spare one takes over, with ``spare_world``) and the requests in
+flight resume in it (at most ``max_resumes`` times in a row without a new token). Unloading the model shuts the world down. Each request streams responses and always ends with
 Triton's final flag, errors included (a full queue: UNAVAILABLE, counted as overloaded). Counters go to Triton's metrics
 endpoint.
 
@@ -137,7 +137,8 @@ class TritonPythonModel:
         try:
             engine = EngineProcess(engine_dir, int(threads) if threads.isdigit() else None,
                                    check_hashes=model_parameter(args, "verify_engine_hashes") == "true",
-                                   max_resumes=int(model_parameter(args, "max_resumes")))
+                                   max_resumes=int(model_parameter(args, "max_resumes")),
+                                   spare_world=model_parameter(args, "spare_world") == "true")
         except Exception as exc:  # Triton marks the model UNAVAILABLE with this message as the reason
             raise pb_utils.TritonModelException(
                 f"cannot load the PEARL engines in {engine_dir}: {exc}. Fix: rebuild them with "

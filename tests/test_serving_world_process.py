@@ -3,7 +3,7 @@ rank's requests resume in a new world with exactly the output they have without 
 with a seed), counted across both worlds, at most max_resumes times in a row without a token between (then, or
 with max_resumes 0, the request fails within seconds), and nothing of the dead world is left behind (processes,
 MPICH's /dev/shm segments); a spare world takes over from a dead one; cancelling ends a request after a round;
-a bad world directory fails the start with the reason."""
+a bad engine directory fails the start with the reason."""
 from __future__ import annotations
 
 import itertools
@@ -247,6 +247,6 @@ def test_when_its_owner_dies_the_host_shuts_the_world_down(smollm2_engines):
 
 def test_a_bad_engine_directory_fails_the_start_with_the_reason(tmp_path):
     shared_memory = mpich_shared_memory()
-    with pytest.raises(WorldStartError, match="not a pair's world directory"):
+    with pytest.raises(WorldStartError, match="not a pair's engine directory"):
         WorldProcess(tmp_path)
     assert mpich_shared_memory() - shared_memory == set()  # the host exited by itself, MPI cleaned up

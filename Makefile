@@ -45,7 +45,7 @@ help:
 	@echo "make bench [PAIR=name] [BENCH_ARGS='--per-class 8 --max-tokens 128 ...']"
 	@echo "             ar / sd / pearl / assisted generation / llama.cpp per prompt class -> results/bench/<pair>"
 	@echo "make bench-concurrency [PAIR=name] [CONCURRENCY_ARGS='--concurrency 1,2,4,8,16 --max-tokens 64']"
-	@echo "             the batched engine's tokens/s and latency per concurrency -> results/concurrency/<pair>"
+	@echo "             the batched LLM's tokens/s and latency per concurrency -> results/concurrency/<pair>"
 	@echo "make perf [PAIR=name] [PERF_ARGS='--concurrency 1,2,4,8,16 ...']"
 	@echo "             perf_analyzer, genai-perf and AIPerf (OpenAI API) against the server -> results/perf/<pair>"
 	@echo "make soak [PAIR=name] [SOAK_ARGS='--minutes 10 --concurrency 8 --kill-every 60']"

@@ -1,4 +1,4 @@
-"""Shared fixtures: tiny random models, the real SmolLM2 weights, and engines (MPI worlds) over them."""
+"""Shared fixtures: tiny random models, the real SmolLM2 weights, and LLMs (their MPI or local worlds) over them."""
 from __future__ import annotations
 
 import json
@@ -87,17 +87,17 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def start_engine(draft: Path, target: Path, draft_layers: int | None = None, costs=None, local: bool = False,
-                 **world):
-    """An engine over two model folders; ``costs``: its SpeculationCosts (None: measured at the first adaptive
+def start_llm(draft: Path, target: Path, draft_layers: int | None = None, costs=None, local: bool = False,
+              **world):
+    """An LLM over two model folders; ``costs``: its SpeculationCosts (None: measured at the first adaptive
     request); ``local``: its ranks on threads of this process (pearl.ranks.local), not MPI processes;
     ``world``: more WorldConfig fields (max_batch_size...)."""
     from pearl.backends.base import ModelSpec
-    from pearl.engine import Engine
+    from pearl.llm import LLM
     from pearl.ranks.config import WorldConfig
 
-    return Engine(WorldConfig(draft=ModelSpec(str(draft), num_layers=draft_layers), target=ModelSpec(str(target)),
-                              **world), costs, local=local)
+    return LLM(WorldConfig(draft=ModelSpec(str(draft), num_layers=draft_layers), target=ModelSpec(str(target)),
+                           **world), costs, local=local)
 
 
 # The test lanes (markers, pyproject.toml): `make test-fast` runs what needs none of these, `make test` all.
@@ -107,7 +107,7 @@ REAL_WEIGHTS = {"smollm2", "smollm2_engines", "smollm2_gguf"}
 
 @pytest.fixture(scope="module", params=[pytest.param("mpi", marks=pytest.mark.mpi)])
 def world(request) -> str:
-    """Where the module's engines run: worker processes over MPI. A module that overrides this fixture with
+    """Where the module's LLMs run: worker processes over MPI. A module that overrides this fixture with
     ``params=WORLDS`` runs its tests in this process too (the fast lane's way)."""
     return request.param
 
@@ -119,15 +119,15 @@ def pytest_collection_modifyitems(items) -> None:
 
 
 @pytest.fixture(scope="module")
-def engine_factory(world):
-    """Start engines on demand in the module's world; every engine a module started is shut down when the
-    module ends."""
-    engines = []
+def llm_factory(world):
+    """Start LLMs on demand in the module's world; every LLM a module started is shut down when the module
+    ends."""
+    llms = []
 
     def start(*args, **kwargs):
-        engines.append(start_engine(*args, local=world == "local", **kwargs))
-        return engines[-1]
+        llms.append(start_llm(*args, local=world == "local", **kwargs))
+        return llms[-1]
 
     yield start
-    for engine in engines:
-        engine.close()
+    for llm in llms:
+        llm.close()

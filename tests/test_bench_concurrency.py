@@ -9,11 +9,11 @@ import pytest
 pytestmark = pytest.mark.mpi
 
 
-def test_levels_measure_what_ran_and_report_it(engine_factory, tiny, tmp_path):
-    engine = engine_factory(tiny["close_draft"], tiny["target"], max_batch_size=4)
+def test_levels_measure_what_ran_and_report_it(llm_factory, tiny, tmp_path):
+    llm = llm_factory(tiny["close_draft"], tiny["target"], max_batch_size=4)
     prompts = [[1, 2, 3], [5, 9, 11], [42, 7], [8] * 6]
     sampling = SamplingParams(max_tokens=12, ignore_eos=True)
-    levels = [run_level(engine, prompts, c, requests_for(c, 4), sampling, gamma=3) for c in (1, 4)]
+    levels = [run_level(llm, prompts, c, requests_for(c, 4), sampling, gamma=3) for c in (1, 4)]
     for level in levels:
         assert level.requests == 4 and level.output_tokens == 4 * 12
         assert level.tokens_per_s > 0 and level.latency_mean_s >= level.ttft_mean_s > 0

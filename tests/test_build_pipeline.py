@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 
 from conftest import SMOLLM2_DRAFT_LAYERS
-from pearl.engine import Engine, VocabularyMismatch
 from pearl.engine_files import load_pair, read_engine_json
+from pearl.llm import LLM, VocabularyMismatch
 from pearl.params import SamplingParams
 from pearl_build.config import PairConfig, parse_pair
 from pearl_build.pipeline import build_pair
@@ -90,16 +90,16 @@ def test_pair_json_has_shared_vocab_and_profile(built):
 
 
 def test_engine_dir_runs_lossless_with_the_profiled_costs(built):
-    with Engine.from_engine_dir(built) as engine:
-        assert engine.costs == load_pair(built)[1]
-        assert engine.max_seq_len == 256
-        prompt = engine.tokenizer("w1 w2 w3 w4").input_ids
+    with LLM.from_engine_dir(built) as llm:
+        assert llm.costs == load_pair(built)[1]
+        assert llm.max_seq_len == 256
+        prompt = llm.tokenizer("w1 w2 w3 w4").input_ids
         sampling = SamplingParams(max_tokens=24, ignore_eos=True)
-        ar = engine.generate(prompt, sampling, mode="ar").collect().token_ids
-        pearl = engine.generate(prompt, sampling, mode="pearl", gamma="auto").collect().token_ids
+        ar = llm.generate(prompt, sampling, mode="ar").collect().token_ids
+        pearl = llm.generate(prompt, sampling, mode="pearl", gamma="auto").collect().token_ids
         assert pearl == ar and len(ar) == 24
         with pytest.raises(ValueError, match="exceeds the models' limit"):
-            engine.generate(prompt, SamplingParams(max_tokens=300))
+            llm.generate(prompt, SamplingParams(max_tokens=300))
 
 
 def test_rebuild_with_unchanged_sources_is_a_noop(built, folders):

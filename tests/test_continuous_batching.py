@@ -33,7 +33,7 @@ REQUESTS = [
 ]
 
 
-def run_concurrently(engine, requests, stagger_s: float, seed: int = 0):
+def run_concurrently(llm, requests, stagger_s: float, seed: int = 0):
     """Start each request on its own thread after a random delay; return the finished streams in order."""
     rng = random.Random(seed)
     delays = [rng.uniform(0, stagger_s) for _ in requests]
@@ -41,7 +41,7 @@ def run_concurrently(engine, requests, stagger_s: float, seed: int = 0):
 
     def run(i, prompt, mode, gamma, params):
         time.sleep(delays[i])
-        streams[i] = engine.generate(prompt, params, mode=mode, gamma=gamma).collect()
+        streams[i] = llm.generate(prompt, params, mode=mode, gamma=gamma).collect()
 
     threads = [threading.Thread(target=run, args=(i, *request)) for i, request in enumerate(requests)]
     for thread in threads:
@@ -53,26 +53,26 @@ def run_concurrently(engine, requests, stagger_s: float, seed: int = 0):
 
 
 @pytest.fixture(scope="module")
-def engine(engine_factory, tiny):
-    return engine_factory(tiny["close_draft"], tiny["target"], max_batch_size=8)
+def llm(llm_factory, tiny):
+    return llm_factory(tiny["close_draft"], tiny["target"], max_batch_size=8)
 
 
 @pytest.fixture(scope="module")
-def alone(engine):
+def alone(llm):
     """Each request served alone, and greedy ones' AR reference."""
-    outputs = [engine.generate(prompt, params, mode=mode, gamma=gamma).collect()
+    outputs = [llm.generate(prompt, params, mode=mode, gamma=gamma).collect()
                for prompt, mode, gamma, params in REQUESTS]
     for out in outputs:
         assert out.stats.mean_batch_size == 1.0
     for (prompt, _, _, params), out in zip(REQUESTS, outputs):
         if params.greedy:
-            assert out.token_ids == engine.generate(prompt, params, mode="ar").collect().token_ids
+            assert out.token_ids == llm.generate(prompt, params, mode="ar").collect().token_ids
     return outputs
 
 
 @pytest.mark.parametrize("stagger_s", [0.0, 0.5])
-def test_mixed_batch_gives_each_request_its_own_output(engine, alone, stagger_s):
-    together = run_concurrently(engine, REQUESTS, stagger_s)
+def test_mixed_batch_gives_each_request_its_own_output(llm, alone, stagger_s):
+    together = run_concurrently(llm, REQUESTS, stagger_s)
     for request, one, out in zip(REQUESTS, alone, together):
         assert out.token_ids == one.token_ids, request
         assert out.finish_reason == one.finish_reason
@@ -80,22 +80,22 @@ def test_mixed_batch_gives_each_request_its_own_output(engine, alone, stagger_s)
     assert max(out.stats.mean_batch_size for out in together) > 3  # they really shared rounds
 
 
-def test_requests_beyond_max_batch_size_wait_for_a_slot(engine_factory, tiny, alone):
-    engine = engine_factory(tiny["close_draft"], tiny["target"], max_batch_size=2)
-    together = run_concurrently(engine, REQUESTS, 0.0)
+def test_requests_beyond_max_batch_size_wait_for_a_slot(llm_factory, tiny, alone):
+    llm = llm_factory(tiny["close_draft"], tiny["target"], max_batch_size=2)
+    together = run_concurrently(llm, REQUESTS, 0.0)
     for one, out in zip(alone, together):
         assert out.token_ids == one.token_ids
     batch_sizes = [out.stats.mean_batch_size for out in together]
     assert max(batch_sizes) <= 2 and max(batch_sizes) > 1
 
 
-def test_cancelling_one_request_leaves_the_others_untouched(engine, alone):
+def test_cancelling_one_request_leaves_the_others_untouched(llm, alone):
     long_request = ([9, 9], "pearl", 3, SamplingParams(max_tokens=400, ignore_eos=True))
-    stream = engine.generate(*long_request[:1], long_request[3], mode="pearl", gamma=3)
+    stream = llm.generate(*long_request[:1], long_request[3], mode="pearl", gamma=3)
     chunks = iter(stream)
     next(chunks)  # running
     others = []
-    thread = threading.Thread(target=lambda: others.extend(run_concurrently(engine, REQUESTS, 0.2)))
+    thread = threading.Thread(target=lambda: others.extend(run_concurrently(llm, REQUESTS, 0.2)))
     thread.start()
     time.sleep(0.5)
     stream.cancel()
@@ -107,13 +107,13 @@ def test_cancelling_one_request_leaves_the_others_untouched(engine, alone):
         assert out.token_ids == one.token_ids
 
 
-def test_the_draft_drops_out_of_a_large_batch_and_greedy_outputs_stay_the_targets(engine_factory, tiny, alone):
+def test_the_draft_drops_out_of_a_large_batch_and_greedy_outputs_stay_the_targets(llm_factory, tiny, alone):
     """draft_off_batch_size 3: while a round holds 3 sequences, the target decodes every one of them alone from
     its verified tokens (pending draft tokens dropped on both ranks, window 0); the draft serves requests
     again once the batch is small."""
-    engine = engine_factory(tiny["close_draft"], tiny["target"], max_batch_size=8, draft_off_batch_size=3,
-                            target_alone_threads=2)
-    together = run_concurrently(engine, REQUESTS, 0.3)
+    llm = llm_factory(tiny["close_draft"], tiny["target"], max_batch_size=8, draft_off_batch_size=3,
+                      target_alone_threads=2)
+    together = run_concurrently(llm, REQUESTS, 0.3)
     speculative_greedy = [i for i, (_, mode, _, params) in enumerate(REQUESTS) if mode != "ar" and params.greedy]
     for i, (request, one, out) in enumerate(zip(REQUESTS, alone, together)):
         assert out.finish_reason == one.finish_reason or not request[3].greedy, request
@@ -124,5 +124,5 @@ def test_the_draft_drops_out_of_a_large_batch_and_greedy_outputs_stay_the_target
     assert drafted_together < drafted_alone / 2  # the draft really dropped out of the large rounds
     # alone again: the draft rank kept no stale request and drafts as before
     prompt, mode, gamma, params = REQUESTS[0]
-    again = engine.generate(prompt, params, mode=mode, gamma=gamma).collect()
+    again = llm.generate(prompt, params, mode=mode, gamma=gamma).collect()
     assert again.token_ids == alone[0].token_ids and again.stats.draft_tokens == alone[0].stats.draft_tokens

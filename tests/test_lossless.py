@@ -17,17 +17,17 @@ GAMMAS = [1, 2, 3, 5]
 MAX_TOKENS = [1, 7, 40]
 
 
-def assert_lossless(engine, prompts=PROMPTS, gammas=GAMMAS, max_tokens=MAX_TOKENS):
+def assert_lossless(llm, prompts=PROMPTS, gammas=GAMMAS, max_tokens=MAX_TOKENS):
     """Check every combination; return the speculative runs' stats for further checks."""
     runs = []
     for prompt in prompts:
         for n in max_tokens:
             params = SamplingParams(max_tokens=n)
-            ref = engine.generate(prompt, params, mode="ar").collect()
+            ref = llm.generate(prompt, params, mode="ar").collect()
             assert len(ref.token_ids) == n or ref.finish_reason == "stop"
             for mode in ("sd", "pearl"):
                 for gamma in gammas:
-                    out = engine.generate(prompt, params, mode=mode, gamma=gamma).collect()
+                    out = llm.generate(prompt, params, mode=mode, gamma=gamma).collect()
                     assert out.token_ids == ref.token_ids, (mode, gamma, prompt, n)
                     assert out.finish_reason == ref.finish_reason
                     assert out.stats.generated_tokens == len(ref.token_ids)
@@ -50,34 +50,34 @@ def assert_acceptance_counts(stats, prompt, longest_window) -> None:
 
 
 @pytest.mark.parametrize("draft", ["close_draft", "random_draft"])
-def test_llama_pair(engine_factory, tiny, draft):
-    runs = assert_lossless(engine_factory(tiny[draft], tiny["target"]))
+def test_llama_pair(llm_factory, tiny, draft):
+    runs = assert_lossless(llm_factory(tiny[draft], tiny["target"]))
     rates = [s.acceptance_rate for s in runs if s.draft_tokens]
     assert min(rates) < 0.5  # rejections happen, so rollback paths are exercised
     if draft == "close_draft":
         assert max(rates) > 0.5  # and long accepted runs too
 
 
-def test_qwen2_pair(engine_factory, tiny):
-    assert_lossless(engine_factory(tiny["qwen_draft"], tiny["qwen_target"]), gammas=[2, 4])
+def test_qwen2_pair(llm_factory, tiny):
+    assert_lossless(llm_factory(tiny["qwen_draft"], tiny["qwen_target"]), gammas=[2, 4])
 
 
-def test_draft_identical_to_target_accepts_everything(engine_factory, tiny):
-    engine = engine_factory(tiny["target"], tiny["target"])
-    runs = assert_lossless(engine, max_tokens=[40])
+def test_draft_identical_to_target_accepts_everything(llm_factory, tiny):
+    llm = llm_factory(tiny["target"], tiny["target"])
+    runs = assert_lossless(llm, max_tokens=[40])
     for stats in runs:
         assert stats.accepted_runs <= 1  # no rejection at all: one run from start to end
         assert stats.accepted_draft_tokens >= stats.generated_tokens - stats.rounds
-    pearl = engine.generate([1, 2, 3], SamplingParams(max_tokens=40), mode="pearl", gamma=4).collect()
+    pearl = llm.generate([1, 2, 3], SamplingParams(max_tokens=40), mode="pearl", gamma=4).collect()
     assert pearl.stats.tokens_per_target_forward > 3  # post-verify keeps the window growing
 
 
-def test_stop_sequences_and_eos_agree_across_modes(engine_factory, tiny):
-    engine = engine_factory(tiny["close_draft"], tiny["target"])
-    free = engine.generate([5, 9], SamplingParams(max_tokens=30, ignore_eos=True), mode="ar").collect()
+def test_stop_sequences_and_eos_agree_across_modes(llm_factory, tiny):
+    llm = llm_factory(tiny["close_draft"], tiny["target"])
+    free = llm.generate([5, 9], SamplingParams(max_tokens=30, ignore_eos=True), mode="ar").collect()
     stop = tuple(free.token_ids[10:12])
     params = SamplingParams(max_tokens=30, stop_token_ids=(stop,), ignore_eos=True)
-    outputs = {m: engine.generate([5, 9], params, mode=m, gamma=3).collect() for m in ("ar", "sd", "pearl")}
+    outputs = {m: llm.generate([5, 9], params, mode=m, gamma=3).collect() for m in ("ar", "sd", "pearl")}
     first = next(i for i in range(len(free.token_ids)) if tuple(free.token_ids[i:i + 2]) == stop)
     for out in outputs.values():
         assert out.token_ids == free.token_ids[:first + 2] and out.finish_reason == "stop"
@@ -88,36 +88,36 @@ SWITCHING_COSTS = SpeculationCosts({1: CostRow(draft_step_s=0.01, verify_s=(0.1,
 
 
 @pytest.mark.parametrize("draft", ["close_draft", "random_draft"])
-def test_adaptive_windows_stay_lossless_as_drafting_stops_and_starts(engine_factory, tiny, draft):
+def test_adaptive_windows_stay_lossless_as_drafting_stops_and_starts(llm_factory, tiny, draft):
     """gamma "auto": each round's window from the sequence's acceptance; when the target alone is faster
     the sequence stops drafting (both ranks drop its pending draft tokens), and probes again later. Greedy
     output stays the target's own throughout."""
-    engine = engine_factory(tiny[draft], tiny["target"], costs=SWITCHING_COSTS)
+    llm = llm_factory(tiny[draft], tiny["target"], costs=SWITCHING_COSTS)
     runs = []
     for prompt in PROMPTS:
         params = SamplingParams(max_tokens=60, ignore_eos=True)
-        ref = engine.generate(prompt, params, mode="ar").collect()
+        ref = llm.generate(prompt, params, mode="ar").collect()
         for mode in ("pearl", "sd"):
-            out = engine.generate(prompt, params, mode=mode, gamma="auto").collect()
+            out = llm.generate(prompt, params, mode=mode, gamma="auto").collect()
             assert out.token_ids == ref.token_ids, (mode, prompt)
             assert out.stats.gamma is None and 0 < out.stats.mean_gamma <= 6
             runs.append(out.stats)
     assert any(0 < s.drafted_rounds < s.rounds for s in runs)  # drafting stopped and started within requests
     # sampled: its windows follow measured speed too, so a seed repeats a sample only with a fixed gamma
     sampled = SamplingParams(temperature=0.9, max_tokens=60, seed=3, ignore_eos=True)
-    out = engine.generate([5, 9], sampled, mode="pearl", gamma="auto").collect()
+    out = llm.generate([5, 9], sampled, mode="pearl", gamma="auto").collect()
     assert len(out.token_ids) == 60 and out.stats.generated_tokens == 60
 
 
-def test_adaptive_windows_grow_with_a_draft_that_is_always_right(engine_factory, tiny):
-    engine = engine_factory(tiny["target"], tiny["target"], costs=SWITCHING_COSTS)
-    out = engine.generate([1, 2, 3], SamplingParams(max_tokens=60, ignore_eos=True), mode="pearl").collect()
+def test_adaptive_windows_grow_with_a_draft_that_is_always_right(llm_factory, tiny):
+    llm = llm_factory(tiny["target"], tiny["target"], costs=SWITCHING_COSTS)
+    out = llm.generate([1, 2, 3], SamplingParams(max_tokens=60, ignore_eos=True), mode="pearl").collect()
     assert out.stats.drafted_rounds == out.stats.rounds and out.stats.mean_gamma > 4
     assert out.stats.tokens_per_target_forward > 4
 
 
-def test_every_mode_matches_the_reference_decoders(engine_factory, tiny):
-    """The engine against the oracle of tests/reference_decoding.py (plain transformers, no cache, no ranks):
+def test_every_mode_matches_the_reference_decoders(llm_factory, tiny):
+    """The LLM against the oracle of tests/reference_decoding.py (plain transformers, no cache, no ranks):
     ar is the target's own greedy decode, sd accepts what the reference accepts, and sd, PEARL and adaptive
     windows give the same tokens."""
     from transformers import AutoModelForCausalLM
@@ -125,14 +125,14 @@ def test_every_mode_matches_the_reference_decoders(engine_factory, tiny):
     from reference_decoding import greedy, speculative_decode
 
     draft, target = (AutoModelForCausalLM.from_pretrained(tiny[name]).eval() for name in ("close_draft", "target"))
-    engine = engine_factory(tiny["close_draft"], tiny["target"])
+    llm = llm_factory(tiny["close_draft"], tiny["target"])
     for prompt, n in (([1, 2, 3], 24), ([42], 9)):
         expected = greedy(target, prompt, n)
         reference, accepted = speculative_decode(draft, target, prompt, gamma=3, max_tokens=n)
         assert reference == expected  # the oracle agrees with itself
         params = SamplingParams(max_tokens=n, ignore_eos=True)
         for mode, gamma in (("ar", 1), ("sd", 3), ("pearl", 3), ("pearl", "auto")):
-            out = engine.generate(prompt, params, mode=mode, gamma=gamma).collect()
+            out = llm.generate(prompt, params, mode=mode, gamma=gamma).collect()
             assert out.token_ids == expected, mode
             if mode == "sd":  # the same proposals and verdicts, round by round
                 assert out.stats.accepted_draft_tokens == accepted

@@ -14,8 +14,8 @@ def test_request_round_trip():
     assert decode_request(*encode_request(resumed)) == resumed and resumed.num_generated == 2
 
 
-def test_the_engine_hosts_pipe_carries_the_request_unchanged():
-    """The request validated at the edge reaches the engine host as it is (JSON over its pipe)."""
+def test_the_world_hosts_pipe_carries_the_request_unchanged():
+    """The request validated at the edge reaches the world host as it is (JSON over its pipe)."""
     import json
 
     from pearl.serving.host_protocol import decode_request as from_pipe, encode, encode_request as to_pipe

@@ -45,8 +45,8 @@ def assert_matches(observed: np.ndarray, expected: np.ndarray) -> None:
 
 
 @pytest.fixture(scope="module")
-def engine(engine_factory, tiny):
-    return engine_factory(tiny["small_draft"], tiny["small_target"])
+def llm(llm_factory, tiny):
+    return llm_factory(tiny["small_draft"], tiny["small_target"])
 
 
 @pytest.mark.parametrize("mode", ["pearl", pytest.param("sd", marks=pytest.mark.slow)])  # sd: make test
@@ -54,12 +54,12 @@ def engine(engine_factory, tiny):
     pytest.param(dict(temperature=1.0), id="t1"),
     pytest.param(dict(temperature=1.0, top_k=4), id="topk4", marks=pytest.mark.slow),  # the fast lane: t1 only
     pytest.param(dict(temperature=0.8, top_p=0.8), id="topp0.8", marks=pytest.mark.slow)])
-def test_output_distribution_is_the_targets(engine, tiny, mode, filters):
-    counts = np.zeros((POSITIONS, engine.vocab_size))
+def test_output_distribution_is_the_targets(llm, tiny, mode, filters):
+    counts = np.zeros((POSITIONS, llm.vocab_size))
     rejections = 0
     for seed in range(NUM_SAMPLES):
         params = SamplingParams(max_tokens=POSITIONS + 1, seed=seed, ignore_eos=True, **filters)
-        out = engine.generate(PROMPT, params, mode=mode, gamma=2).collect()
+        out = llm.generate(PROMPT, params, mode=mode, gamma=2).collect()
         for k in range(POSITIONS):
             counts[k, out.token_ids[k]] += 1
         rejections += out.stats.accepted_draft_tokens < out.stats.draft_tokens
@@ -68,11 +68,11 @@ def test_output_distribution_is_the_targets(engine, tiny, mode, filters):
         assert_matches(counts[k], expected)
 
 
-def test_same_seed_same_output(engine):
+def test_same_seed_same_output(llm):
     params = SamplingParams(temperature=1.0, max_tokens=12, seed=11)
-    a, b = (engine.generate(PROMPT, params, mode="pearl", gamma=3).collect() for _ in range(2))
+    a, b = (llm.generate(PROMPT, params, mode="pearl", gamma=3).collect() for _ in range(2))
     assert a.token_ids == b.token_ids
-    others = {tuple(engine.generate(PROMPT, SamplingParams(temperature=1.0, max_tokens=12, seed=s),
-                                    mode="pearl").collect().token_ids) for s in range(5)}
+    others = {tuple(llm.generate(PROMPT, SamplingParams(temperature=1.0, max_tokens=12, seed=s),
+                                 mode="pearl").collect().token_ids) for s in range(5)}
     assert len(others) > 1
 

@@ -1,6 +1,6 @@
-"""Faults on a real server. Engine problems at load time: the pearl model fails to load with a message that
+"""Faults on a real server. Bad engines at load time: the pearl model fails to load with a message that
 says what is wrong and how to fix it, and the server is not ready (one case through a server, the others
-where the pearl model's load runs them, an EngineProcess). A worker rank killed while four streamed
+where the pearl model's load runs them, a WorldProcess). A worker rank killed while four streamed
 requests run: the MPI world restarts by itself and every request resumes in it, finishing with exactly the
 text it has without the kill (greedy, and sampled with a seed), no request failed, and nothing of either world
 is left once the server stops. A full queue: the refused requests say so and count as "overloaded" (not as bad
@@ -28,9 +28,9 @@ from pearl_build.config import parse_pair
 from pearl_build.pipeline import build_pair
 from pearl.processes import process_alive, process_tree
 from pearl.serving.client import RequestFailed, grpc_generate, http_generate
-from pearl.serving.engine_process import EngineProcess, EngineStartError
 from pearl.serving.repository import build_repository, values_for_engines
 from pearl.serving.server import ServerError, TritonServer
+from pearl.serving.world_process import WorldProcess, WorldStartError
 from tiny_models import make_tiny_model, save_tiny_tokenizer
 
 pytestmark = [pytest.mark.mpi, pytest.mark.triton]
@@ -68,7 +68,7 @@ def test_a_damaged_engine_fails_the_load_with_the_reason(tiny_engines, tmp_path)
     assert server.process.poll() is not None  # stopped again
 
 
-# The other load failures at the EngineProcess level (what the pearl model's load runs), without a server each:
+# The other load failures at the WorldProcess level (what the pearl model's load runs), without a server each:
 # the test above shows how a load failure reaches the server's caller.
 def test_an_engine_file_changed_in_place_fails_the_load_by_its_hash(tiny_engines, tmp_path):
     engines = tmp_path / "engines"
@@ -77,8 +77,8 @@ def test_an_engine_file_changed_in_place_fails_the_load_by_its_hash(tiny_engines
     data = bytearray(weights.read_bytes())
     data[-64:] = bytes(64)  # same size, other weights: only the sha256 can tell
     weights.write_bytes(bytes(data))
-    with pytest.raises(EngineStartError) as error:
-        EngineProcess(engines, check_hashes=True)
+    with pytest.raises(WorldStartError) as error:
+        WorldProcess(engines, check_hashes=True)
     assert "model.safetensors does not have the sha256 the build recorded" in str(error.value)
 
 
@@ -88,8 +88,8 @@ def test_mismatched_tokenizers_fail_the_load(tiny_engines, tmp_path):
     save_tiny_tokenizer(engines / "draft", [f"x{i}" for i in range(60)])
     info = read_engine_json(engines / "draft")  # as if built from a draft with another tokenizer
     write_engine_json(engines / "draft", info | {"files": file_manifest(engines / "draft")})
-    with pytest.raises(EngineStartError, match="tokenizers differ"):
-        EngineProcess(engines, check_hashes=True)
+    with pytest.raises(WorldStartError, match="tokenizers differ"):
+        WorldProcess(engines, check_hashes=True)
 
 
 def worker_ranks(server_pid: int) -> list[int]:

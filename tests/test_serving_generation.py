@@ -1,5 +1,5 @@
 """The pearl model's GenerationService without Triton: queue limit, per-request timeout, client cancellation,
-stop requests by request id, and shutdown, on a real engine host (an EngineProcess) over tiny models that
+stop requests by request id, and shutdown, on a real world host (a WorldProcess) over tiny models that
 serve one request at a time."""
 from __future__ import annotations
 
@@ -9,9 +9,9 @@ import threading
 import numpy as np
 import pytest
 
-from pearl.serving.engine_process import EngineProcess
 from pearl.serving.generation import GenerationService, QueueFull
 from pearl.serving.inputs import RequestError
+from pearl.serving.world_process import WorldProcess
 from pearl_build.config import parse_pair
 from pearl_build.pipeline import build_pair
 from tiny_models import save_tiny_tokenizer
@@ -61,7 +61,7 @@ def engines(tiny, tmp_path_factory):
 
 @pytest.fixture()
 def service(engines):
-    service = GenerationService(EngineProcess(engines), max_queue=2, timeout_s=3.0)
+    service = GenerationService(WorldProcess(engines), max_queue=2, timeout_s=3.0)
     yield service
     service.close()
 
@@ -91,7 +91,7 @@ def test_a_stop_request_ends_the_running_and_queued_requests_with_its_id(engines
     failures = []
     # one request at a time, so the second "a" waits in the service's queue (with room for more, the ranks
     # admit it in the same round as the first)
-    service = GenerationService(EngineProcess(engines), on_failed=failures.append)
+    service = GenerationService(WorldProcess(engines), on_failed=failures.append)
     running, queued, other, stop = Client(), Client(), Client(), Client()
     service.submit(inputs(400, streaming=True), running.send, running.fail, request_id="a")
     service.submit(inputs(400, streaming=True), queued.send, queued.fail, request_id="a")
@@ -111,7 +111,7 @@ def test_a_stop_request_ends_the_running_and_queued_requests_with_its_id(engines
 
 def test_a_request_past_its_timeout_ends_with_an_error(engines):
     # the tiny target needs ~0.25 s on a fast CPU core for its ~160 tokens before its end token
-    service = GenerationService(EngineProcess(engines), timeout_s=0.05)
+    service = GenerationService(WorldProcess(engines), timeout_s=0.05)
     client = Client()
     service.submit(inputs(400, streaming=True), client.send, client.fail)
     assert client.done.wait(60)
@@ -120,7 +120,7 @@ def test_a_request_past_its_timeout_ends_with_an_error(engines):
 
 
 def test_queue_limit_refuses_extra_requests_and_close_fails_the_queued(engines):
-    service = GenerationService(EngineProcess(engines), max_queue=1)
+    service = GenerationService(WorldProcess(engines), max_queue=1)
     running, queued = Client(), Client()
     service.submit(inputs(300, streaming=True), running.send, running.fail)
     while not running.responses:  # the first one is being served

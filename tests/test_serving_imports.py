@@ -1,5 +1,5 @@
 """The Triton side stays light: what the model repository's python models import loads neither torch nor MPI
-(a stub that needs neither starts fast, and its process never initialises MPI beside the engine's)."""
+(a stub that needs neither starts fast, and its process never initialises MPI beside the world host's)."""
 import ast
 import json
 import subprocess

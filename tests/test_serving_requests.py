@@ -11,10 +11,10 @@ from pearl.serving.inputs import RequestError, parse_request
 from pearl.serving.postprocessing import Postprocessor
 from pearl.serving.preprocessing import Preprocessor
 from pearl.serving.repository import RepositoryError, build_repository, fill_text, values_for_engines
-from pearl.streams import EngineLimits
+from pearl.streams import PairLimits
 from pearl.text import text_delta
 
-LIMITS = EngineLimits(vocab_size=100, max_seq_len=64, max_batch_size=4, eos_token_ids=(2,))
+LIMITS = PairLimits(vocab_size=100, max_seq_len=64, max_batch_size=4, eos_token_ids=(2,))
 
 
 @pytest.fixture(scope="module")
@@ -59,7 +59,7 @@ def test_a_valid_request_becomes_its_final_generation_request():
     ({"beam_width": np.int32(4)}, "'beam_width'=4 is not supported"),
     ({"return_log_probs": True}, "'return_log_probs'=True is not supported"),
     ({"lora_task_id": np.uint64(9)}, "'lora_task_id' is not supported"),
-    ({"end_id": np.int32(77)}, "end_id 77 is not this engine's end token"),
+    ({"end_id": np.int32(77)}, "end_id 77 is not this pair's end token"),
     ({"num_draft_tokens": np.int32(-1)}, "num_draft_tokens must be >= 1"),
     ({"decoding_mode": b"beam"}, "unknown mode 'beam'"),
     ({"request_output_len": np.int32(100)}, "exceeds the models' limit of 63 tokens"),

@@ -133,7 +133,7 @@ def test_requests_in_a_row_and_at_once_are_all_answered(server, expected):
         return "".join(c.text for c in grpc_generate(server.grpc_url, prompt, max_tokens=MAX_TOKENS,
                                                      exclude_input_in_output=True))
 
-    with ThreadPoolExecutor(max_workers=4) as pool:  # queued on the one engine, none lost
+    with ThreadPoolExecutor(max_workers=4) as pool:  # queued on the one world, none lost
         texts = list(pool.map(grpc_text, PROMPTS + PROMPTS[:1]))
     assert texts == [expected[p] for p in PROMPTS + PROMPTS[:1]]
 
@@ -238,7 +238,7 @@ def test_stopping_the_server_leaves_no_processes(smollm2_engines, tmp_path):
     with server:
         assert http_generate(server.http_url, "Hi", max_tokens=2).text
         processes = process_tree(server.process.pid)
-        assert len(processes) >= 7  # server, 3 stubs, engine host, MPI's process manager and proxy, 2 ranks
+        assert len(processes) >= 7  # server, 3 stubs, world host, MPI's process manager and proxy, 2 ranks
     deadline = time.monotonic() + 15  # exited ranks are reaped by MPI's proxy as it exits, just after
     while any(process_alive(pid) for pid in processes) and time.monotonic() < deadline:
         time.sleep(0.2)

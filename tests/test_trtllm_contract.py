@@ -189,7 +189,7 @@ def test_a_sequence_runs_cleanly_to_the_engines_length_limit(tmp_path, monkeypat
     draft, target = pair.backends()
     assert target.max_seq_len == 39 and draft.max_seq_len == 63  # min(max_input_len, max_seq_len - 1)
     prompt = [4, 8, 15, 16, 23]
-    max_tokens = target.max_seq_len - len(prompt) - 1  # the longest request the engine's check_fits allows
+    max_tokens = target.max_seq_len - len(prompt) - 1  # the longest request our check_fits allows
     request = GenerationRequest(1, tuple(prompt), SamplingParams(max_tokens=max_tokens), gamma=4)
     output, _ = run_request(draft, target, request)
     assert output == pair.target_model.greedy(prompt, max_tokens)

@@ -1,5 +1,5 @@
 """The benchmark commands of ``pearl``: ``bench`` (the methods side by side per prompt class),
-``bench-concurrency`` (the batched engine), ``perf`` (perf_analyzer and genai-perf against the server) and
+``bench-concurrency`` (the batched LLM), ``perf`` (perf_analyzer and genai-perf against the server) and
 ``soak`` (a long load). Each writes JSON, Markdown and PNG results under ``results/``."""
 from __future__ import annotations
 
@@ -76,10 +76,10 @@ each. Writes records.jsonl (resumable), summary.json, summary.md and speedup.png
 
 
 def bench_concurrency(argv: list[str] | None = None) -> int:
-    """``make bench-concurrency``: the batched engine's output tokens/s and latency at concurrency 1, 2, 4, 8, 16.
+    """``make bench-concurrency``: the batched LLM's output tokens/s and latency at concurrency 1, 2, 4, 8, 16.
 
 Writes summary.json, summary.md and concurrency.png to --out (see pearl_bench.concurrency)."""
-    from pearl.engine import Engine
+    from pearl.llm import LLM
     from pearl.params import SamplingParams
     from pearl_bench.concurrency import requests_for, run_level, summarize, write_report
 
@@ -99,16 +99,16 @@ Writes summary.json, summary.md and concurrency.png to --out (see pearl_bench.co
     sampling = SamplingParams(max_tokens=args.max_tokens, ignore_eos=True)  # every request the same length
     out = args.out or RESULTS_DIR / "concurrency" / args.engines.resolve().name
     levels = []
-    with Engine.from_engine_dir(args.engines) as engine:
-        prompts = [engine.tokenizer(p.text).input_ids for p in humaneval(args.prompts)]
+    with LLM.from_engine_dir(args.engines) as llm:
+        prompts = [llm.tokenizer(p.text).input_ids for p in humaneval(args.prompts)]
         for concurrency in [int(c) for c in args.concurrency.split(",")]:
-            level = run_level(engine, prompts, concurrency, requests_for(concurrency, args.min_requests), sampling,
+            level = run_level(llm, prompts, concurrency, requests_for(concurrency, args.min_requests), sampling,
                               args.mode, gamma)
             print(f"concurrency {concurrency}: {level.tokens_per_s:.2f} tokens/s, latency "
                   f"{level.latency_mean_s:.1f} s, {level.mean_batch_size:.2f} sequences per round", flush=True)
             levels.append(level)
         summary = summarize(levels, engines=str(args.engines), mode=args.mode, gamma=args.gamma,
-                            prompts=len(prompts), max_tokens=args.max_tokens, max_batch_size=engine.max_batch_size)
+                            prompts=len(prompts), max_tokens=args.max_tokens, max_batch_size=llm.max_batch_size)
     files = write_report(summary, out, f"Continuous batching: {args.engines.resolve().name}")
     print((out / "summary.md").read_text())
     print("\n".join(["written:", *map(str, files)]))

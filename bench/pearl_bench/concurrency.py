@@ -1,4 +1,4 @@
-"""Throughput and latency of the batched engine at a set of concurrencies (continuous batching), on HumanEval.
+"""Throughput and latency of the batched LLM at a set of concurrencies (continuous batching), on HumanEval.
 
 Closed loop, as perf_analyzer runs it: at concurrency c, c clients each send a request, wait for its last
 token and send the next, until the level's requests are done (every level serves the same prompts, in
@@ -36,7 +36,7 @@ def requests_for(concurrency: int, minimum: int) -> int:
     return concurrency * max(1, -(-minimum // concurrency))
 
 
-def run_level(engine, prompts: list[list[int]], concurrency: int, requests: int, sampling: SamplingParams,
+def run_level(llm, prompts: list[list[int]], concurrency: int, requests: int, sampling: SamplingParams,
               mode: str = "pearl", gamma: int | str = "auto") -> Level:
     todo = iter(range(requests))
     lock = threading.Lock()
@@ -49,7 +49,7 @@ def run_level(engine, prompts: list[list[int]], concurrency: int, requests: int,
             if index is None:
                 return
             start = time.perf_counter()
-            stream = engine.generate(prompts[index % len(prompts)], sampling, mode=mode, gamma=gamma)
+            stream = llm.generate(prompts[index % len(prompts)], sampling, mode=mode, gamma=gamma)
             first = None
             for _ in stream:
                 first = first or time.perf_counter() - start

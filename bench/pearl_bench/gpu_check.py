@@ -21,7 +21,7 @@ import yaml
 
 from pearl.backends.base import ModelSpec
 from pearl.ranks.config import WorldConfig
-from pearl.engine import Engine
+from pearl.llm import LLM
 from pearl.params import SamplingParams
 
 CONFIG = Path(__file__).with_suffix(".yaml")
@@ -50,7 +50,7 @@ def save_random_model(folder: Path, shape: dict, dtype: str, seed: int, device: 
     return folder
 
 
-def measure(engine: Engine, settings: dict, vocab: int) -> dict:
+def measure(llm: LLM, settings: dict, vocab: int) -> dict:
     """Per mode: one warm-up request, then ``requests`` timed ones of exactly ``max_tokens`` tokens (EOS ignored)."""
     generator = torch.Generator().manual_seed(0)
     prompt = torch.randint(vocab - 1, (settings["prompt_tokens"],), generator=generator).tolist()
@@ -58,8 +58,8 @@ def measure(engine: Engine, settings: dict, vocab: int) -> dict:
     results, ar_tokens = {}, None
     for label, (mode, gamma) in MODES.items():
         gamma = settings["gamma"] if gamma == "gamma" else gamma
-        engine.generate(prompt, sampling, mode, gamma).collect()
-        streams = [engine.generate(prompt, sampling, mode, gamma).collect() for _ in range(settings["requests"])]
+        llm.generate(prompt, sampling, mode, gamma).collect()
+        streams = [llm.generate(prompt, sampling, mode, gamma).collect() for _ in range(settings["requests"])]
         stats = [stream.stats for stream in streams]
         ar_tokens = ar_tokens or streams[0].token_ids
         results[label] = {
@@ -85,8 +85,8 @@ def first_difference(reference: list[int], outputs: list[list[int]]) -> int | No
 def torch_pair(folders: dict[str, Path], settings: dict, devices: tuple[str, str]) -> dict:
     config = WorldConfig(draft=ModelSpec(str(folders["draft"]), devices[0], settings["dtype"]),
                          target=ModelSpec(str(folders["target"]), devices[1], settings["dtype"]))
-    with Engine(config) as engine:
-        return {"devices": list(devices), **measure(engine, settings, engine.vocab_size)}
+    with LLM(config) as llm:
+        return {"devices": list(devices), **measure(llm, settings, llm.vocab_size)}
 
 
 def trtllm_pair(name: str, folders: dict[str, Path], settings: dict, work: Path, gpus: int) -> dict:
@@ -103,8 +103,8 @@ def trtllm_pair(name: str, folders: dict[str, Path], settings: dict, work: Path,
     if gpus == 1:  # pair configs keep the models on separate GPUs; a one-GPU check shares GPU 0 on purpose
         pair = replace(pair, target=replace(pair.target, devices=("0",)))
     out = build_pair(pair, work / "engines", work / "cache", profile=False)
-    with Engine.from_engine_dir(out) as engine:
-        return measure(engine, settings, engine.vocab_size)
+    with LLM.from_engine_dir(out) as llm:
+        return measure(llm, settings, llm.vocab_size)
 
 
 def host_facts() -> dict:

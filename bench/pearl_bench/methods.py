@@ -18,10 +18,10 @@ from dataclasses import dataclass
 
 import torch
 
-from pearl.engine import Engine
+from pearl.llm import LLM
 from pearl.params import SamplingParams
 
-ENGINE_METHODS = ("ar", "sd", "pearl")
+LLM_METHODS = ("ar", "sd", "pearl")
 LLAMA_CPP_METHODS = ("llama.cpp", "llama.cpp-spec")
 
 
@@ -43,9 +43,9 @@ class Method:
         return self.name in ("ar", "sd")
 
 
-def run_on_engine(engine: Engine, method: Method, prompt_ids: list[int], max_tokens: int) -> dict:
-    stream = engine.generate(prompt_ids, SamplingParams(max_tokens=max_tokens), method.name,
-                             method.gamma if method.gamma is not None else "auto")
+def run_on_llm(llm: LLM, method: Method, prompt_ids: list[int], max_tokens: int) -> dict:
+    stream = llm.generate(prompt_ids, SamplingParams(max_tokens=max_tokens), method.name,
+                          method.gamma if method.gamma is not None else "auto")
     round_tokens = [len(chunk) for chunk in stream]  # tokens verified per round, as they were streamed
     stats = {k: v for k, v in stream.stats.to_dict().items() if k not in ("mode", "gamma")}  # the method's own
     return {"tokens": stream.token_ids, "round_tokens": round_tokens, **stats}

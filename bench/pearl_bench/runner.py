@@ -2,7 +2,7 @@
 
 A run can be interrupted and resumed: finished records are kept and skipped. The window sweeps (sd, pearl and
 llama.cpp's speculative decoding) run on the first ``sweep_per_class`` prompts of each class; the best window
-of each (by tokens/s) then runs on all. Our engine methods run side by side, prompt by prompt (both engines
+of each (by tokens/s) then runs on all. Our LLM's methods run side by side, prompt by prompt (both LLMs
 stay up: the machine's speed drifts, and a ratio is only fair between runs made close in time); then
 transformers' assisted generation in this process, then llama.cpp, each over all prompts.
 """
@@ -15,10 +15,10 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
-from pearl_bench.methods import AssistedGeneration, Method, run_on_engine
+from pearl_bench.methods import AssistedGeneration, Method, run_on_llm
 from pearl_bench.prompts import Prompt
-from pearl.engine import Engine
 from pearl.engine_files import load_pair, pair_models
+from pearl.llm import LLM
 
 
 @dataclass(frozen=True)
@@ -50,7 +50,7 @@ class BenchRun:
         self.world_config, self.costs = load_pair(config.engine_dir)
         self.cores = 2 * self.world_config.threads_per_rank  # what PEARL's two ranks use: every method gets them
         self._tokenizer = None
-        self._engines: dict[bool, Engine] = {}  # by Method.serial
+        self._llms: dict[bool, LLM] = {}  # by Method.serial
         self._target = None  # the target in this process (assisted generation, divergence margins)
         self.bar: tqdm | None = None
 
@@ -69,10 +69,10 @@ class BenchRun:
     def run(self) -> dict[str, dict]:
         gammas = self.config.gammas
         with tqdm(total=self._planned(), initial=len(self.records), desc="bench", unit="run") as self.bar:
-            self._run_engines([Method(name, g) for g in gammas for name in ("sd", "pearl")], self.sweep_prompts)
-            self._run_engines([Method("ar"), Method("sd", self.best_gamma("sd")), Method("pearl", "auto"),
+            self._run_on_llms([Method(name, g) for g in gammas for name in ("sd", "pearl")], self.sweep_prompts)
+            self._run_on_llms([Method("ar"), Method("sd", self.best_gamma("sd")), Method("pearl", "auto"),
                                Method("pearl", self.best_gamma("pearl"))], self.prompts)
-            self._close_engines()
+            self._close_llms()
             self._run_assisted()
             if self.config.llama_cpp:
                 self._run_llama_cpp()
@@ -90,29 +90,29 @@ class BenchRun:
             return sum(r["generated_tokens"] for r in runs) / max(1e-9, sum(r["wall_s"] for r in runs))
         return max(self.config.gammas, key=speed)
 
-    def _run_engines(self, methods: list[Method], prompts: list[Prompt]) -> None:
+    def _run_on_llms(self, methods: list[Method], prompts: list[Prompt]) -> None:
         """Every method on a prompt, then the next prompt."""
         for prompt in prompts:
             for method in methods:
                 if record_key(method, prompt.prompt_id) not in self.records:
-                    result = run_on_engine(self._engine(method.serial), method, prompt.token_ids(self.tokenizer),
-                                           self.config.max_tokens)
+                    result = run_on_llm(self._llm(method.serial), method, prompt.token_ids(self.tokenizer),
+                                        self.config.max_tokens)
                     self._save(method, prompt, result)
 
-    def _engine(self, serial: bool) -> Engine:
+    def _llm(self, serial: bool) -> LLM:
         """Started on first need and kept: the serial one runs each rank on every core, the parallel one is
         the pair as built."""
-        if serial not in self._engines:
+        if serial not in self._llms:
             config = self.world_config
             if serial:
                 config = replace(config, threads_per_rank=self.cores, target_alone_threads=self.cores)
-            self._engines[serial] = Engine(config, self.costs)
-        return self._engines[serial]
+            self._llms[serial] = LLM(config, self.costs)
+        return self._llms[serial]
 
-    def _close_engines(self) -> None:
-        for engine in self._engines.values():
-            engine.close()
-        self._engines = {}
+    def _close_llms(self) -> None:
+        for llm in self._llms.values():
+            llm.close()
+        self._llms = {}
 
     @property
     def target(self):

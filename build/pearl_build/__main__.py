@@ -18,7 +18,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--dry-run", action="store_true", help="print the build plan and build nothing")
     parser.add_argument("--force", action="store_true", help="rebuild even engines that are up to date")
     parser.add_argument("--no-profile", action="store_true", help="skip measuring the pair (gamma=auto then "
-                        "measures when an engine starts)")
+                        "measures when an LLM starts)")
     parser.add_argument("--reprofile", action="store_true", help="measure the pair again even if current")
     parser.add_argument("--list", action="store_true", help="list the pair configs and exit")
     return parser

@@ -9,8 +9,8 @@ from pathlib import Path
 from tqdm import tqdm
 
 from pearl.tokenizers import load_tokenizer
-from pearl.engine import check_tokenizers, shared_vocab_size
 from pearl.engine_files import ROLES, read_engine_json, write_engine_json
+from pearl.llm import check_tokenizers, shared_vocab_size
 from pearl_build.artifacts import build_key
 from pearl_build.config import PairConfig
 
@@ -34,7 +34,7 @@ def finish_pair(pair: PairConfig, out: Path, keys: dict[str, str], profile: bool
     if info != previous:
         write_engine_json(out, info)
     if not profile:
-        log("profiling skipped: gamma=auto will measure the speed ratio when an engine starts")
+        log("profiling skipped: gamma=auto will measure the speed ratio when an LLM starts")
     elif info["profile"] is not None and not reprofile:
         log(f"profile is up to date (recommended gamma {info['profile']['recommended_gamma']})")
     else:

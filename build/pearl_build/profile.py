@@ -1,6 +1,6 @@
 """Profiling a built pair on this host through the real runtime: the numbers ``gamma=auto`` reads.
 
-The pair is started exactly as serving starts it (an Engine spawning its MPI ranks with the engine's
+The pair is started exactly as serving starts it (an LLM spawning its MPI ranks with the engine's
 devices, dtype and threads), then each rank times its own forwards, one rank at a time.
 """
 from __future__ import annotations
@@ -9,8 +9,8 @@ import platform
 import time
 from pathlib import Path
 
-from pearl.engine import Engine
 from pearl.engine_files import load_pair
+from pearl.llm import LLM
 from pearl.profiling import DEFAULT_ACCEPTANCE
 from pearl.speculation import CostRow, best_window
 
@@ -51,13 +51,13 @@ def profile_pair(pair_dir: Path, max_draft_len: int, max_batch_size: int = 1,
     requests start from it and move with their own acceptance."""
     config, _ = load_pair(pair_dir)
     table = {}
-    with Engine(config) as engine:
+    with LLM(config) as llm:
         for size in batch_sizes(max_batch_size, config.draft_off_batch_size):
-            seconds = engine.world.profile({"draft": 1, "target": max_draft_len}, steps=STEPS, batch_size=size)
+            seconds = llm.world.profile({"draft": 1, "target": max_draft_len}, steps=STEPS, batch_size=size)
             alone = seconds["target"][0]
             if config.alone_threads != config.threads_per_rank:
-                alone = engine.world.profile({"target": 1}, steps=STEPS, batch_size=size,
-                                             threads={"target": config.alone_threads})["target"][0]
+                alone = llm.world.profile({"target": 1}, steps=STEPS, batch_size=size,
+                                          threads={"target": config.alone_threads})["target"][0]
             row = CostRow(seconds["draft"][0], tuple(seconds["target"]), alone)
             table[str(size)] = {  # JSON keys are strings
                 "draft_step_s": row.draft_step_s,

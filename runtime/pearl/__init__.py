@@ -1,12 +1,12 @@
 """pearl-serve: PEARL parallel speculative decoding on MPI ranks (draft rank 0, target rank 1).
 
-Public API: ``Engine`` (pearl.engine), ``WorldConfig`` (pearl.ranks.config) and ``ModelSpec`` (what to run),
+Public API: ``LLM`` (pearl.llm), ``WorldConfig`` (pearl.ranks.config) and ``ModelSpec`` (what to run),
 ``SamplingParams`` and ``Mode`` (pearl.params). Importing ``pearl`` loads neither torch nor MPI: the names that
 need them load on first use, so the Triton-side modules (``pearl.serving``) stay free of both.
 """
 from pearl.params import Mode, SamplingParams
 
-_LAZY = {"Engine": "pearl.engine", "ModelSpec": "pearl.backends.base", "WorldConfig": "pearl.ranks.config"}
+_LAZY = {"LLM": "pearl.llm", "ModelSpec": "pearl.backends.base", "WorldConfig": "pearl.ranks.config"}
 
 
 def __getattr__(name: str):
@@ -16,4 +16,4 @@ def __getattr__(name: str):
     raise AttributeError(f"module 'pearl' has no attribute {name!r}")
 
 
-__all__ = ["Engine", "Mode", "ModelSpec", "SamplingParams", "WorldConfig"]
+__all__ = ["LLM", "Mode", "ModelSpec", "SamplingParams", "WorldConfig"]

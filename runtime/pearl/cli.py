@@ -11,13 +11,13 @@ import importlib
 import sys
 
 COMMANDS = {  # name -> ("module:function" taking argv and returning an exit status, one line of help)
-    "generate": ("pearl.generate:main", "run prompts through the engines, no server"),
+    "generate": ("pearl.generate:main", "run prompts through a pair, no server"),
     "serve": ("pearl.serving.commands:serve", "run Triton with a pair's ensemble until Ctrl-C"),
     "demo": ("pearl.serving.commands:demo", "start Triton, stream one answer with statistics, stop"),
     "client": ("pearl.serving.commands:client", "send a prompt to a running server and print the answer"),
     "fill-template": ("pearl.serving.commands:fill_template", "fill the Triton model repository's templates"),
     "bench": ("pearl_bench.commands:bench", "ar / sd / pearl / assisted generation / llama.cpp per prompt class"),
-    "bench-concurrency": ("pearl_bench.commands:bench_concurrency", "the batched engine at a set of concurrencies"),
+    "bench-concurrency": ("pearl_bench.commands:bench_concurrency", "the batched LLM at a set of concurrencies"),
     "perf": ("pearl_bench.commands:perf", "perf_analyzer and genai-perf against the served ensemble"),
     "soak": ("pearl_bench.commands:soak", "a long perf_analyzer load: errors, tokens/s and memory over time"),
     "gpu-check": ("pearl_bench.gpu_check:main", "the prepared check for a host with a GPU"),

@@ -1,4 +1,4 @@
-"""``pearl generate``: run prompts through an Engine, without a server.
+"""``pearl generate``: run prompts through an LLM, without a server.
 
 Text mode streams each completion to stdout, then its statistics. ``--json`` prints exactly one JSON
 object per request on stdout (prompt, text, token_ids, stats) and nothing else.
@@ -81,9 +81,9 @@ def devices(choice: str) -> tuple[str, str]:
     return "cuda:0", "cuda:1" if torch.cuda.device_count() > 1 else "cuda:0"
 
 
-def start_engine(args: argparse.Namespace):
-    """An Engine over ``--engines`` or over ``--draft``/``--target``."""
-    from pearl.engine import Engine
+def start_llm(args: argparse.Namespace):
+    """An LLM over ``--engines`` or over ``--draft``/``--target``."""
+    from pearl.llm import LLM
 
     if args.engines is not None:
         if args.draft or args.target or args.draft_layers:
@@ -91,10 +91,10 @@ def start_engine(args: argparse.Namespace):
         if args.device != "auto" or args.dtype != "auto":
             raise ValueError("--engines runs where and in the dtype the engines were built for; "
                              "drop --device/--dtype (or rebuild the engines)")
-        return Engine.from_engine_dir(args.engines, args.threads_per_rank)
+        return LLM.from_engine_dir(args.engines, args.threads_per_rank)
     if not (args.draft and args.target):
         raise ValueError("give --engines DIR, or both --draft and --target")
-    return Engine(world_config(args))
+    return LLM(world_config(args))
 
 
 def world_config(args: argparse.Namespace):
@@ -130,15 +130,15 @@ def run_generate(args: argparse.Namespace) -> int:
     # Validated before any model loads; stop texts are added once the tokenizer is at hand.
     sampling = SamplingParams(temperature=args.temperature, top_k=args.top_k, top_p=args.top_p, seed=args.seed,
                               max_tokens=args.max_tokens, ignore_eos=args.ignore_eos)
-    with start_engine(args) as engine:
-        tokenizer = engine.tokenizer
+    with start_llm(args) as llm:
+        tokenizer = llm.tokenizer
         if tokenizer is None:
-            raise ValueError(f"{engine.config.target.path} has no tokenizer; text prompts need one")
+            raise ValueError(f"{llm.config.target.path} has no tokenizer; text prompts need one")
         stops = tuple(tuple(tokenizer.encode(s, add_special_tokens=False)) for s in args.stop)
         sampling = replace(sampling, stop_token_ids=stops)
         for prompt in prompts:
             prompt_ids = encode_prompt(tokenizer, prompt, args.chat)
-            stream = engine.generate(prompt_ids, sampling, args.mode, args.gamma)
+            stream = llm.generate(prompt_ids, sampling, args.mode, args.gamma)
             detok = IncrementalDetokenizer(tokenizer)
             for chunk in stream:
                 piece = detok.add(chunk)
@@ -164,8 +164,8 @@ def main(argv: list[str] | None = None) -> int:
 
     transformers.logging.set_verbosity_error()
     from pearl.tokenizers import ModelPathError
-    from pearl.engine import VocabularyMismatch
     from pearl.engine_files import EngineDirError
+    from pearl.llm import VocabularyMismatch
     from pearl.ranks.world import WorldError
 
     try:

@@ -4,7 +4,7 @@ Randomness is keyed by token position, never by how far a generator has been adv
 token at sequence position ``i`` is a uniform hashed from (request seed, stream, i, k) (``Draws``). Each
 position's token is decided once from its own draws and the prefix before it, so every position gets fresh
 randomness independent of the prefix (the output stays distributed exactly as the target's sampling), and a
-request resent as prompt + its accepted tokens (``pearl.serving.engine_process``: a resume after a rank died)
+request resent as prompt + its accepted tokens (``pearl.serving.world_process``: a resume after a rank died)
 continues with the same draws. The target rank alone decides acceptance (``verify``); the draft rank only
 samples its proposals.
 """

@@ -12,7 +12,7 @@ class _Figures:
     """What is derived from the counters (mixed into ``RequestStats``)."""
 
     def __post_init__(self) -> None:
-        # a tuple of ints whatever it came as (a JSON list from the engine host, floats from the STATS message)
+        # a tuple of ints whatever it came as (a JSON list from the world host, floats from the STATS message)
         object.__setattr__(self, ACCEPTANCE_HISTOGRAM, tuple(int(n) for n in getattr(self, ACCEPTANCE_HISTOGRAM)))
 
     @classmethod
@@ -85,7 +85,7 @@ class _Figures:
 
 # mode, the request's fixed window (None: adaptive; see mean_gamma), the driver's wall time from sending the
 # request to its last token (model loading excluded), the target's counters, its acceptance histogram, then how
-# many times the request was resent to a new world after a rank died (pearl.serving.engine_process)
+# many times the request was resent to a new world after a rank died (pearl.serving.world_process)
 RequestStats = make_dataclass(
     "RequestStats", [("mode", str), ("gamma", "int | None"), ("wall_s", float),
                      *[(name, kind, field(metadata={"doc": doc})) for name, kind, doc in COUNTERS],

@@ -1,5 +1,5 @@
-"""What a caller of an engine holds: the stream of a request's tokens, the engine's limits and the check that a
-request fits the models. Free of MPI, so the Triton side (serving.engine_process, serving.inputs) uses them
+"""What a caller of an LLM holds: the stream of a request's tokens, the pair's limits and the check that a
+request fits the models. Free of MPI, so the Triton side (serving.world_process, serving.inputs) uses them
 without starting MPI itself.
 """
 from __future__ import annotations
@@ -12,8 +12,8 @@ from pearl.stats import RequestStats
 
 
 @dataclass(frozen=True)
-class EngineLimits:
-    """What an engine takes: requests are checked against it where they enter (``check``), once."""
+class PairLimits:
+    """What a pair takes: requests are checked against it where they enter (``check``), once."""
 
     vocab_size: int
     max_seq_len: int

@@ -1,7 +1,7 @@
 """A world in this process: the real draft and target workers (``pearl.ranks.worker.Worker``, with their
 schedulers) on two threads, their messages through in-memory mailboxes instead of MPI, the same protocol.
 
-``World.local(config)`` returns a ``World`` over it, so an ``Engine(config, local=True)`` serves exactly as
+``World.local(config)`` returns a ``World`` over it, so an ``LLM(config, local=True)`` serves exactly as
 over MPI, without processes: the fast test lane runs its lossless and batching checks this way. Both workers
 share the process's torch threads, so it is for tests and debugging, not for speed.
 """

@@ -1,4 +1,4 @@
-"""The message protocol between the driver (the process that owns the Engine) and the worker ranks.
+"""The message protocol between the driver (the process that owns the LLM) and the worker ranks.
 
 Communicators
 - ``driver``: an intercommunicator. The driver is rank 0 of its side; the workers are remote ranks

@@ -1,7 +1,7 @@
-"""Many threads, one world: ``Engine.generate`` may be called from any thread, so one receiver thread polls the
+"""Many threads, one world: ``LLM.generate`` may be called from any thread, so one receiver thread polls the
 world and routes each report to the queue of its request; a rank's failure ends every request in flight.
 
-(The engine host needs none of this: its event loop polls the world itself, ``pearl.serving.engine_host``.)
+(The world host needs none of this: its event loop polls the world itself, ``pearl.serving.world_host``.)
 """
 from __future__ import annotations
 
@@ -30,7 +30,7 @@ class Router:
         with self._lock:  # the receiver ends the requests under this lock when the world fails
             if not self._running:
                 raise WorldError(f"the worker ranks failed earlier and must be restarted: {self.world.failure}"
-                                 if self.world.failure else "the worker ranks are shut down (the engine is closed)")
+                                 if self.world.failure else "the worker ranks are shut down (the LLM is closed)")
             self.world.submit(request)
             self._requests[request.request_id] = reports
         return self._reports(reports)
@@ -49,7 +49,7 @@ class Router:
         """Stop receiving (before the world closes) and end the requests still in flight."""
         self._running = False
         self._thread.join()
-        self._end_all(WorldError("the engine was closed"))
+        self._end_all(WorldError("the LLM was closed"))
 
     def _receive(self) -> None:
         while self._running:

@@ -5,8 +5,8 @@ workers started next to it by ``mpiexec -n 1 python -m pearl ... : -n 2 python -
 
 Many requests are in flight at once (the ranks batch them): ``submit`` sends one (from any thread), and
 ``poll`` receives the next ``Report`` of any request: its new tokens and its counters so far. ``poll`` has
-one caller at a time: the engine host's event loop (``pearl.serving.engine_host``), or the receiver thread
-of ``pearl.ranks.router`` that routes reports to the threads of ``Engine.generate``. A rank's ERROR makes
+one caller at a time: the world host's event loop (``pearl.serving.world_host``), or the receiver thread
+of ``pearl.ranks.router`` that routes reports to the threads of ``LLM.generate``. A rank's ERROR makes
 ``poll`` raise: the batch is lost and the world must be restarted.
 """
 from __future__ import annotations
@@ -200,7 +200,7 @@ class World:
         """Send the request to its ranks (the draft only hears of requests that use it); its reports come
         from ``poll``."""
         if self.closed:
-            raise WorldError("the worker ranks are shut down (the engine is closed)")
+            raise WorldError("the worker ranks are shut down (the world is closed)")
         if self.failure is not None:
             raise WorldError(f"the worker ranks failed earlier and must be restarted: {self.failure}")
         ints, floats = encode_request(request)

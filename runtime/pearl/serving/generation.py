@@ -1,8 +1,8 @@
-"""The ``pearl`` model's work: it owns the engine (an EngineProcess: the MPI world lives in a child process
+"""The ``pearl`` model's work: it owns the world (a WorldProcess: the MPI world lives in a child process
 that is restarted, and its requests resumed, if a rank dies), starts accepted requests in arrival order while
-fewer than the engine's ``max_batch_size`` run (the ranks batch them, continuous batching), and streams each
-one's output through the engine's callbacks. No thread of its own: requests arrive from Triton's ``execute``,
-their events from the engine's reader thread.
+fewer than the pair's ``max_batch_size`` run (the ranks batch them, continuous batching), and streams each
+one's output through the world's callbacks. No thread of its own: requests arrive from Triton's ``execute``,
+their events from the world's reader thread.
 
 A service that does not stream (a model that is not decoupled) refuses the ``streaming`` input.
 
@@ -29,21 +29,21 @@ from typing import Callable, Protocol
 import numpy as np
 
 from pearl.params import GenerationRequest
-from pearl.serving.engine_process import EngineDied, EngineStartError, OnDone, OnError, OnTokens
 from pearl.serving.inputs import RequestError, ServingRequest, parse_request, scalar
+from pearl.serving.world_process import OnDone, OnError, OnTokens, WorldDied, WorldStartError
 from pearl.schema import OUTPUTS
 from pearl.stats import RequestStats
-from pearl.streams import EngineLimits
+from pearl.streams import PairLimits
 
 Send = Callable[[dict[str, np.ndarray], bool], None]  # (outputs, final)
 # (message, kind): "error", "cancelled", "timeout", "unavailable", "invalid", "overloaded" (pearl.serving.errors)
 Fail = Callable[[str, str], None]
 
 
-class ServingEngine(Protocol):
-    """What the service needs: pearl.serving.engine_process.EngineProcess."""
+class ServingWorld(Protocol):
+    """What the service needs: pearl.serving.world_process.WorldProcess."""
 
-    limits: EngineLimits
+    limits: PairLimits
 
     def submit(self, request: GenerationRequest, on_tokens: OnTokens, on_done: OnDone, on_error: OnError) -> None: ...
     def cancel(self, request_id: int) -> None: ...
@@ -73,7 +73,7 @@ class Job:
     ended: tuple[str, str] | None = None  # (message, kind) once it must stop early
 
     @property
-    def engine_id(self) -> int:
+    def generation_id(self) -> int:
         return self.request.generation.request_id
 
 
@@ -96,18 +96,18 @@ def response_tensors(tokens: list[int], previous: int, final: bool, stats: Reque
 
 
 class GenerationService:
-    def __init__(self, engine: ServingEngine, on_finished: Callable[[RequestStats], None] | None = None,
+    def __init__(self, world: ServingWorld, on_finished: Callable[[RequestStats], None] | None = None,
                  on_failed: Callable[[str], None] | None = None,
                  max_queue: int = 64, timeout_s: float = 0.0, streaming: bool = True) -> None:
-        self.engine = engine
+        self.world = world
         self.streaming = streaming  # False: a model that answers each request once (not decoupled)
         self.on_finished, self.on_failed = on_finished, on_failed  # on_failed(kind) for every failed request
         self.max_queue, self.timeout_s = max_queue, timeout_s
-        self._ids = itertools.count(1)  # the engine's request ids
+        self._ids = itertools.count(1)  # the ids of the GenerationRequests sent to the world
         self._waiting: deque[Job] = deque()
-        self._running: dict[int, Job] = {}  # by engine request id
+        self._running: dict[int, Job] = {}  # by generation_id
         self._by_id: dict[str, list[Job]] = {}  # queued or running jobs that have a Triton request id
-        self._lock = threading.Lock()  # never held while calling into the engine or a client
+        self._lock = threading.Lock()  # never held while calling into the world or a client
         self._closing = False
 
     def submit(self, inputs: dict[str, np.ndarray], send: Send, fail: Fail,
@@ -123,7 +123,7 @@ class GenerationService:
             return
         if self._closing:
             raise QueueFull("the server is shutting down", kind="unavailable")
-        request = parse_request(inputs, self.engine.limits, next(self._ids))
+        request = parse_request(inputs, self.world.limits, next(self._ids))
         if request.stream and not self.streaming:
             raise RequestError("streaming needs a decoupled deployment (template value decoupled_mode true); this "
                                "one answers each request once: send stream false")
@@ -163,28 +163,28 @@ class GenerationService:
         for job in queued:
             self._forget(job)
             self._fail(job, "the server is shutting down; the request was not started", "error")
-        self.engine.close()
+        self.world.close()
 
     # -- a request's life -------------------------------------------------------------------------------
     def _start_waiting(self) -> None:
-        """Start queued requests while the engine has room; one that ended while it waited fails instead."""
+        """Start queued requests while the world has room; one that ended while it waited fails instead."""
         while True:
             with self._lock:
-                if self._closing or not self._waiting or len(self._running) >= self.engine.limits.max_batch_size:
+                if self._closing or not self._waiting or len(self._running) >= self.world.limits.max_batch_size:
                     return
                 job = self._waiting.popleft()
                 ended = self._ended(job)
                 if ended is None:
-                    self._running[job.engine_id] = job
+                    self._running[job.generation_id] = job
             if ended is not None:  # still queued: never reaches the ranks
                 self._forget(job)
                 self._fail(job, *ended)
                 continue
             try:
-                self.engine.submit(job.request.generation, lambda tokens, job=job: self._on_tokens(job, tokens),
-                                   lambda reason, stats, job=job: self._on_done(job, reason, stats),
-                                   lambda exc, job=job: self._on_error(job, exc))
-            except Exception as exc:  # the engine is shut down
+                self.world.submit(job.request.generation, lambda tokens, job=job: self._on_tokens(job, tokens),
+                                  lambda reason, stats, job=job: self._on_done(job, reason, stats),
+                                  lambda exc, job=job: self._on_error(job, exc))
+            except Exception as exc:  # the world is shut down
                 self._on_error(job, exc)
 
     def _on_tokens(self, job: Job, tokens: list[int]) -> None:
@@ -209,18 +209,18 @@ class GenerationService:
     def _on_error(self, job: Job, exc: Exception) -> None:
         self._finish(job)
         # the world died and the request could not be resumed: retrying later can succeed
-        kind = "unavailable" if isinstance(exc, (EngineDied, EngineStartError)) else "error"
+        kind = "unavailable" if isinstance(exc, (WorldDied, WorldStartError)) else "error"
         self._fail(job, f"generation failed: {exc}", kind)
 
     def _end(self, job: Job) -> None:
-        """Ask the engine to stop a running request that was cancelled or ran out of time (once)."""
+        """Ask the world to stop a running request that was cancelled or ran out of time (once)."""
         if job.ended is None and (ended := self._ended(job)) is not None:
             job.ended = ended
-            self.engine.cancel(job.engine_id)  # the ranks stop after this round; its last events still come
+            self.world.cancel(job.generation_id)  # the ranks stop after this round; its last events still come
 
     def _finish(self, job: Job) -> None:
         with self._lock:
-            self._running.pop(job.engine_id, None)
+            self._running.pop(job.generation_id, None)
         self._forget(job)
         self._start_waiting()
 

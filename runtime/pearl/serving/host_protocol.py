@@ -1,12 +1,12 @@
-"""The pipe between the engine host (``pearl.serving.engine_host``) and its owner
-(``pearl.serving.engine_process.EngineProcess``): one JSON object per line. Free of torch and MPI: the owner
+"""The pipe between the world host (``pearl.serving.world_host``) and its owner
+(``pearl.serving.world_process.WorldProcess``): one JSON object per line. Free of torch and MPI: the owner
 runs in the Triton stub.
 
     owner -> host   {"op": "generate", "request": {GenerationRequest, see encode_request}}
                     {"op": "cancel", "id": n}       end request n after the ranks' current round
                     {"op": "close"}                 finish the requests in flight, shut the world down, exit
                     end of file without "close"     the owner is gone: cancel everything, shut down, exit
-    host -> owner   {"event": "ready", "limits": {EngineLimits fields}, "ranks": {"draft": pid, "target": pid},
+    host -> owner   {"event": "ready", "limits": {PairLimits fields}, "ranks": {"draft": pid, "target": pid},
                      "helpers": [pids of the MPI process manager], "shm": [/dev/shm files the world maps]}
                     {"event": "start_failed", "message": "..."}   then the host exits
                     {"event": "tokens", "id": n, "tokens": [...], "counters": [...]}

@@ -1,5 +1,5 @@
 """The ``pearl`` Triton model's request tensors -> the request's final ``GenerationRequest``, validated here and
-nowhere again (the edge: the engine host and the ranks take it as it is), or a clear error.
+nowhere again (the edge: the world host and the ranks take it as it is), or a clear error.
 
 Tensor names are those of TensorRT-LLM's ``tensorrt_llm`` model (all_models/inflight_batcher_llm), so the
 ensemble routes them the same way. Every tensor arrives with a leading batch dimension of 1. Inputs that
@@ -15,7 +15,7 @@ import numpy as np
 
 from pearl.params import GenerationRequest, Mode, SamplingParams
 from pearl.serving import words
-from pearl.streams import EngineLimits
+from pearl.streams import PairLimits
 
 # input name -> the value that means "not used" (anything else is refused)
 NEUTRAL_INPUTS = {
@@ -50,8 +50,8 @@ def scalar(inputs: dict[str, np.ndarray], name: str, default=None):
     return value.decode("utf-8", errors="replace") if isinstance(value, bytes) else value.item()
 
 
-def parse_request(inputs: dict[str, np.ndarray], limits: EngineLimits, request_id: int) -> ServingRequest:
-    """The request, checked against the engine's ``limits`` (vocabulary, length, end token)."""
+def parse_request(inputs: dict[str, np.ndarray], limits: PairLimits, request_id: int) -> ServingRequest:
+    """The request, checked against the pair's ``limits`` (vocabulary, length, end token)."""
     check_batch_of_one(inputs)
     refuse_unsupported(inputs)
     prompt = np.asarray(inputs["input_ids"]).reshape(-1)
@@ -63,7 +63,7 @@ def parse_request(inputs: dict[str, np.ndarray], limits: EngineLimits, request_i
         raise RequestError(f"temperature must be a finite number >= 0, got {temperature}")
     end_id = scalar(inputs, "end_id")
     if end_id is not None and end_id >= 0 and int(end_id) not in limits.eos_token_ids:
-        raise RequestError(f"end_id {end_id} is not this engine's end token (ids {list(limits.eos_token_ids)}); "
+        raise RequestError(f"end_id {end_id} is not this pair's end token (ids {list(limits.eos_token_ids)}); "
                            f"leave it out to use the model's")
     bad_words = words.from_tensor(inputs["bad_words_list"]) if "bad_words_list" in inputs else ()
     if bad_words:
@@ -80,12 +80,12 @@ def parse_request(inputs: dict[str, np.ndarray], limits: EngineLimits, request_i
         raise RequestError(str(exc)) from None
     gamma = scalar(inputs, "num_draft_tokens", 0)
     if gamma < 0:
-        raise RequestError(f"num_draft_tokens must be >= 1 (or 0 for the engine's default), got {gamma}")
+        raise RequestError(f"num_draft_tokens must be >= 1 (or 0 for adaptive windows), got {gamma}")
     try:
         request = GenerationRequest(request_id, tuple(int(t) for t in prompt[:length]), sampling, mode,
                                     int(gamma) or None)
         limits.check(request)
-    except ValueError as exc:  # too long for the engine, ids outside the vocabulary, ...
+    except ValueError as exc:  # too long for the pair, ids outside the vocabulary, ...
         raise RequestError(str(exc)) from None
     return ServingRequest(request, stream=bool(scalar(inputs, "streaming", False)),
                           exclude_input=bool(scalar(inputs, "exclude_input_in_output", False)))

@@ -25,7 +25,7 @@ DEFAULTS = {
     "skip_special_tokens": "true",
     "apply_chat_template": "false",  # true: text_input is a user message, wrapped in the chat template
     "threads_per_rank": "",  # empty: the engine directory's setting
-    "max_queue_size": "64",  # requests waiting for the engine; more are refused (UNAVAILABLE)
+    "max_queue_size": "64",  # requests waiting for the world; more are refused (UNAVAILABLE)
     "request_timeout_s": "600",  # a request not finished this long after it arrived ends with an error (0: off)
     "verify_engine_hashes": "true",  # the pearl model checks every engine file's sha256 at load (once, not at restarts)
     # true: pearl and pearl_bls are decoupled (responses streamed as they are accepted; gRPC streaming and HTTP

@@ -1,7 +1,7 @@
-"""Triton adapter for pearl.serving.generation: the model that owns the PEARL engine (decoupled unless the
+"""Triton adapter for pearl.serving.generation: the model that owns the PEARL world (decoupled unless the
 repository was filled with decoupled_mode false; then each request gets its one response through the same sender).
 
-Loading the model checks the engine directory and starts the engine host, a child process that runs the
+Loading the model checks the engine directory and starts the world host, a child process that runs the
 MPI world (draft and target ranks); a problem fails the load with what is wrong and how to fix it. If a
 rank dies, a new world starts by itself (or a spare one takes over, with ``spare_world``) and the requests in
 flight resume in it (at most ``max_resumes`` times in a row without a new token). Unloading the model shuts the world down. Each request streams responses and always ends with
@@ -9,7 +9,7 @@ Triton's final flag, errors included (a full queue: UNAVAILABLE, counted as over
 endpoint.
 
 Every call into Triton (responses, cancellation checks, metrics) is made by one thread, ``TritonCalls``:
-responses come from the engine's reader thread and requests from ``execute``, and tritonserver 2.51's python
+responses come from the world's reader thread and requests from ``execute``, and tritonserver 2.51's python
 backend crashes under concurrent calls from several stub threads (SIGSEGV or boost::interprocess::
 lock_exception in libtriton_python.so, seen with perf_analyzer at concurrency 8-16). Triton's own vLLM
 backend sends from a single response thread for the same reason.
@@ -23,12 +23,12 @@ import traceback
 
 import triton_python_backend_utils as pb_utils
 
-from pearl.serving.engine_process import EngineProcess
 from pearl.serving.errors import KIND_CODES, error_response
 from pearl.serving.generation import GenerationService, QueueFull
 from pearl.serving.inputs import RequestError
 from pearl.schema import METRICS
 from pearl.serving.repository import model_parameter
+from pearl.serving.world_process import WorldProcess
 
 FINAL = pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL
 CANCEL_POLL_S = 0.2  # how often a quiet request's client is asked whether it went away
@@ -135,17 +135,17 @@ class TritonPythonModel:
         engine_dir = model_parameter(args, "engine_dir")
         threads = model_parameter(args, "threads_per_rank")  # empty: the engine directory's setting
         try:
-            engine = EngineProcess(engine_dir, int(threads) if threads.isdigit() else None,
-                                   check_hashes=model_parameter(args, "verify_engine_hashes") == "true",
-                                   max_resumes=int(model_parameter(args, "max_resumes")),
-                                   spare_world=model_parameter(args, "spare_world") == "true")
+            world = WorldProcess(engine_dir, int(threads) if threads.isdigit() else None,
+                                 check_hashes=model_parameter(args, "verify_engine_hashes") == "true",
+                                 max_resumes=int(model_parameter(args, "max_resumes")),
+                                 spare_world=model_parameter(args, "spare_world") == "true")
         except Exception as exc:  # Triton marks the model UNAVAILABLE with this message as the reason
             raise pb_utils.TritonModelException(
                 f"cannot load the PEARL engines in {engine_dir}: {exc}. Fix: rebuild them with "
                 f"`make engines PAIR=<pair> FORCE=1` and restart the server") from None
         self.metrics = Metrics()
         self.triton = TritonCalls()
-        self.service = GenerationService(engine,
+        self.service = GenerationService(world,
                                          on_finished=lambda stats: self.triton.call(self.metrics.record, stats),
                                          on_failed=self.record_failure,
                                          max_queue=int(model_parameter(args, "max_queue_size")),

@@ -1,7 +1,7 @@
-"""The public API: an ``Engine`` owns a world of worker ranks and turns prompt ids into streamed tokens.
+"""The public API: an ``LLM`` owns a world of worker ranks and turns prompt ids into streamed tokens.
 
-    with Engine(WorldConfig(draft=ModelSpec(path), target=ModelSpec(path))) as engine:
-        stream = engine.generate(prompt_ids, SamplingParams(max_tokens=64), mode="pearl", gamma="auto")
+    with LLM(WorldConfig(draft=ModelSpec(path), target=ModelSpec(path))) as llm:
+        stream = llm.generate(prompt_ids, SamplingParams(max_tokens=64), mode="pearl", gamma="auto")
         for chunk in stream:      # lists of token ids, as they are accepted
             ...
         stream.stats              # RequestStats once the stream is exhausted
@@ -31,7 +31,7 @@ from pearl.profiling import DEFAULT_ACCEPTANCE
 from pearl.speculation import CostRow, SpeculationCosts
 from pearl.stats import RequestStats
 from pearl.stopping import FinishReason
-from pearl.streams import EngineLimits, GenerationStream, check_fits
+from pearl.streams import GenerationStream, PairLimits, check_fits
 
 MAX_UNPROFILED_WINDOW = 16  # adaptive windows of a pair measured at start-up only (its verify taken as flat)
 
@@ -67,7 +67,7 @@ def shared_vocab_size(target_tokenizer, draft_logits: int, target_logits: int) -
     return size
 
 
-class Engine:
+class LLM:
     """``costs``: the pair's measured costs (``make engines`` profiles them), from which ``gamma="auto"``
     requests get their windows round by round; None measures a draft and a target step at the first one."""
 
@@ -92,7 +92,7 @@ class Engine:
         self.world.begin(self.vocab_size)
         self._costs_lock = threading.Lock()
         self._ids = itertools.count(1)
-        self._router: Router | None = None  # started by the first generate (the engine host polls the world)
+        self._router: Router | None = None  # started by the first generate (the world host polls its world itself)
         self._router_lock = threading.Lock()
         self.costs = costs
         if costs is not None:
@@ -100,8 +100,8 @@ class Engine:
 
     @classmethod
     def from_engine_dir(cls, folder: str | Path, threads_per_rank: int | None = None,
-                        check_hashes: bool = False) -> "Engine":
-        """An engine over a pair built by ``make engines``, with the costs its build measured.
+                        check_hashes: bool = False) -> "LLM":
+        """An LLM over a pair built by ``make engines``, with the costs its build measured.
         ``threads_per_rank`` overrides the pair's setting (the costs were measured with the pair's);
         ``check_hashes`` verifies every engine file's sha256 against the build's manifest first."""
         config, costs = load_pair(folder, check_hashes=check_hashes)
@@ -109,7 +109,7 @@ class Engine:
             config = replace(config, threads_per_rank=threads_per_rank)
         return cls(config, costs)
 
-    def __enter__(self) -> "Engine":
+    def __enter__(self) -> "LLM":
         return self
 
     def __exit__(self, *exc) -> None:
@@ -125,8 +125,8 @@ class Engine:
         return self.config.max_batch_size
 
     @property
-    def limits(self) -> EngineLimits:
-        return EngineLimits(self.vocab_size, self.max_seq_len, self.max_batch_size, tuple(self.eos_token_ids))
+    def limits(self) -> PairLimits:
+        return PairLimits(self.vocab_size, self.max_seq_len, self.max_batch_size, tuple(self.eos_token_ids))
 
     def ensure_costs(self) -> None:
         """Costs for adaptive windows: without a profile, one draft step and one target step measured on the

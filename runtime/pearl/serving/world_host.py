@@ -1,5 +1,5 @@
-"""The engine host: a process of its own that owns one Engine (the MPI driver and its worker ranks) and serves
-it to its owner, :class:`pearl.serving.engine_process.EngineProcess`, over a pipe
+"""The world host: a process of its own that owns one LLM (the MPI driver and its worker ranks) and serves
+it to its owner, :class:`pearl.serving.world_process.WorldProcess`, over a pipe
 (``pearl.serving.host_protocol``).
 
 Why a process of its own: when a worker rank dies, MPICH's process manager kills the process that spawned
@@ -24,7 +24,7 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import IO
 
-from pearl.engine import Engine
+from pearl.llm import LLM
 from pearl.processes import process_tree
 from pearl.ranks.transport import MIN_SLEEP_S
 from pearl.ranks.world import POLL_MAX_SLEEP_S, Report, World, WorldError
@@ -151,15 +151,15 @@ def main() -> int:
     args = parser.parse_args()
     protocol_in, protocol_out = take_protocol_streams()
     try:
-        engine = Engine.from_engine_dir(args.engines, args.threads_per_rank, args.check_hashes)
-        engine.ensure_costs()  # now, not at the first adaptive request
+        llm = LLM.from_engine_dir(args.engines, args.threads_per_rank, args.check_hashes)
+        llm.ensure_costs()  # now, not at the first adaptive request
     except Exception as exc:
         protocol_out.write(host_protocol.encode({"event": "start_failed", "message": str(exc)}))
         protocol_out.flush()
         return 1
-    host = Host(engine.world, protocol_in, protocol_out)
-    ranks = {engine.world.name(rank): info.pid for rank, info in engine.world.ranks.items()}
-    host.send({"event": "ready", "limits": asdict(engine.limits), "ranks": ranks,
+    host = Host(llm.world, protocol_in, protocol_out)
+    ranks = {llm.world.name(rank): info.pid for rank, info in llm.world.ranks.items()}
+    host.send({"event": "ready", "limits": asdict(llm.limits), "ranks": ranks,
                "helpers": process_manager_pids(list(ranks.values())),
                "shm": shared_memory_of([os.getpid(), *ranks.values()])})
     try:
@@ -167,8 +167,8 @@ def main() -> int:
     except WorldError as exc:  # a rank raised: the batch's state is lost, this world is done
         host.fail_all(str(exc))
     finally:
-        engine.close()
-    return host_protocol.EXIT_RANK_FAILED if engine.world.failure is not None else 0
+        llm.close()
+    return host_protocol.EXIT_RANK_FAILED if llm.world.failure is not None else 0
 
 
 if __name__ == "__main__":

@@ -1,7 +1,7 @@
-"""An Engine in a child process (:mod:`pearl.serving.engine_host`) that is restarted when it dies, and the
-requests it held resumed in the new one.
+"""A world host (:mod:`pearl.serving.world_host`: a child process that owns one LLM and its MPI world) that is
+restarted when it dies, and the requests it held resumed in the new one.
 
-``EngineProcess`` is a thin client: ``submit(request, on_tokens, on_done, on_error)`` sends a validated
+``WorldProcess`` is a thin client: ``submit(request, on_tokens, on_done, on_error)`` sends a validated
 ``GenerationRequest`` to the host, and one reader thread per host turns the host's events into those
 callbacks (no thread per request). It keeps what a request needs to outlive its world: the output so far
 and the counters the ranks reported.
@@ -14,8 +14,8 @@ already streamed, with the rest of its budget (``GenerationRequest.resumed``): i
 error, no token twice or missing, and position-keyed sampling (``pearl.sampling``) continues a seeded request
 with the same draws. A request is resumed at most ``max_resumes`` times in a row without streaming a token in
 between (a request that makes progress between deaths is not what kills the worlds, and its output bounds how
-often that can happen); past that, or when the new world cannot start, it fails with ``EngineDied`` /
-``EngineStartError``. A request submitted while no host runs waits for the next; after a failed start, the
+often that can happen); past that, or when the new world cannot start, it fails with ``WorldDied`` /
+``WorldStartError``. A request submitted while no host runs waits for the next; after a failed start, the
 next request tries once more. A rank that raises (rather than dies) fails the requests in flight instead:
 resending them could repeat the failure.
 
@@ -42,7 +42,7 @@ from pearl.processes import kill_if_alive, process_alive
 from pearl.schema import COUNTERS
 from pearl.serving import host_protocol
 from pearl.stats import RequestStats, add_counters
-from pearl.streams import EngineLimits
+from pearl.streams import PairLimits
 
 WATCH_INTERVAL_S = 0.5
 DEFAULT_MAX_RESUMES = 2
@@ -52,12 +52,12 @@ OnDone = Callable[[str | None, RequestStats], None]  # (finish_reason, statistic
 OnError = Callable[[Exception], None]
 
 
-class EngineDied(RuntimeError):
-    """The engine host (and so the MPI world) died and the request could not be resumed."""
+class WorldDied(RuntimeError):
+    """The world host (and so the MPI world) died and the request could not be resumed."""
 
 
-class EngineStartError(RuntimeError):
-    """The engine host could not start the world (bad engine directory, a rank failed to load...)."""
+class WorldStartError(RuntimeError):
+    """The world host could not start the world (bad engine directory, a rank failed to load...)."""
 
 
 class HostHandle:
@@ -115,7 +115,7 @@ class Flight:
                                          time.monotonic() - self.started, self.resumes)
 
 
-class EngineProcess:
+class WorldProcess:
     def __init__(self, engine_dir: str | Path, threads_per_rank: int | None = None,
                  startup_timeout_s: float = 600.0, check_hashes: bool = False,
                  max_resumes: int = DEFAULT_MAX_RESUMES, spare_world: bool = False) -> None:
@@ -134,8 +134,8 @@ class EngineProcess:
         # a failure to start the first host is the caller's error; hashes are checked once, not at restarts
         self._host: HostHandle | None = self._start(check_hashes)
         self._settled.set()
-        self.limits = EngineLimits(**{**self._host.ready["limits"],
-                                      "eos_token_ids": tuple(self._host.ready["limits"]["eos_token_ids"])})
+        self.limits = PairLimits(**{**self._host.ready["limits"],
+                                    "eos_token_ids": tuple(self._host.ready["limits"]["eos_token_ids"])})
         self._start_spare()
 
     @property
@@ -156,7 +156,7 @@ class EngineProcess:
         in order: ``on_tokens`` per chunk, then ``on_done`` or ``on_error`` once."""
         with self._lock:
             if self._closed:
-                raise EngineDied("the engine is shut down")
+                raise WorldDied("the world is shut down")
             if request.request_id in self._flights:
                 raise ValueError(f"request id {request.request_id} is already in flight")
             flight = self._flights[request.request_id] = Flight(request, on_tokens, on_done, on_error)
@@ -164,7 +164,7 @@ class EngineProcess:
                 self._send(flight, self._host)
             elif self._settled.is_set():  # the last start failed: this request tries once more
                 self._settled.clear()
-                threading.Thread(target=self._restart, name="pearl-engine-restart", daemon=True).start()
+                threading.Thread(target=self._restart, name="pearl-world-restart", daemon=True).start()
 
     def cancel(self, request_id: int) -> None:
         """End the request after the ranks' current round (it then ends with finish_reason "cancelled"); one
@@ -192,9 +192,9 @@ class EngineProcess:
         with self._lock:
             flights, self._flights = list(self._flights.values()), {}
         for flight in flights:
-            flight.on_error(EngineDied("the engine is shut down"))
+            flight.on_error(WorldDied("the world is shut down"))
 
-    def __enter__(self) -> "EngineProcess":
+    def __enter__(self) -> "WorldProcess":
         return self
 
     def __exit__(self, *exc) -> None:
@@ -254,7 +254,7 @@ class EngineProcess:
         for flight in failed:
             resumes = (f" (resumed {flight.fruitless_resumes} times in a row without a new token)"
                        if flight.fruitless_resumes and not closed else "")
-            flight.on_error(EngineDied(f"{message}{resumes}"))
+            flight.on_error(WorldDied(f"{message}{resumes}"))
         if closed:
             return
         if serving:
@@ -265,7 +265,7 @@ class EngineProcess:
 
     # -- the host's life --------------------------------------------------------------------------------
     def _start(self, check_hashes: bool = False) -> HostHandle:
-        command = [sys.executable, "-m", "pearl.serving.engine_host", "--engines", str(self.engine_dir)]
+        command = [sys.executable, "-m", "pearl.serving.world_host", "--engines", str(self.engine_dir)]
         if self.threads_per_rank is not None:
             command += ["--threads-per-rank", str(self.threads_per_rank)]
         if check_hashes:
@@ -280,12 +280,12 @@ class EngineProcess:
             except subprocess.TimeoutExpired:
                 pass
             kill_group(process)
-            reason = message.get("message") or f"the engine host exited with code {process.poll()} (see the log)"
-            raise EngineStartError(reason)
+            reason = message.get("message") or f"the world host exited with code {process.poll()} (see the log)"
+            raise WorldStartError(reason)
         host = HostHandle(process, message)
-        host.reader = threading.Thread(target=self._read, args=(host,), name="pearl-engine-reader", daemon=True)
+        host.reader = threading.Thread(target=self._read, args=(host,), name="pearl-world-reader", daemon=True)
         host.reader.start()
-        threading.Thread(target=self._watch, args=(host,), name="pearl-engine-watchdog", daemon=True).start()
+        threading.Thread(target=self._watch, args=(host,), name="pearl-world-watchdog", daemon=True).start()
         return host
 
     def _restart(self) -> None:
@@ -300,7 +300,7 @@ class EngineProcess:
                     del self._flights[flight.request.request_id]
                 self._settled.set()
             for flight in waiting:
-                flight.on_error(EngineStartError(f"the engine could not be restarted: {exc}"))
+                flight.on_error(WorldStartError(f"the world could not be restarted: {exc}"))
             return
         with self._lock:
             self._host = host
@@ -316,7 +316,7 @@ class EngineProcess:
             if not self.spare_world or self._closed or self._spare is not None or not self._spare_settled.is_set():
                 return
             self._spare_settled.clear()
-        threading.Thread(target=self._load_spare, name="pearl-engine-spare", daemon=True).start()
+        threading.Thread(target=self._load_spare, name="pearl-world-spare", daemon=True).start()
 
     def _load_spare(self) -> None:
         try:
@@ -366,10 +366,10 @@ class EngineProcess:
         dead_ranks = [f"{role} pid {pid}" for role, pid in host.ready["ranks"].items() if not process_alive(pid)]
         self._clean_up(host)
         if code == host_protocol.EXIT_RANK_FAILED or (not dead_ranks and code == 0):
-            cause = f"the engine host exited with code {code}"
+            cause = f"the world host exited with code {code}"
         else:
             cause = f"a worker rank died and took the MPI world down (gone: {', '.join(dead_ranks) or 'none'})"
-        self._host_died(host, "the engine is shut down" if self._closed else f"{cause}; the MPI world is restarting")
+        self._host_died(host, "the world is shut down" if self._closed else f"{cause}; the MPI world is restarting")
 
     def _watch(self, host: HostHandle) -> None:
         """A rank that died without taking the host along (the process manager normally does): kill it all."""

@@ -50,7 +50,8 @@ help:
 	@echo "             perf_analyzer, genai-perf and AIPerf (OpenAI API) against the server -> results/perf/<pair>"
 	@echo "make soak [PAIR=name] [SOAK_ARGS='--minutes 10 --concurrency 8 --kill-every 60']"
 	@echo "             long perf_analyzer load: errors, tokens/s and memory over time; --kill-every: a rank"
-	@echo "             killed that often, lost requests and resume pauses -> results/soak/<pair>"
+	@echo "             killed that often, lost requests and resume pauses -> results/soak/<pair>;"
+	@echo "             --set spare_world=true: a spare world takes over from a dead one"
 	@echo "make clean   remove the venv and caches"
 
 setup: $(VENV)/.installed

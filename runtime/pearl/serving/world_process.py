@@ -116,6 +116,9 @@ class Flight:
 
 
 class WorldProcess:
+    """The Triton model's handle on its world: starts the world host, restarts it (or promotes the spare) when
+    it dies, and carries each request's callbacks across worlds (module docstring)."""
+
     def __init__(self, engine_dir: str | Path, threads_per_rank: int | None = None,
                  startup_timeout_s: float = 600.0, check_hashes: bool = False,
                  max_resumes: int = DEFAULT_MAX_RESUMES, spare_world: bool = False) -> None:

@@ -208,7 +208,8 @@ requests lost to killed ranks (target 0) and the pause each resume caused."""
     parser.add_argument("--kill-every", type=float, metavar="SECONDS",
                         help="SIGKILL a worker rank this often (the ranks in turn); off by default")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                        help="a template value of the served repository, as `pearl serve --set` (e.g. spare_world=true)")
+                        help="a template value of the served repository, as `pearl serve --set` takes it "
+                             "(e.g. spare_world=true)")
     parser.add_argument("--out", type=Path, help="results folder (default results/soak/<pair>)")
     add_server_arguments(parser, CACHE_DIR)
     args = parser.parse_args(argv)

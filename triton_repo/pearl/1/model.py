@@ -4,9 +4,9 @@ repository was filled with decoupled_mode false; then each request gets its one 
 Loading the model checks the engine directory and starts the world host, a child process that runs the
 MPI world (draft and target ranks); a problem fails the load with what is wrong and how to fix it. If a
 rank dies, a new world starts by itself (or a spare one takes over, with ``spare_world``) and the requests in
-flight resume in it (at most ``max_resumes`` times in a row without a new token). Unloading the model shuts the world down. Each request streams responses and always ends with
-Triton's final flag, errors included (a full queue: UNAVAILABLE, counted as overloaded). Counters go to Triton's metrics
-endpoint.
+flight resume in it (at most ``max_resumes`` times in a row without a new token). Unloading the model shuts
+the world down. Each request streams responses and always ends with Triton's final flag, errors included (a
+full queue: UNAVAILABLE, counted as overloaded). Counters go to Triton's metrics endpoint.
 
 Every call into Triton (responses, cancellation checks, metrics) is made by one thread, ``TritonCalls``:
 responses come from the world's reader thread and requests from ``execute``, and tritonserver 2.51's python

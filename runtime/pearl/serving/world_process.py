@@ -20,8 +20,9 @@ next request tries once more. A rank that raises (rather than dies) fails the re
 resending them could repeat the failure.
 
 With ``spare_world``, a second host loads its world in the background once the first is ready and waits: when
-the serving world dies, the spare takes over at once (a resume then costs one prefill, not a world's start)
-and another spare starts loading. It costs the models' memory twice.
+the serving world dies, the spare takes over at once (a resume then costs one prefill, not a world's start).
+The next spare starts loading once every resumed request has streamed again: loading it beside their prefill
+would slow that prefill down, and the prefill is what the clients wait for. It costs the models' memory twice.
 """
 from __future__ import annotations
 
@@ -134,6 +135,7 @@ class WorldProcess:
         self._spare: HostHandle | None = None  # a loaded world waiting to take over
         self._spare_settled = threading.Event()  # no spare start under way
         self._spare_settled.set()
+        self._spare_due = False  # start the next spare once no resumed request waits for its first tokens
         # a failure to start the first host is the caller's error; hashes are checked once, not at restarts
         self._host: HostHandle | None = self._start(check_hashes)
         self._settled.set()
@@ -219,6 +221,7 @@ class WorldProcess:
             print(f"pearl: request {event['id']} resumed after {time.monotonic() - flight.paused_at:.1f} s",
                   file=sys.stderr, flush=True)
             flight.paused_at = None
+            self._start_spare_if_due()
         if event["event"] == "failed":
             flight.on_error(RuntimeError(event["message"]))
             return
@@ -311,6 +314,15 @@ class WorldProcess:
             for flight in [f for f in self._flights.values() if f.host is None]:
                 self._send(flight, host)
             self._settled.set()
+            self._spare_due = True
+        self._start_spare_if_due()
+
+    def _start_spare_if_due(self) -> None:
+        """After a restart, the next spare once no resumed request waits for its first tokens in the new world."""
+        with self._lock:
+            if not self._spare_due or any(f.paused_at is not None for f in self._flights.values()):
+                return
+            self._spare_due = False
         self._start_spare()
 
     def _start_spare(self) -> None:

@@ -10,7 +10,8 @@ from pearl.serving import words
 from pearl.serving.inputs import RequestError, parse_request
 from pearl.serving.postprocessing import Postprocessor
 from pearl.serving.preprocessing import Preprocessor
-from pearl.serving.repository import RepositoryError, build_repository, fill_text, values_for_engines
+from pearl.serving.repository import (RepositoryError, build_repository, fill_text, template_overrides,
+                                      values_for_engines)
 from pearl.streams import PairLimits
 from pearl.text import text_delta
 
@@ -142,6 +143,10 @@ def test_repository_is_filled_from_an_engine_directory(smollm2_engines, tmp_path
         values_for_engines(smollm2_engines, colour="red")
     with pytest.raises(RepositoryError, match="no value for missing"):
         fill_text("a ${missing} b", {}, "x.pbtxt")
+    assert template_overrides(["spare_world=true", "request_timeout_s=a=b"]) == {
+        "spare_world": "true", "request_timeout_s": "a=b"}  # the value keeps any further "="
+    with pytest.raises(RepositoryError, match="KEY=VALUE"):
+        template_overrides(["spare_world"])
 
 
 class CountingTokenizer:

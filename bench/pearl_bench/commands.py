@@ -14,10 +14,9 @@ from pearl_bench.prompts import CLASSES, from_jsonl, humaneval, mixed
 def _served(engines: Path, cache_dir: Path, template_values: list[str] = ()):
     """The filled model repository of a pair's engines, for a server to load; ``template_values``: KEY=VALUE
     overrides, as ``pearl serve --set`` takes them."""
-    from pearl.serving.repository import build_repository, values_for_engines
-    overrides = dict(item.split("=", 1) for item in template_values)
+    from pearl.serving.repository import build_repository, template_overrides, values_for_engines
     return build_repository(TRITON_TEMPLATES, cache_dir / "triton_repo" / engines.resolve().name,
-                            values_for_engines(engines, **overrides))
+                            values_for_engines(engines, **template_overrides(template_values)))
 
 
 def bench(argv: list[str] | None = None) -> int:

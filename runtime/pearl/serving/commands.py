@@ -14,7 +14,7 @@ from string import Template
 
 from pearl.layout import CACHE_DIR, TRITON_TEMPLATES
 from pearl.schema import pbtxt_blocks
-from pearl.serving.repository import build_repository, values_for_engines
+from pearl.serving.repository import build_repository, template_overrides, values_for_engines
 from pearl.serving.server import LOOPBACK, TritonServer, add_server_arguments
 
 
@@ -33,9 +33,8 @@ def serve(argv: list[str] | None = None) -> int:
                         help="the OpenAI-compatible API's port (0: none; it needs apply_chat_template=false)")
     add_server_arguments(parser, CACHE_DIR)
     args = parser.parse_args(argv)
-    overrides = dict(item.split("=", 1) for item in args.set)
     repository = args.repository or args.cache_dir / "triton_repo" / args.engines.resolve().name
-    values = values_for_engines(args.engines, **overrides)
+    values = values_for_engines(args.engines, **template_overrides(args.set))
     build_repository(TRITON_TEMPLATES, repository, values)
     server = TritonServer(repository, args.cache_dir, args.host, args.http_port, args.grpc_port, args.metrics_port)
     frontend = openai_config(server, values) if args.openai_port else None  # refused before Triton starts

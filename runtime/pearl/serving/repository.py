@@ -51,6 +51,14 @@ def model_parameter(args: dict, key: str) -> str:
     return json.loads(args["model_config"])["parameters"][key]["string_value"]
 
 
+def template_overrides(items: list[str]) -> dict[str, str]:
+    """``--set KEY=VALUE`` arguments (``pearl serve``, ``pearl soak``) as template values."""
+    malformed = [item for item in items if "=" not in item]
+    if malformed:
+        raise RepositoryError(f"template values are KEY=VALUE, got {malformed}")
+    return dict(item.split("=", 1) for item in items)
+
+
 def values_for_engines(engine_dir: str | Path, **overrides: str) -> dict[str, str]:
     """Every placeholder's value for a pair built by ``make engines``."""
     engine_dir = Path(engine_dir).resolve()

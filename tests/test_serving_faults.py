@@ -17,7 +17,6 @@ import sys
 import time
 import urllib.request
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
 
 import pytest
 
@@ -26,6 +25,7 @@ from pearl.engine_files import read_engine_json, write_engine_json
 from pearl_build.artifacts import file_manifest
 from pearl_build.config import parse_pair
 from pearl_build.pipeline import build_pair
+from pearl_bench.soak import worker_ranks
 from pearl.processes import process_alive, process_tree
 from pearl.serving.client import RequestFailed, grpc_generate, http_generate
 from pearl.serving.repository import build_repository, values_for_engines
@@ -92,11 +92,6 @@ def test_mismatched_tokenizers_fail_the_load(tiny_engines, tmp_path):
         WorldProcess(engines, check_hashes=True)
 
 
-def worker_ranks(server_pid: int) -> list[int]:
-    return sorted(pid for pid in process_tree(server_pid)
-                  if b"pearl.ranks.worker" in Path(f"/proc/{pid}/cmdline").read_bytes())
-
-
 def failed_requests(server) -> dict[str, float]:
     """pearl_requests_failed_total by reason, and pearl_resumed_total under "resumed"."""
     text = urllib.request.urlopen(f"http://127.0.0.1:{server.metrics_port}/metrics").read().decode()
@@ -130,7 +125,7 @@ def test_a_killed_rank_resumes_every_request_with_its_text(smollm2_engines, tmp_
             reference = dict(zip(KILLED_PROMPTS, pool.map(lambda p: streamed(server, p, max_tokens=KILLED_PROMPTS[p])[0],
                                                           KILLED_PROMPTS)))
         seeded_reference = streamed(server, "def fibonacci(n):", max_tokens=48, **SEEDED)[0]
-        old_ranks = worker_ranks(server.process.pid)
+        old_ranks = sorted(worker_ranks(server.process.pid))  # by pid, as the kill below expects
         assert len(old_ranks) == 2
         deployment = process_tree(server.process.pid)  # the first world's host too: it dies with the kill
         killed_at = []
@@ -147,7 +142,7 @@ def test_a_killed_rank_resumes_every_request_with_its_text(smollm2_engines, tmp_
         assert killed_at
         assert {p: text for p, (text, _) in results.items()} == reference  # no token lost, none twice
         assert results["def fibonacci(n):"][1]["resumed"] == 1
-        new_ranks = worker_ranks(server.process.pid)
+        new_ranks = sorted(worker_ranks(server.process.pid))
         assert len(new_ranks) == 2 and not set(new_ranks) & set(old_ranks)
         assert not any(process_alive(pid) for pid in old_ranks)
 

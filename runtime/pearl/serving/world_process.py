@@ -69,6 +69,10 @@ class HostHandle:
         self.dead = threading.Event()
         self.reader: threading.Thread | None = None
 
+    def alive(self) -> bool:
+        """The host and both its ranks still run."""
+        return self.process.poll() is None and all(process_alive(pid) for pid in self.ready["ranks"].values())
+
     def send(self, message: dict) -> None:
         try:
             self.process.stdin.write(host_protocol.encode(message))
@@ -340,7 +344,7 @@ class WorldProcess:
             print(f"pearl: the spare world could not start: {exc}", file=sys.stderr, flush=True)
             host = None
         with self._lock:
-            if host is not None and not self._closed and host.process.poll() is None:
+            if host is not None and not self._closed and host.alive():
                 self._spare, host = host, None
             self._spare_settled.set()
         if host is not None:  # closed while it loaded, or died at once
@@ -353,7 +357,7 @@ class WorldProcess:
             spare, self._spare = self._spare, None
         if spare is None:
             return None
-        if spare.process.poll() is not None or not all(process_alive(pid) for pid in spare.ready["ranks"].values()):
+        if not spare.alive():
             self._stop(spare)  # died as it was taken: its reader finds it neither serving nor spare
             return None
         print("pearl: the spare world takes over", file=sys.stderr, flush=True)
@@ -389,8 +393,7 @@ class WorldProcess:
     def _watch(self, host: HostHandle) -> None:
         """A rank that died without taking the host along (the process manager normally does): kill it all."""
         while not host.dead.wait(WATCH_INTERVAL_S):
-            if host.process.poll() is None and not self._closed and \
-                    not all(process_alive(pid) for pid in host.ready["ranks"].values()):
+            if host.process.poll() is None and not self._closed and not host.alive():
                 kill_group(host.process)
                 return
 

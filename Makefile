@@ -21,12 +21,14 @@ METRICS_PORT ?= 8002
 OPENAI_PORT ?= 9000
 PORTS = --http-port $(HTTP_PORT) --grpc-port $(GRPC_PORT) --metrics-port $(METRICS_PORT)
 
-.PHONY: help setup setup-gpu gpu-check genai-perf aiperf test test-fast engines serve demo bench bench-concurrency perf soak clean
+.PHONY: help setup setup-gpu setup-llama-cpp gpu-check genai-perf aiperf test test-fast engines serve demo bench bench-concurrency perf soak clean
 
 help:
 	@echo "make setup   create $(VENV) with the pinned dependencies and the pearl package"
 	@echo "make setup-gpu  on a GPU host, in the pinned TensorRT-LLM container: $(GPU_VENV) over the container's"
 	@echo "             packages, mpi4py built against its Open MPI; then pass VENV=$(GPU_VENV) to the targets below"
+	@echo "make setup-llama-cpp"
+	@echo "             add llama-cpp-python to $(VENV) (compiled here, ~20 min): the llama_cpp backend, a GGUF draft"
 	@echo "make gpu-check  scripts/gpu_check.sh: torch on CUDA (and TensorRT-LLM if importable), JSON results"
 	@echo "make genai-perf"
 	@echo "             create $(GENAI_VENV) with genai-perf (its own pins: requirements-genai-perf.txt)"
@@ -62,6 +64,13 @@ $(VENV)/.installed: requirements.txt pyproject.toml
 	$(PIP) install -q --no-deps -e .
 	touch $@
 
+setup-llama-cpp: $(VENV)/.installed-llama-cpp
+
+$(VENV)/.installed-llama-cpp: requirements-llama-cpp.txt $(VENV)/.installed
+	@echo "llama-cpp-python: compiling llama.cpp (~20 min on 2 cores the first time; pip keeps the wheel)"
+	CMAKE_ARGS="-DGGML_NATIVE=ON" $(PIP) install -q -r requirements-llama-cpp.txt
+	touch $@
+
 setup-gpu: $(GPU_VENV)/.installed-gpu
 
 GPU_SETUP_INPUTS = requirements-gpu.txt pyproject.toml runtime/pearl/backends/trtllm_pin.py scripts/setup_gpu.sh
@@ -85,7 +94,7 @@ $(AIPERF_VENV)/.installed: requirements-aiperf.txt
 	$(AIPERF_VENV)/bin/python -m pip --disable-pip-version-check install -q -r requirements-aiperf.txt
 	touch $@
 
-test: setup genai-perf aiperf
+test: setup setup-llama-cpp genai-perf aiperf
 	PEARL_GENAI_PERF=$(GENAI_PERF) PEARL_AIPERF=$(AIPERF) $(PY) -m pytest tests
 
 test-fast: setup

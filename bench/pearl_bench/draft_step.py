@@ -1,6 +1,6 @@
-"""What the draft's engine buys: its decode step as served (its quantization, this host's kernels) against the
-same draft in the pair's dtype, with torch's default linears and with the host's best float kernels, each on
-the one core PEARL gives the draft."""
+"""What the draft's engine buys: its decode step as served (its quantization, this host's kernels, or llama.cpp)
+against the same draft in the pair's dtype, with torch's default linears and with the host's best float
+kernels, each on the one core PEARL gives the draft."""
 from __future__ import annotations
 
 from dataclasses import replace
@@ -8,7 +8,7 @@ from pathlib import Path
 
 import torch
 
-from pearl.backends.torch_backend import TorchBackend
+from pearl.backends import load_backend
 from pearl.engine_files import load_pair, pair_models
 from pearl.profiling import forward_seconds
 
@@ -20,16 +20,18 @@ def draft_steps(engine_dir: Path, cache_dir: Path, steps: int = 5) -> dict[str, 
     config, _ = load_pair(engine_dir)
     _, info = pair_models(engine_dir)["draft"]
     source = resolve(Source.from_dict(info["source"]), cache_dir).path
-    unquantized = replace(config.draft, path=str(source), num_layers=info["num_layers"])
+    # the same draft as a torch model (a llama_cpp draft's GGUF through transformers), in the pair's dtype
+    unquantized = replace(config.draft, path=str(source), num_layers=info["num_layers"], backend="torch",
+                          dtype=config.target.dtype)
     variants = {"served": config.draft,
-                f"{config.draft.dtype}, default linears": replace(unquantized, cpu_linear="default"),
-                f"{config.draft.dtype}, cpu_linear auto": replace(unquantized, cpu_linear="auto")}
+                f"{unquantized.dtype}, default linears": replace(unquantized, cpu_linear="default"),
+                f"{unquantized.dtype}, cpu_linear auto": replace(unquantized, cpu_linear="auto")}
     threads = torch.get_num_threads()
     torch.set_num_threads(config.threads_per_rank)
     try:
         seconds = {}
         for name, spec in variants.items():
-            backend = TorchBackend.load(spec)
+            backend = load_backend(spec)
             seconds[name] = forward_seconds(backend, 1, steps)[0]
             del backend
         return seconds

@@ -17,7 +17,7 @@ from tqdm import tqdm
 
 from pearl_bench.methods import AssistedGeneration, Method, run_on_llm
 from pearl_bench.prompts import Prompt
-from pearl.engine_files import load_pair, pair_models
+from pearl.engine_files import gguf_model_file, load_pair, pair_models
 from pearl.llm import LLM
 
 
@@ -130,7 +130,11 @@ class BenchRun:
         if not pending:
             return
         torch.set_num_threads(self.cores)
-        draft = load_model(self.world_config.draft)
+        spec = self.world_config.draft
+        if spec.backend == "llama_cpp":  # transformers runs the same GGUF, dequantized, as the assistant
+            spec = replace(spec, path=str(gguf_model_file(spec.path)), backend="torch",
+                           dtype=self.world_config.target.dtype)
+        draft = load_model(spec)
         assisted = AssistedGeneration(self.target, draft, eos_token_ids(self.target))
         for prompt in pending:
             self._save(method, prompt, assisted.run(prompt.token_ids(self.tokenizer), self.config.max_tokens))

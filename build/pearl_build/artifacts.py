@@ -7,10 +7,13 @@ from __future__ import annotations
 
 import hashlib
 import json
+import shutil
+import time
 from pathlib import Path
 
-from pearl.engine_files import ENGINE_JSON, read_engine_json
-from pearl_build.sources import sha256_file
+from pearl.engine_files import ENGINE_JSON, read_engine_json, write_engine_json
+from pearl_build.config import ModelConfig, PairConfig
+from pearl_build.sources import Resolved, sha256_file
 
 # Bump when the engine layout or conversion changes, so old engines are rebuilt.
 BUILD_FORMAT = 1
@@ -34,3 +37,25 @@ def is_current(folder: Path, key: str) -> bool:
         return False
     return all((folder / name).is_file() and (folder / name).stat().st_size == entry["bytes"]
                for name, entry in info.get("files", {}).items())
+
+
+def finish_model_engine(partial: Path, out_dir: Path, pair: PairConfig, model: ModelConfig, resolved: Resolved,
+                        key: str, started: float, **fields) -> dict:
+    """Complete a model folder a builder wrote into ``partial``: its engine.json (the builder's ``fields``
+    plus what every model's has: role, devices, source and hashes, build key and time, the files' manifest),
+    written last since its presence marks a complete engine; then the folder takes ``out_dir``'s place."""
+    info = fields | {
+        "role": model.role,
+        "devices": list(model.devices),
+        "max_draft_len": pair.max_draft_len,
+        "source": model.source.to_dict(),
+        "source_fingerprint": resolved.fingerprint,
+        "build_key": key,
+        "built_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "build_seconds": round(time.time() - started, 1),
+        "files": file_manifest(partial),
+    }
+    write_engine_json(partial, info)
+    shutil.rmtree(out_dir, ignore_errors=True)
+    partial.replace(out_dir)
+    return info

@@ -31,7 +31,6 @@ from pathlib import Path
 
 import yaml
 
-from pearl.backends import BACKENDS
 from pearl.backends.base import ATTENTIONS
 from pearl.backends.base import DTYPES as RUNTIME_DTYPES
 from pearl.backends.linears import CPU_LINEARS, INT4_GROUP_SIZES, QUANTIZATIONS
@@ -40,6 +39,10 @@ from pearl_build.sources import Source
 
 CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs"
 DTYPES = tuple(RUNTIME_DTYPES)  # what the runtime can load
+
+PAIR_BACKENDS = ("torch", "tensorrt_llm")  # a pair's backend: what `make engines` builds its models for
+# A model's own backend, in a torch pair: its draft may run its GGUF source in llama.cpp instead
+MODEL_BACKENDS = ("llama_cpp",)
 
 
 class ConfigError(ValueError):
@@ -54,6 +57,7 @@ class ModelConfig:
     num_layers: int | None = None
     quantization: str = "none"  # none | int8 | int4: the weights the engine stores
     group_size: int = 128  # int4's inputs per scale
+    backend: str | None = None  # None: the pair's; "llama_cpp": the GGUF source as it is, run by llama.cpp
 
     @property
     def on_gpu(self) -> bool:
@@ -70,8 +74,9 @@ class ModelConfig:
 
     def to_dict(self) -> dict:
         quantized = {"quantization": self.quantization_info} if self.quantization != "none" else {}
+        backend = {"backend": self.backend} if self.backend else {}
         return {"source": self.source.to_dict(), "devices": list(self.devices), "num_layers": self.num_layers,
-                **quantized}  # unquantized models keep the build key they had before quantization existed
+                **quantized, **backend}  # models without either keep the build key they had before them
 
 
 @dataclass(frozen=True)
@@ -147,8 +152,8 @@ def parse_pair(data: dict, default_name: str) -> PairConfig:
     if unknown:
         raise ValueError(f"unknown keys {sorted(unknown)}; known: {sorted(known)}")
     backend = data.get("backend", "torch")
-    if backend not in BACKENDS:
-        raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
+    if backend not in PAIR_BACKENDS:
+        raise ValueError(f"backend must be one of {PAIR_BACKENDS}, got {backend!r}")
     dtype = data.get("dtype", "float32")
     if dtype not in DTYPES:
         raise ValueError(f"dtype must be one of {DTYPES}, got {dtype!r}")
@@ -171,6 +176,17 @@ def parse_pair(data: dict, default_name: str) -> PairConfig:
     if not 0 < draft_acceptance < 1:
         raise ValueError(f"draft_acceptance must be between 0 and 1 (exclusive), got {draft_acceptance}")
     draft, target = (parse_model(role, data[role]) for role in ("draft", "target"))
+    if target.backend is not None:
+        raise ValueError("target: backend is the pair's; only the draft may run in llama.cpp (backend: llama_cpp)")
+    if draft.backend == "llama_cpp":
+        if backend != "torch" or draft.on_gpu:
+            raise ValueError("draft: backend llama_cpp runs on the CPU, in a pair with backend torch")
+        if draft.quantization != "none" or draft.num_layers is not None:
+            raise ValueError("draft: backend llama_cpp runs the GGUF source as it is (its own quantization); "
+                             "quantization and num_layers do not apply")
+        name = draft.source.file or draft.source.location
+        if not name.endswith(".gguf"):
+            raise ValueError(f"draft: backend llama_cpp needs a .gguf source, got {name}")
     if backend == "torch":
         for model in (draft, target):
             if model.tp_size != 1:
@@ -196,7 +212,7 @@ def parse_pair(data: dict, default_name: str) -> PairConfig:
 def parse_model(role: str, data: dict) -> ModelConfig:
     if not isinstance(data, dict) or "source" not in data:
         raise ValueError(f"{role}: expected a mapping with a 'source'")
-    unknown = set(data) - {"source", "devices", "num_layers", "quantization", "group_size"}
+    unknown = set(data) - {"source", "devices", "num_layers", "quantization", "group_size", "backend"}
     if unknown:
         raise ValueError(f"{role}: unknown keys {sorted(unknown)}")
     devices = data.get("devices", "cpu")
@@ -217,5 +233,8 @@ def parse_model(role: str, data: dict) -> ModelConfig:
     group_size = data.get("group_size", 128)
     if group_size not in INT4_GROUP_SIZES:
         raise ValueError(f"{role}: group_size must be one of {INT4_GROUP_SIZES}, got {group_size!r}")
+    backend = data.get("backend")
+    if backend is not None and backend not in MODEL_BACKENDS:
+        raise ValueError(f"{role}: backend must be one of {MODEL_BACKENDS} (or left out: the pair's), got {backend!r}")
     return ModelConfig(role=role, source=Source.parse(data["source"]), devices=devices,
-                       num_layers=num_layers, quantization=quantization, group_size=group_size)
+                       num_layers=num_layers, quantization=quantization, group_size=group_size, backend=backend)

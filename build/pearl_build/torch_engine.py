@@ -4,6 +4,7 @@ The conversion goes through the runtime's own loader (``pearl.backends.loading``
 dequantized exactly as the runtime would do it, and a self-draft is cut to its layers before saving. A
 quantized model stores its linears in the portable int8 / int4 format of ``pearl.backends.linears`` beside
 the rest of its weights, in one safetensors file; engine.json's ``quantization`` tells the loader.
+A draft with ``backend: llama_cpp`` keeps its GGUF source as it is instead (``gguf_engine``).
 """
 from __future__ import annotations
 
@@ -15,18 +16,22 @@ from pearl.backends.base import ModelSpec
 from pearl.backends.linears import quantize_in_place, quantize_linears, use_cpu_kernels
 from pearl.backends.loading import load_model
 from pearl.tokenizers import load_tokenizer
-from pearl.engine_files import write_engine_json
-from pearl_build.artifacts import build_key, file_manifest, is_current
+from pearl_build.artifacts import build_key, finish_model_engine, is_current
 from pearl_build.config import ModelConfig, PairConfig
+from pearl_build.gguf_engine import build_gguf_engine
 from pearl_build.pair import log
 from pearl_build.plan import BuildStep
 from pearl_build.sources import Resolved, resolve
 
 
 def model_steps(pair: PairConfig, model: ModelConfig, out: Path, cache_dir: Path) -> list[BuildStep]:
+    fetch = BuildStep(model.role, f"fetch and sha256-check {model.source.location}", cache_dir / "sources")
+    if model.backend == "llama_cpp":
+        return [fetch, BuildStep(model.role, "link the GGUF as it is + tokenizer + engine.json (llama.cpp runs it "
+                                             "on the cpu)", out / model.role)]
     layers = f", first {model.num_layers} layers" if model.num_layers else ""
     quantized = "" if model.quantization == "none" else f", {model.quantization} linears"
-    return [BuildStep(model.role, f"fetch and sha256-check {model.source.location}", cache_dir / "sources"),
+    return [fetch,
             BuildStep(model.role, f"convert to {pair.dtype} safetensors{layers}{quantized} + tokenizer + engine.json "
                              f"(runs on {','.join(model.devices)})", out / model.role)]
 
@@ -43,7 +48,8 @@ def build_models(pair: PairConfig, out: Path, cache_dir: Path, force: bool) -> d
             log(f"{model.role}: {model_dir} is up to date")
             continue
         log(f"{model.role}: building {model_dir} from {resolved.path}")
-        build_torch_engine(pair, model, resolved, model_dir, keys[model.role])
+        build = build_gguf_engine if model.backend == "llama_cpp" else build_torch_engine
+        build(pair, model, resolved, model_dir, keys[model.role])
     return keys
 
 
@@ -66,29 +72,16 @@ def build_torch_engine(pair: PairConfig, model: ModelConfig, resolved: Resolved,
     else:
         save_quantized(net, quantization["method"], model.group_size, partial)
     tokenizer.save_pretrained(partial)
-    info = {
-        "backend": "torch",
-        "role": model.role,
-        "dtype": pair.dtype,
-        "devices": list(model.devices),
-        "architecture": net.config.architectures[0] if net.config.architectures else type(net).__name__,
-        "num_layers": net.config.num_hidden_layers,
-        "quantization": quantization,
-        "vocab_size": net.get_output_embeddings().out_features,
-        "tokenizer_size": len(tokenizer),
-        "max_seq_len": min(pair.max_seq_len, int(net.config.max_position_embeddings)),
-        "max_draft_len": pair.max_draft_len,
-        "source": model.source.to_dict(),
-        "source_fingerprint": resolved.fingerprint,
-        "build_key": build_key,
-        "built_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-        "build_seconds": round(time.time() - started, 1),
-        "files": file_manifest(partial),
-    }
-    write_engine_json(partial, info)  # last: its presence marks a complete engine
-    shutil.rmtree(out_dir, ignore_errors=True)
-    partial.replace(out_dir)
-    return info
+    return finish_model_engine(
+        partial, out_dir, pair, model, resolved, build_key, started,
+        backend="torch",
+        dtype=pair.dtype,
+        architecture=net.config.architectures[0] if net.config.architectures else type(net).__name__,
+        num_layers=net.config.num_hidden_layers,
+        quantization=quantization,
+        vocab_size=net.get_output_embeddings().out_features,
+        tokenizer_size=len(tokenizer),
+        max_seq_len=min(pair.max_seq_len, int(net.config.max_position_embeddings)))
 
 
 def save_quantized(net, method: str, group_size: int, folder: Path) -> None:

@@ -5,7 +5,8 @@
                        profile measured at build time (per batch size: a draft step, a target verify of
                        1..max_draft_len tokens, a target step alone: the costs adaptive windows come from)
       draft/, target/  one model each: weights (torch: model*.safetensors + config.json, int8 / int4
-                       tensors when quantized; tensorrt_llm: rank<i>.engine + config.json), tokenizer files,
+                       tensors when quantized; tensorrt_llm: rank<i>.engine + config.json; llama_cpp:
+                       model.gguf, the GGUF source as it is), tokenizer files,
                        and an engine.json of its own (backend, dtype, quantization, devices, vocab size, max
                        lengths, source and hashes, build key/time)
 
@@ -20,6 +21,7 @@ from pathlib import Path
 from tqdm import tqdm
 
 ENGINE_JSON = "engine.json"
+GGUF_FILE = "model.gguf"  # a llama_cpp model folder's weights
 ROLES = ("draft", "target")
 CHUNK = 1 << 22
 PROGRESS_MIN_BYTES = 1 << 28  # smaller files hash in a blink: no bar
@@ -56,6 +58,17 @@ def write_engine_json(folder: str | Path, data: dict) -> None:
     tmp = path.with_suffix(".json.tmp")
     tmp.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
     tmp.replace(path)  # atomic: a reader never sees half a file
+
+
+def gguf_model_file(path: str | Path) -> Path | None:
+    """The GGUF file a llama_cpp model is: ``path`` itself, or the one in a llama_cpp engine folder."""
+    path = Path(path)
+    if path.is_file() and path.suffix == ".gguf":
+        return path
+    info = read_engine_json(path) if path.is_dir() else None
+    if info is not None and info.get("backend") == "llama_cpp" and (path / GGUF_FILE).is_file():
+        return path / GGUF_FILE
+    return None
 
 
 def model_device(info: dict) -> str:

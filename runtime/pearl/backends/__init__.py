@@ -1,10 +1,12 @@
-"""Model backends behind one interface (``ModelBackend``): torch everywhere, TensorRT-LLM on GPU hosts."""
+"""Model backends behind one interface (``ModelBackend``): torch everywhere, TensorRT-LLM on GPU hosts, llama.cpp
+for GGUF drafts on CPUs."""
 from pathlib import Path
 
 from pearl.backends.base import ModelBackend, ModelSpec
+from pearl.engine_files import gguf_model_file
 from pearl.tokenizers import ModelPathError, resolve
 
-BACKENDS = ("torch", "tensorrt_llm")
+BACKENDS = ("torch", "tensorrt_llm", "llama_cpp")
 
 
 def check_model_path(spec: ModelSpec) -> None:
@@ -13,6 +15,10 @@ def check_model_path(spec: ModelSpec) -> None:
         raise ValueError(f"unknown backend {spec.backend!r}; available: {', '.join(BACKENDS)}")
     if spec.backend == "torch":
         resolve(spec.path)
+    elif spec.backend == "llama_cpp":
+        if gguf_model_file(spec.path) is None:
+            raise ModelPathError(f"{spec.path} is neither a .gguf file nor a llama_cpp engine folder (the llama_cpp "
+                                 f"backend runs GGUF models)")
     elif not (Path(spec.path) / "config.json").is_file() or not any(Path(spec.path).glob("rank*.engine")):
         raise ModelPathError(f"{spec.path} is not a TensorRT-LLM engine folder (config.json + rank*.engine); "
                              f"build it with `make engines`")
@@ -25,6 +31,9 @@ def load_backend(spec: ModelSpec, participant_ids: list[int] | None = None) -> M
     if spec.backend == "tensorrt_llm":
         from pearl.backends.trtllm_backend import TrtllmBackend
         return TrtllmBackend.load(spec, participant_ids)
+    if spec.backend == "llama_cpp":
+        from pearl.backends.llamacpp_backend import LlamaCppBackend
+        return LlamaCppBackend.load(spec)
     from pearl.backends.torch_backend import TorchBackend
     return TorchBackend.load(spec)
 

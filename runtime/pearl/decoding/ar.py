@@ -9,6 +9,7 @@ from pearl.sampling import Verdict, choose
 
 class ArStep:
     uses_draft = False
+    waits_for_draft = False
 
     def rows_before_draft(self, state: TargetState) -> int:
         return 1

@@ -24,6 +24,7 @@ class PearlStep:
     """The target's side of PEARL for one sequence. Keeps the draft rows of the pending window for sampling."""
 
     uses_draft = True
+    waits_for_draft = False
 
     def __init__(self) -> None:
         self.pending_probs: torch.Tensor | None = None

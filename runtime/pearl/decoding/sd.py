@@ -13,6 +13,7 @@ from pearl.sampling import Verdict, verify
 
 class SdStep:
     uses_draft = True
+    waits_for_draft = True
 
     def rows_before_draft(self, state: TargetState) -> int:
         return 0  # the target idles while the draft drafts

@@ -26,6 +26,9 @@ from pearl.stopping import OutputTracker
 
 class Step(Protocol):
     uses_draft: bool
+    # the target computes only while the draft is idle (vanilla SD: draft, then verify), so a round of such
+    # steps alone may give the target the draft's cores too
+    waits_for_draft: bool
 
     def rows_before_draft(self, state: "TargetState") -> int: ...
     def rows_after_draft(self, state: "TargetState") -> int: ...
@@ -106,6 +109,14 @@ class TargetState(RankState):
                        ("draft_forwards", "draft_tokens", "accepted_draft_tokens", "rounds", "drafted_rounds",
                         "batched_sequences", "checked_draft_tokens")})
         return np.array([*(values[name] for name in STATS_FIELDS), *self.acceptance_histogram], dtype=np.float64)
+
+
+def round_threads(states: list[TargetState], drafting_threads: int, alone_threads: int) -> int:
+    """The target's threads for a round: all of them (``alone_threads``) unless the draft computes beside it,
+    which it does in a round where a sequence drafts and not every sequence waits for its window (PEARL
+    verifies while the draft drafts; an AR sequence decodes while the others' windows are drafted)."""
+    beside = any(s.step.uses_draft for s in states) and not all(s.step.waits_for_draft for s in states)
+    return drafting_threads if beside else alone_threads
 
 
 def _forward(states: list[TargetState], rows: Callable[[TargetState], int]) -> dict[int, torch.Tensor]:

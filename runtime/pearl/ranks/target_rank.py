@@ -11,8 +11,9 @@ a fixed-gamma request its gamma, an adaptive one (gamma "auto") what its ``Windo
 acceptance so far and the pair's costs (``pearl.speculation``, sent by the driver as COSTS). Window 0: the
 sequence keeps its verified tokens and the target decodes it alone this round (``ArStep``), which stays
 lossless. While a round holds ``draft_off_batch_size`` sequences, every window is 0: where a batched verify is
-compute-bound (a CPU), drafting then costs more than it saves. A round with no drafting sequence lets the
-target take the draft's idle cores too (``target_alone_threads``).
+compute-bound (a CPU), drafting then costs more than it saves. A round in which the draft does not compute
+beside the target (no drafting sequence, or vanilla SD ones only: the draft idles while they are verified)
+lets the target take the draft's idle cores too (``target_alone_threads``).
 """
 from __future__ import annotations
 
@@ -21,7 +22,7 @@ from collections import deque
 import numpy as np
 import torch
 
-from pearl.decoding import Draft, TargetState, set_window, target_round, target_state
+from pearl.decoding import Draft, TargetState, round_threads, set_window, target_round, target_state
 from pearl.ranks.config import WorldConfig
 from pearl.ranks.protocol import (DRAFT, DRAFT_PROBS, DRAFT_RANK, DRIVER_RANK, PLAN, STATS, TOKENS, ProtocolError,
                                  decode_drafts, encode_plan)
@@ -36,7 +37,7 @@ class TargetRank:
         self.backend, self.driver, self.peers = backend, driver, peers
         self.max_batch_size = config.max_batch_size
         self.draft_off_batch_size = config.draft_off_batch_size
-        self.threads = {True: config.threads_per_rank, False: config.alone_threads}  # by "a sequence drafts"
+        self.drafting_threads, self.alone_threads = config.threads_per_rank, config.alone_threads
         self.vocab_size = 0  # set by OP_START
         self.costs: SpeculationCosts | None = None  # set by COSTS, before the first adaptive request
         self.calibration = Calibration()  # what the profiled costs are worth in this world now
@@ -95,7 +96,7 @@ class TargetRank:
         if not self.active:
             return
         states = list(self.active.values())
-        threads = self.threads[any(state.step.uses_draft for state in states)]
+        threads = round_threads(states, self.drafting_threads, self.alone_threads)
         if torch.get_num_threads() != threads:
             torch.set_num_threads(threads)
         forward_s = states[0].forward_s

@@ -1,0 +1,25 @@
+"""The target's threads per round: all its cores unless the draft computes beside it."""
+from __future__ import annotations
+
+from types import SimpleNamespace
+
+import pytest
+
+from pearl.decoding import round_threads
+from pearl.decoding.ar import ArStep
+from pearl.decoding.pearl import PearlStep
+from pearl.decoding.sd import SdStep
+
+
+@pytest.mark.parametrize("steps, threads", [
+    ([ArStep], 2),  # no draft at all
+    ([SdStep], 2),  # SD: the draft drafts, then idles while the target verifies
+    ([SdStep, SdStep], 2),
+    ([PearlStep], 1),  # PEARL: the target verifies while the draft drafts the next window
+    ([SdStep, PearlStep], 1),
+    ([SdStep, ArStep], 1),  # the AR sequence decodes while the SD one's window is drafted
+    ([ArStep, ArStep], 2),
+])
+def test_the_target_takes_the_drafts_cores_only_when_the_draft_idles(steps, threads):
+    states = [SimpleNamespace(step=step()) for step in steps]
+    assert round_threads(states, drafting_threads=1, alone_threads=2) == threads

@@ -12,6 +12,7 @@ import time
 from pathlib import Path
 
 from pearl.engine_files import ENGINE_JSON, read_engine_json, write_engine_json
+from pearl.tokenizers import load_tokenizer
 from pearl_build.config import ModelConfig, PairConfig
 from pearl_build.sources import Resolved, sha256_file
 
@@ -39,9 +40,26 @@ def is_current(folder: Path, key: str) -> bool:
                for name, entry in info.get("files", {}).items())
 
 
+def partial_folder(out_dir: Path) -> Path:
+    """The empty folder a builder writes a model engine into; ``finish_model_engine`` puts it in place."""
+    partial = out_dir.with_name(out_dir.name + ".partial")
+    shutil.rmtree(partial, ignore_errors=True)
+    partial.mkdir(parents=True)
+    return partial
+
+
+def save_engine_tokenizer(model: ModelConfig, source: Path, folder: Path):
+    """The source's tokenizer, saved into the engine folder (an engine without one cannot serve)."""
+    tokenizer = load_tokenizer(str(source))
+    if tokenizer is None:
+        raise ValueError(f"{model.role}: {source} has no tokenizer; an engine needs one for serving")
+    tokenizer.save_pretrained(folder)
+    return tokenizer
+
+
 def finish_model_engine(partial: Path, out_dir: Path, pair: PairConfig, model: ModelConfig, resolved: Resolved,
                         key: str, started: float, **fields) -> dict:
-    """Complete a model folder a builder wrote into ``partial``: its engine.json (the builder's ``fields``
+    """Complete a model folder a builder wrote into ``partial`` (``partial_folder``): its engine.json (the builder's ``fields``
     plus what every model's has: role, devices, source and hashes, build key and time, the files' manifest),
     written last since its presence marks a complete engine; then the folder takes ``out_dir``'s place."""
     info = fields | {

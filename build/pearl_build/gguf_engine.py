@@ -11,8 +11,7 @@ import time
 from pathlib import Path
 
 from pearl.engine_files import GGUF_FILE
-from pearl.tokenizers import load_tokenizer
-from pearl_build.artifacts import finish_model_engine
+from pearl_build.artifacts import finish_model_engine, partial_folder, save_engine_tokenizer
 from pearl_build.config import ModelConfig, PairConfig
 from pearl_build.sources import Resolved
 
@@ -23,17 +22,12 @@ def build_gguf_engine(pair: PairConfig, model: ModelConfig, resolved: Resolved, 
     from transformers import AutoConfig
 
     started = time.time()
-    partial = out_dir.with_name(out_dir.name + ".partial")
-    shutil.rmtree(partial, ignore_errors=True)
-    partial.mkdir(parents=True)
+    partial = partial_folder(out_dir)
     try:
         os.link(resolved.path, partial / GGUF_FILE)
     except OSError:  # another filesystem
         shutil.copyfile(resolved.path, partial / GGUF_FILE)
-    tokenizer = load_tokenizer(str(resolved.path))
-    if tokenizer is None:
-        raise ValueError(f"{model.role}: {resolved.path} has no tokenizer; an engine needs one for serving")
-    tokenizer.save_pretrained(partial)
+    tokenizer = save_engine_tokenizer(model, resolved.path, partial)
     config = AutoConfig.from_pretrained(resolved.path.parent, gguf_file=resolved.path.name, local_files_only=True)
     return finish_model_engine(
         partial, out_dir, pair, model, resolved, build_key, started,

@@ -8,15 +8,14 @@ A draft with ``backend: llama_cpp`` keeps its GGUF source as it is instead (``gg
 """
 from __future__ import annotations
 
-import shutil
 import time
 from pathlib import Path
 
 from pearl.backends.base import ModelSpec
 from pearl.backends.linears import quantize_in_place, quantize_linears, use_cpu_kernels
 from pearl.backends.loading import load_model
-from pearl.tokenizers import load_tokenizer
-from pearl_build.artifacts import build_key, finish_model_engine, is_current
+from pearl_build.artifacts import (build_key, finish_model_engine, is_current, partial_folder,
+                                   save_engine_tokenizer)
 from pearl_build.config import ModelConfig, PairConfig
 from pearl_build.gguf_engine import build_gguf_engine
 from pearl_build.pair import log
@@ -57,12 +56,9 @@ def build_torch_engine(pair: PairConfig, model: ModelConfig, resolved: Resolved,
                        build_key: str) -> dict:
     """Write ``out_dir`` (via a ``.partial`` folder renamed at the end) and return its engine.json."""
     started = time.time()
-    partial = out_dir.with_name(out_dir.name + ".partial")
-    shutil.rmtree(partial, ignore_errors=True)
+    partial = partial_folder(out_dir)
     net = load_model(ModelSpec(str(resolved.path), "cpu", pair.dtype, model.num_layers))
-    tokenizer = load_tokenizer(str(resolved.path))
-    if tokenizer is None:
-        raise ValueError(f"{model.role}: {resolved.path} has no tokenizer; an engine needs one for serving")
+    tokenizer = save_engine_tokenizer(model, resolved.path, partial)
     quantization = model.quantization_info
     if model.quantization == "auto":
         seconds = decode_seconds(net, pair)
@@ -71,7 +67,6 @@ def build_torch_engine(pair: PairConfig, model: ModelConfig, resolved: Resolved,
         net.save_pretrained(partial, safe_serialization=True)
     else:
         save_quantized(net, quantization["method"], model.group_size, partial)
-    tokenizer.save_pretrained(partial)
     return finish_model_engine(
         partial, out_dir, pair, model, resolved, build_key, started,
         backend="torch",

@@ -101,7 +101,7 @@ test-fast: setup
 	$(PY) -m pytest tests -q -m "not mpi and not triton and not real_weights and not slow"
 
 engines: $(SETUP)
-	$(PY) -m pearl_build $(PAIR) --engines-dir $(ENGINES_DIR) $(if $(DRY_RUN),--dry-run) $(if $(FORCE),--force)
+	$(PY) -m pearl_build $(PAIR) --engines-dir $(ENGINES_DIR) $(if $(DRY_RUN),--dry-run) $(if $(FORCE),--force) $(if $(REPROFILE),--reprofile)
 
 serve: engines
 	$(PY) scripts/serve.py --engines $(ENGINES_DIR)/$(PAIR) --host $(HOST) $(PORTS) --openai-port $(OPENAI_PORT)

@@ -51,6 +51,10 @@ def test_bench_writes_records_summary_and_chart_per_class(bench):
                                                                                               values["divergences"])
                 assert values["target_forwards"] > 0 and 0 <= values["acceptance_rate"] <= 1
                 assert 0 < values["drafted_share"] <= 1 and values["mean_gamma"] > 0
+                if label.startswith("sd"):
+                    assert values["sd_share"] == 1.0
+                elif label != "pearl(gamma=auto)":  # a fixed PEARL window runs PEARL rounds only
+                    assert values["sd_share"] == 0.0
     assert set(summary["sweeps"]) == {"sd(gamma=2)", "sd(gamma=3)", "pearl(gamma=2)", "pearl(gamma=3)"}
     steps = summary["draft_step_s"]
     assert steps["served"] > 0 and steps["float32, default linears"] > 0 and steps["float32, cpu_linear auto"] > 0

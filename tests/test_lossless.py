@@ -113,7 +113,8 @@ def test_adaptive_windows_stay_lossless_as_drafting_stops_and_starts(llm_factory
 def test_adaptive_windows_grow_with_a_draft_that_is_always_right(llm_factory, tiny):
     llm = llm_factory(tiny["target"], tiny["target"], costs=SWITCHING_COSTS)
     out = llm.generate([1, 2, 3], SamplingParams(max_tokens=60, ignore_eos=True), mode="pearl").collect()
-    assert out.stats.drafted_rounds == out.stats.rounds and out.stats.mean_gamma > 4
+    # every round drafted but the prompt's (the target decodes faster alone under these costs: it runs alone)
+    assert out.stats.drafted_rounds == out.stats.rounds - 1 and out.stats.mean_gamma > 4
     assert out.stats.tokens_per_target_forward > 4
 
 

@@ -1,4 +1,6 @@
 """Request messages survive the trip to the ranks unchanged."""
+import pytest
+
 from pearl.ranks.protocol import decode_request, encode_request
 from pearl.params import GenerationRequest, Mode, SamplingParams
 
@@ -29,8 +31,12 @@ def test_the_world_hosts_pipe_carries_the_request_unchanged():
 def test_costs_round_trip():
     from pearl.speculation import CostRow, SpeculationCosts
 
-    costs = SpeculationCosts({1: CostRow(0.05, (0.3, 0.32, 0.4), 0.2), 4: CostRow(0.09, (0.5, 0.7, 0.9), 0.3)}, 0.7)
+    costs = SpeculationCosts({1: CostRow(0.05, (0.3, 0.32, 0.4), 0.2, (0.2, 0.21, 0.25)),
+                              4: CostRow(0.09, (0.5, 0.7, 0.9), 0.3, (0.3, 0.4, 0.5))}, 0.7)
     assert SpeculationCosts.from_message(costs.to_message()) == costs
+    # a profile from before the verify on all threads was measured: the estimate crosses
+    unprofiled = SpeculationCosts({1: CostRow(0.05, (0.3, 0.6), 0.2)}, 0.7)
+    assert SpeculationCosts.from_message(unprofiled.to_message()).at(1).alone_verify_s == pytest.approx((0.2, 0.4))
 
 
 def test_plan_and_draft_messages_round_trip():

@@ -1,14 +1,21 @@
 """Adaptive windows (pearl.speculation): the expected-rate model, the acceptance estimate, and the policy that
 drafts when drafting pays, decodes alone when it does not, and probes again."""
+from dataclasses import replace
+
 import pytest
 
 from pearl.speculation import (MIN_DRAFTED_ROUNDS, PROBE_AFTER_ROUNDS, AcceptanceEstimate, Calibration, CostRow,
-                               SpeculationCosts, WindowPolicy, best_window, pearl_tokens_per_s, sd_tokens_per_s)
+                               SpeculationCosts, WindowPolicy, best_round, best_window, pearl_tokens_per_s,
+                               sd_tokens_per_s)
 
 # A GPU-like pair: a verify costs the same for any window, the draft 1/4 of the target.
 FLAT = CostRow(draft_step_s=0.025, verify_s=(0.1,) * 8, alone_step_s=0.1)
 # A 2-core CPU: each model on one core; a verify grows with its window; alone, the target has both cores.
-CPU = CostRow(draft_step_s=0.07, verify_s=(0.32, 0.35, 0.38, 0.42, 0.48, 0.53, 0.6, 0.66), alone_step_s=0.2)
+CPU = CostRow(draft_step_s=0.07, verify_s=(0.32, 0.35, 0.38, 0.42, 0.48, 0.53, 0.6, 0.66), alone_step_s=0.2,
+              alone_verify_s=(0.2, 0.22, 0.24, 0.27, 0.3, 0.33, 0.37, 0.41))
+# The same CPU with a llama.cpp draft: a draft step 4x cheaper than the target's step on both cores.
+CHEAP_DRAFT = CostRow(draft_step_s=0.036, verify_s=(0.21, 0.23, 0.26, 0.27, 0.33, 0.34, 0.42, 0.45),
+                      alone_step_s=0.14, alone_verify_s=(0.14, 0.16, 0.18, 0.2, 0.22, 0.25, 0.28, 0.3))
 
 
 def test_a_flat_verify_gives_pearls_window_the_speed_ratio():
@@ -20,8 +27,8 @@ def test_a_flat_verify_gives_pearls_window_the_speed_ratio():
 
 def test_the_rates_match_their_round_by_round_model():
     a = 0.6
-    # SD: 1 + a + a^2 tokens from 2 draft steps and a verify of 3
-    assert sd_tokens_per_s(2, a, CPU) == pytest.approx((1 + a + a * a) / (2 * 0.07 + 0.38))
+    # SD: 1 + a + a^2 tokens from 2 draft steps and a verify of 3 on all the target's threads
+    assert sd_tokens_per_s(2, a, CPU) == pytest.approx((1 + a + a * a) / (2 * 0.07 + 0.24))
     # PEARL, k = 1: every round is 1 draft step beside a 1-token verify, and gains 1 token
     assert pearl_tokens_per_s(1, a, CPU) == pytest.approx(1 / 0.32)
     # PEARL at acceptance 0: every round is a pre-verify round (1 token, max(k draft steps, 1-token verify))
@@ -31,6 +38,34 @@ def test_the_rates_match_their_round_by_round_model():
 def test_low_acceptance_shortens_the_window_and_can_lose_to_the_target_alone():
     high, low = best_window("pearl", 0.9, CPU, 8), best_window("pearl", 0.4, CPU, 8)
     assert high[0] > low[0] and high[1] > 1 / CPU.alone_step_s > low[1]
+
+
+def test_an_unprofiled_verify_on_all_threads_is_sped_up_as_much_as_a_step():
+    old_profile = CostRow(draft_step_s=0.07, verify_s=(0.32, 0.48), alone_step_s=0.2)
+    assert old_profile.alone_verify(2) == pytest.approx(0.48 * 0.2 / 0.32)
+    assert old_profile.alone_verify(5) == pytest.approx(0.48 * 0.2 / 0.32)  # past the profile: its longest
+    assert CPU.alone_verify(3) == 0.24 and CPU.sd_draft_step == CPU.draft_step_s
+
+
+def test_the_round_kind_follows_the_costs():
+    """Where a verify is flat, PEARL's overlap wins; where it is compute-bound and the draft cheap, drafting
+    first and verifying on every core (SD) does; an SD request has no choice."""
+    assert best_round(("pearl", "sd"), 0.8, FLAT, 8)[0] == "pearl"
+    kind, window, rate = best_round(("pearl", "sd"), 0.8, CHEAP_DRAFT, 8)
+    assert kind == "sd" and window > 1 and rate > 1 / CHEAP_DRAFT.alone_step_s
+    assert rate > best_window("pearl", 0.8, CHEAP_DRAFT, 8)[1]
+    assert best_round(("sd",), 0.8, FLAT, 8)[0] == "sd"
+
+
+def test_an_adaptive_pearl_request_picks_its_rounds_kind():
+    """The costs pick each round's kind, except that the first round of drafting (the draft feeds what it
+    missed first: the prompt, at the opening) is PEARL's, where that overlaps the target's forward."""
+    p = policy()
+    assert p.next_window(CHEAP_DRAFT) > 0 and p.kind == "pearl"  # the opening
+    assert p.next_window(CHEAP_DRAFT) > 0 and p.kind == "sd"
+    assert p.next_window(FLAT) > 0 and p.kind == "pearl"
+    sd = WindowPolicy("sd", 0.8, max_window=8)
+    assert sd.next_window(FLAT) > 0 and sd.kind == "sd"  # an SD request opens with SD rounds
 
 
 def test_the_estimate_weighs_recent_tokens_most():
@@ -47,16 +82,30 @@ def test_the_estimate_weighs_recent_tokens_most():
 
 
 def policy(prior: float = 0.8) -> WindowPolicy:
-    return WindowPolicy("pearl", prior, max_window=8)
+    """A policy past its prompt's round."""
+    p = WindowPolicy("pearl", prior, max_window=8)
+    assert p.next_window(CPU) == 0
+    return p
+
+
+def test_the_prompt_runs_alone_where_the_target_is_faster_alone():
+    """On a CPU whose cores the models split, the prompt's forward runs on all the target's cores and the
+    opening drafts from the next round; where a verify beside the draft costs what a step alone does (a GPU),
+    both prefills run at once."""
+    cpu = WindowPolicy("pearl", 0.8, max_window=8)
+    assert cpu.next_window(CPU) == 0 and cpu.next_window(CPU) == 1 and cpu.kind == "pearl"
+    gpu = WindowPolicy("pearl", 0.8, max_window=8)
+    assert gpu.next_window(FLAT) == best_window("pearl", 0.8, FLAT, 8)[0] > 1 and gpu.kind == "pearl"
 
 
 def test_the_policy_drafts_while_it_pays_and_decodes_alone_when_it_does_not():
     p = policy()
+    assert p.next_window(CPU) == 1  # the draft catches up on the prompt beside a 1-token verify: one token
     window = p.next_window(CPU)
-    assert window == best_window("pearl", 0.8, CPU, 8)[0] > 0
+    assert window == best_round(("pearl", "sd"), 0.8, CPU, 8)[1] > 1
     while p.next_window(CPU):  # the draft's tokens keep being rejected at once
         p.observe(window, 0)
-    assert best_window("pearl", p.acceptance.rate, CPU, 8)[1] < 1 / CPU.alone_step_s  # it stopped when it lost
+    assert best_round(("pearl", "sd"), p.acceptance.rate, CPU, 8)[2] < 1 / CPU.alone_step_s  # it stopped when it lost
     # no drafting now, until the probe
     assert [p.next_window(CPU) for _ in range(PROBE_AFTER_ROUNDS - 1)] == [0] * (PROBE_AFTER_ROUNDS - 1)
     assert p.next_window(CPU) > 0  # the probe
@@ -96,7 +145,7 @@ def test_calibration_moves_the_profile_toward_what_rounds_took():
     """Beside the draft the target's verify took 1.5x its profiled time: after a few such rounds the costs
     say so, and drafting that paid on paper may no longer pay."""
     calibration = Calibration()
-    assert calibration.apply(CPU) == CPU
+    assert calibration.apply(CPU) == replace(CPU, sd_draft_step_s=CPU.draft_step_s)  # nothing observed yet
     for _ in range(12):
         calibration.observe("verify", 1.5 * CPU.verify(3), CPU.verify(3))
         calibration.observe("alone", CPU.alone_step_s, CPU.alone_step_s)
@@ -104,3 +153,17 @@ def test_calibration_moves_the_profile_toward_what_rounds_took():
     assert row.verify(3) == pytest.approx(1.5 * CPU.verify(3), rel=0.02) and row.alone_step_s == CPU.alone_step_s
     assert row.draft_step_s == CPU.draft_step_s
     assert best_window("pearl", 0.75, CPU, 8)[1] > 1 / CPU.alone_step_s > best_window("pearl", 0.75, row, 8)[1]
+
+
+def test_calibration_of_sd_rounds_moves_their_costs_alone():
+    """An SD round's draft steps took twice the profile (the target waited that long): SD's costs follow,
+    PEARL's do not, and the kind the costs favour changes with them."""
+    calibration = Calibration()
+    for _ in range(12):
+        calibration.observe("sd_draft", 2 * 4 * CHEAP_DRAFT.draft_step_s, 4 * CHEAP_DRAFT.draft_step_s)
+        calibration.observe("sd_verify", CHEAP_DRAFT.alone_verify(5), CHEAP_DRAFT.alone_verify(5))
+    row = calibration.apply(CHEAP_DRAFT)
+    assert row.sd_draft_step == pytest.approx(2 * CHEAP_DRAFT.draft_step_s, rel=0.02)
+    assert row.draft_step_s == CHEAP_DRAFT.draft_step_s and row.verify_s == CHEAP_DRAFT.verify_s
+    assert row.alone_verify(5) == pytest.approx(CHEAP_DRAFT.alone_verify(5))
+    assert best_window("sd", 0.8, row, 8)[1] < best_window("sd", 0.8, CHEAP_DRAFT, 8)[1]

@@ -68,6 +68,7 @@ def row(runs: list[dict]) -> dict:
             "round_overhead": sum(r["round_overhead"] * r["wall_s"] for r in runs) / wall if wall else 0.0,
             "drafted_share": drafted_rounds / _sum(runs, "rounds") if _sum(runs, "rounds") else 0.0,
             "mean_gamma": drafted / drafted_rounds if drafted_rounds else 0.0,
+            "sd_share": _sum(runs, "sd_rounds") / drafted_rounds if drafted_rounds else 0.0,  # of drafted rounds
         })
     if any("drafted_tokens" in r for r in runs):  # llama.cpp's speculative decoding
         drafted = _sum(runs, "drafted_tokens")
@@ -130,18 +131,18 @@ def target_lines(summary: dict) -> list[str]:
 def markdown(summary: dict, title: str, extra: list[str] = ()) -> str:
     lines = [f"# {title}", "", f"{summary['prompts']} prompts; greedy; tokens/s = all tokens / all wall time; "
              f"every method on the same cores.", ""]
-    columns = ["method", "tokens/s", "vs ar", "acceptance", "mean accepted", "drafted rounds", "mean window",
-               "overhead", "identical to ar"]
+    columns = ["method", "tokens/s", "vs ar", "acceptance", "mean accepted", "drafted rounds", "of them SD",
+               "mean window", "overhead", "identical to ar"]
     fmt = lambda v, spec, suffix="": "" if v is None else format(v, spec) + suffix  # noqa: E731
     for group, data in summary["groups"].items():
         lines += [f"## {group} ({data['prompts']} prompts)", "", "| " + " | ".join(columns) + " |",
                   "|" + "---|" * len(columns)]
         for label, v in data["methods"].items():
-            share = v.get("drafted_share")
+            share, sd_share = v.get("drafted_share"), v.get("sd_share")
             lines.append("| " + " | ".join([
                 label, fmt(v["tokens_per_s"], ".2f"), fmt(v["vs_ar"], ".2f", "x"), fmt(v.get("acceptance_rate"), ".2f"),
                 fmt(v.get("mean_accepted_length"), ".2f"), fmt(None if share is None else 100 * share, ".0f", "%"),
-                fmt(v.get("mean_gamma"), ".1f"), fmt(None if "round_overhead" not in v else 100 * v["round_overhead"],
+                fmt(None if sd_share is None else 100 * sd_share, ".0f", "%"), fmt(v.get("mean_gamma"), ".1f"), fmt(None if "round_overhead" not in v else 100 * v["round_overhead"],
                                                       ".1f", "%"),
                 v.get("identical_to_ar", "")]) + " |")
         divergences = [(label, d) for label, v in data["methods"].items() for d in v.get("divergences", [])]

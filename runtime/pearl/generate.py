@@ -114,7 +114,7 @@ def format_stats(stats, verbose: bool) -> str:
              f"tokens per target forward {stats.tokens_per_target_forward:.2f}",
              f"mean accepted length {stats.mean_accepted_length:.2f}, acceptance rate {stats.acceptance_rate:.2f}"
              f" (mode {stats.mode}, gamma {stats.gamma or 'auto'}: drafted {stats.drafted_rounds} of "
-             f"{stats.rounds} rounds, mean window {stats.mean_gamma:.1f})"]
+             f"{stats.rounds} rounds ({stats.sd_rounds} as SD), mean window {stats.mean_gamma:.1f})"]
     if verbose:
         lines.append(f"target: forwards {stats.target_forward_s:.3f} s, waiting for draft "
                      f"{stats.target_wait_s:.3f} s, round overhead {100 * stats.round_overhead:.1f}% "

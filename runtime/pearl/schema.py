@@ -27,6 +27,8 @@ COUNTERS: tuple[tuple[str, type, str], ...] = (
     ("prompt_tokens", int, "prompt tokens (the chat template's included)"),
     ("checked_draft_tokens", int, "draft tokens a verification checked (vLLM's num_draft_tokens; PEARL drops the "
                                   "rest of a window unchecked after a rejection, so at most draft_tokens)"),
+    ("sd_rounds", int, "drafted rounds run as vanilla SD (draft, then verify on every core): an SD request's all, "
+                       "an adaptive PEARL request's where the costs favoured them (pearl.speculation)"),
 )
 COUNTER_NAMES = tuple(name for name, _, _ in COUNTERS)
 
@@ -90,6 +92,7 @@ METRICS = (
     Metric("pearl_target_forwards_total", "Target model forward passes", "target_forwards"),
     Metric("pearl_rounds_total", "Rounds (draft/verify exchanges, or decode steps)", "rounds"),
     Metric("pearl_drafted_rounds_total", "Rounds in which the draft proposed a window", "drafted_rounds"),
+    Metric("pearl_sd_rounds_total", "Drafted rounds run as vanilla SD (the verify after the drafting)", "sd_rounds"),
     Metric("pearl_requests_total", "Requests completed", "requests"),
     Metric("pearl_tokens_per_second", "Output tokens/s of the last request", "tokens_per_s", gauge=True),
     Metric("pearl_prompt_tokens_total", "Prompt tokens processed", "prompt_tokens"),

@@ -3,12 +3,15 @@ pair's measured costs, the window with the most expected tokens per second, or n
 decoding alone (on the cores the draft would have used too) is faster.
 
 Costs (``SpeculationCosts``, from the build's profile, one ``CostRow`` per profiled batch size):
-  draft_step_s   one draft decode step of the batch
-  verify_s[k-1]  one target forward over k new tokens per sequence (its threads while the draft runs)
-  alone_step_s   one target decode step with no draft running (``target_alone_threads``)
+  draft_step_s         one draft decode step of the batch
+  verify_s[k-1]        one target forward over k new tokens per sequence (its threads while the draft runs)
+  alone_step_s         one target decode step with no draft running (``target_alone_threads``)
+  alone_verify_s[k-1]  one target forward over k new tokens on ``target_alone_threads`` (an SD round's verify:
+                       the draft idles meanwhile)
 
 Expected tokens per second of a window k, for a per-token acceptance a:
-- SD: a round drafts k tokens, then verifies them (k + 1 rows) and keeps 1 + a + ... + a^k tokens.
+- SD: a round drafts k tokens, then verifies them (k + 1 rows, the target on all its threads) and keeps
+  1 + a + ... + a^k tokens.
 - PEARL alternates two kinds of round, drafting k tokens in both while the target verifies:
   pre-verify (after a rejection) checks the window's first token with a 1-token forward and always gains
   one token; post-verify checks the pending k - 1 tokens and the next window's first, k rows, and gains
@@ -17,13 +20,25 @@ Expected tokens per second of a window k, for a per-token acceptance a:
   takes max(k draft steps, its forward).
 - none: one token per ``alone_step_s``.
 
+An adaptive PEARL request picks each round's kind too: a PEARL round (the verify beside the drafting) or a
+vanilla SD round (draft, then verify on every core), whichever the rate model says is faster. Where a verify
+is flat (bandwidth-bound: a GPU) PEARL's overlap wins; where it is compute-bound and the draft cheap (a
+2-core CPU with a llama.cpp draft) the target's verify on both cores can win. Switching is free: an SD round
+checks the pending tokens a PEARL round left along with its new window (``SdStep``), and after an SD round
+nothing is pending, the state a PEARL pre-verify round starts from.
+
 The acceptance estimate forgets old evidence per checked token (``DECAY``), so a sequence that moves from
 code to prose changes its window within a few dozen tokens. Every sequence starts drafting, whatever the
-prior says: its own acceptance is the evidence, and the draft's prefill then runs beside the target's. A
-sequence that stopped drafting has no evidence coming in: it drafts again after ``PROBE_AFTER_ROUNDS``
-rounds, twice as many after each probe that does not pay (the opening rounds are no probe: a request whose
-first two windows were unlucky looks again as soon as one that stopped after paying). A probe is dear (the draft first catches up on
-every token it missed, and the target's round runs on fewer threads), so probes are rare.
+prior says: its own acceptance is the evidence. Where the target decodes faster alone than beside the draft
+(``target_faster_alone``: a CPU whose cores the models split), the prompt's forward runs alone first, on all
+the target's cores (a compute-bound prefill beside the draft took 1.6x as long on 2 cores), and the draft
+feeds the prompt in the next round beside a 1-token verify, drafting a single token (its catch-up alone
+outlasts that verify); elsewhere the two prefills run at once. A sequence that stopped drafting has no
+evidence coming in: it drafts again after ``PROBE_AFTER_ROUNDS`` rounds, twice as many after each probe
+that does not pay (the opening rounds are no probe: a request whose first two windows were unlucky looks
+again as soon as one that stopped after paying). A probe is dear (the draft first catches up on every token
+it missed, in a PEARL round as at the opening, and the target's round runs on fewer threads), so probes are
+rare.
 
 The profile times each model alone on a short context; serving, PEARL's two models run at once and share the
 memory bandwidth of a CPU, contexts grow, and a VM's speed drifts. ``Calibration`` scales the profile by what
@@ -48,10 +63,23 @@ class CostRow:
     draft_step_s: float
     verify_s: tuple[float, ...]
     alone_step_s: float
+    alone_verify_s: tuple[float, ...] = ()  # () (a profile from before it was measured): see alone_verify
+    sd_draft_step_s: float | None = None  # a draft step in an SD round (calibrated apart); None: draft_step_s
 
     def verify(self, tokens: int) -> float:
         """A forward over ``tokens`` new tokens per sequence (past the profiled ones: the longest profiled)."""
         return self.verify_s[min(tokens, len(self.verify_s)) - 1]
+
+    def alone_verify(self, tokens: int) -> float:
+        """The same forward on ``target_alone_threads``. Unprofiled: the drafting threads' verify, sped up as
+        much as a decode step is."""
+        if not self.alone_verify_s:
+            return self.verify(tokens) * self.alone_step_s / self.verify_s[0]
+        return self.alone_verify_s[min(tokens, len(self.alone_verify_s)) - 1]
+
+    @property
+    def sd_draft_step(self) -> float:
+        return self.draft_step_s if self.sd_draft_step_s is None else self.sd_draft_step_s
 
 
 @dataclass(frozen=True)
@@ -74,30 +102,33 @@ class SpeculationCosts:
         rows = {}
         for size, row in profile["by_batch_size"].items():
             verify = tuple(row["target_verify_s"])
-            rows[int(size)] = CostRow(row["draft_step_s"], verify, row.get("target_alone_step_s", verify[0]))
+            rows[int(size)] = CostRow(row["draft_step_s"], verify, row.get("target_alone_step_s", verify[0]),
+                                      tuple(row.get("target_alone_verify_s", ())))
         return cls(rows, prior_acceptance)
 
     def to_message(self) -> np.ndarray:
-        """COSTS: [prior, K, n, (batch_size, draft_step_s, alone_step_s, verify_s[:K]) * n] (see ranks.protocol)."""
+        """COSTS: [prior, K, n, (batch_size, draft_step_s, alone_step_s, verify_s[:K], alone_verify[:K]) * n]
+        (see ranks.protocol; alone_verify as ``CostRow.alone_verify`` gives it, profiled or not)."""
         k = self.max_window
         values = [self.prior_acceptance, k, len(self.rows)]
         for size, row in sorted(self.rows.items()):
-            values += [size, row.draft_step_s, row.alone_step_s, *row.verify_s[:k]]
+            values += [size, row.draft_step_s, row.alone_step_s, *row.verify_s[:k],
+                       *(row.alone_verify(tokens) for tokens in range(1, k + 1))]
         return np.array(values, dtype=np.float64)
 
     @classmethod
     def from_message(cls, message: np.ndarray) -> "SpeculationCosts":
         prior, k, n = float(message[0]), int(message[1]), int(message[2])
-        rows, width = {}, 3 + k
+        rows, width = {}, 3 + 2 * k
         for i in range(n):
             values = message[3 + i * width:3 + (i + 1) * width].tolist()
-            rows[int(values[0])] = CostRow(values[1], tuple(values[3:]), values[2])
+            rows[int(values[0])] = CostRow(values[1], tuple(values[3:3 + k]), values[2], tuple(values[3 + k:]))
         return cls(rows, prior)
 
 
 def sd_tokens_per_s(k: int, a: float, row: CostRow) -> float:
     tokens = sum(a ** i for i in range(k + 1))
-    return tokens / (k * row.draft_step_s + row.verify(k + 1))
+    return tokens / (k * row.sd_draft_step + row.alone_verify(k + 1))
 
 
 def pearl_tokens_per_s(k: int, a: float, row: CostRow) -> float:
@@ -117,6 +148,21 @@ def best_window(mode: str, a: float, row: CostRow, max_window: int) -> tuple[int
     """(window, tokens/s) of the best window for a drafting ``mode`` ("sd" or "pearl")."""
     rate = RATES[mode]
     return max(((k, rate(k, a, row)) for k in range(1, max_window + 1)), key=lambda pair: pair[1])
+
+
+def best_round(kinds: tuple[str, ...], a: float, row: CostRow, max_window: int) -> tuple[str, int, float]:
+    """(kind, window, tokens/s) of the best round among ``kinds`` ("pearl", "sd")."""
+    return max(((kind, *best_window(kind, a, row, max_window)) for kind in kinds), key=lambda best: best[2])
+
+
+# the kinds of round an adaptive request of each mode may run
+ROUND_KINDS = {"pearl": ("pearl", "sd"), "sd": ("sd",)}
+
+
+def target_faster_alone(row: CostRow) -> bool:
+    """Whether the target steps faster with the draft idle (a CPU whose cores the models split) than beside
+    it (a GPU each: the same)."""
+    return row.alone_step_s < row.verify(1)
 
 
 class AcceptanceEstimate:
@@ -139,29 +185,35 @@ class AcceptanceEstimate:
 
 
 class Calibration:
-    """Observed over profiled seconds of each kind of forward ("draft" step, target "verify" beside the draft,
-    target step "alone"), a running mean that weighs the latest observation by ``WEIGHT``."""
+    """Observed over profiled seconds of each kind of forward (a PEARL round's "draft" steps and the target's
+    "verify" beside them; a target step "alone"; an SD round's "sd_draft" steps, as long as the target waited
+    for them, and its "sd_verify" on all the target's threads), a running mean that weighs the latest
+    observation by ``WEIGHT``."""
 
     WEIGHT = 0.3
 
     def __init__(self) -> None:
-        self.ratios = {"draft": 1.0, "verify": 1.0, "alone": 1.0}
+        self.ratios = {"draft": 1.0, "verify": 1.0, "alone": 1.0, "sd_draft": 1.0, "sd_verify": 1.0}
 
     def observe(self, kind: str, observed_s: float, profiled_s: float) -> None:
         if observed_s > 0 and profiled_s > 0:
             self.ratios[kind] += self.WEIGHT * (observed_s / profiled_s - self.ratios[kind])
 
     def apply(self, row: CostRow) -> CostRow:
-        verify = self.ratios["verify"]
+        verify, sd_verify = self.ratios["verify"], self.ratios["sd_verify"]
+        alone_verify = (row.alone_verify(k) * sd_verify for k in range(1, len(row.verify_s) + 1))
         return CostRow(row.draft_step_s * self.ratios["draft"], tuple(v * verify for v in row.verify_s),
-                       row.alone_step_s * self.ratios["alone"])
+                       row.alone_step_s * self.ratios["alone"], tuple(alone_verify),
+                       row.sd_draft_step * self.ratios["sd_draft"])
 
 
 class WindowPolicy:
-    """One sequence's window each round (0: the target decodes alone this round)."""
+    """One sequence's window each round (0: the target decodes alone this round), and the kind of round it
+    drafts in (``kind``: "pearl" or "sd", among its mode's ``ROUND_KINDS``)."""
 
     def __init__(self, mode: str, prior_acceptance: float, max_window: int) -> None:
-        self.mode, self.max_window = mode, max_window
+        self.kinds, self.max_window = ROUND_KINDS[mode], max_window
+        self.kind = self.kinds[0]
         self.acceptance = AcceptanceEstimate(prior_acceptance)
         self.window = 0
         self.drafted_rounds = 0  # rounds drafted since it last started drafting
@@ -169,18 +221,31 @@ class WindowPolicy:
         self.alone_rounds = self.probe_after  # rounds decoded alone since it last stopped: a probe first
         self.probing = False  # drafting only to look at the acceptance again, and it has not paid yet
         self.opened = False  # the opening rounds are not a probe: two unlucky rounds must not delay the next look
+        self.prefilled = False  # the prompt's round is behind it
 
     def observe(self, num_checked: int, num_accepted: int) -> None:
         if num_checked:
             self.acceptance.observe(num_checked, num_accepted)
 
     def next_window(self, row: CostRow) -> int:
-        """The window for the next round, given the costs of a round of the batch it is in."""
-        window, rate = best_window(self.mode, self.acceptance.rate, row, self.max_window)
+        """The window for the next round (and its ``kind``), given the costs of a round of the batch it is in."""
+        if not self.prefilled:
+            self.prefilled = True
+            if target_faster_alone(row):
+                return 0  # the prompt's forward alone, on all the target's cores
+        self.kind, window, rate = best_round(self.kinds, self.acceptance.rate, row, self.max_window)
         pays = rate >= 1 / row.alone_step_s
         if not self.window:
             if pays or self.alone_rounds >= self.probe_after:  # drafting pays, or it is time to look again
                 self.probing, self.opened = self.opened and not pays, True
+                if "pearl" in self.kinds:
+                    # The draft first feeds every token it missed (at the opening, the prompt): a PEARL round
+                    # does that beside the target's forward, an SD round would make the target wait for it.
+                    # Where that forward is a 1-token verify on a split CPU, the catch-up alone outlasts it:
+                    # one draft token then, not a window of steps on top.
+                    self.kind = "pearl"
+                    window = 1 if target_faster_alone(row) else best_window("pearl", self.acceptance.rate, row,
+                                                                            self.max_window)[0]
                 self.window, self.drafted_rounds = window, 1
                 return window
             self.alone_rounds += 1

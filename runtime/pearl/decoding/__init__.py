@@ -22,11 +22,15 @@ def target_state(request: GenerationRequest, backend: ModelBackend, vocab_size: 
     return TargetState(request, backend, vocab_size, TARGET_STREAM, step=ArStep(), policy=policy)
 
 
-def set_window(state: TargetState, window: int) -> None:
-    """The target's side of ``RankState.set_window``: the sequence's decoder step follows (its mode's while it
-    drafts, ``ArStep`` while it does not)."""
-    if (window > 0) != state.step.uses_draft:
-        state.step = STEPS[state.request.mode]() if window else ArStep()
+def set_window(state: TargetState, window: int, kind: Mode | None = None) -> None:
+    """The target's side of ``RankState.set_window``: the sequence's decoder step follows (``kind``'s while it
+    drafts: an adaptive PEARL request's policy picks PEARL or SD rounds, others their mode's; ``ArStep`` while
+    it does not)."""
+    step = STEPS[kind or state.request.mode] if window else ArStep
+    if type(state.step) is not step:
+        state.step = step()
+    if not window:
+        state.pending_probs = None  # its tokens are dropped
     state.set_window(window)
 
 

@@ -21,13 +21,12 @@ from pearl.sampling import Verdict, verify
 
 
 class PearlStep:
-    """The target's side of PEARL for one sequence. Keeps the draft rows of the pending window for sampling."""
+    """The target's side of PEARL for one sequence."""
 
     uses_draft = True
     waits_for_draft = False
 
     def __init__(self) -> None:
-        self.pending_probs: torch.Tensor | None = None
         self.checks: list[int] = []
 
     def rows_before_draft(self, state: TargetState) -> int:
@@ -40,13 +39,8 @@ class PearlStep:
     def decide(self, state: TargetState, logits: torch.Tensor) -> tuple[Verdict, int]:
         draft = state.draft
         checks = self.checks + draft.tokens[:1]
-        q = None if draft.probs is None else self._rows_for_checks(draft.probs)
+        q = None if draft.probs is None else state.probs_of_pending(draft.probs[:1])
         verdict = verify(logits, checks, q, state.params, state.draws, state.seq.num_verified)
         if draft.probs is not None:
-            self.pending_probs = None if verdict.corrected else draft.probs[1:]
+            state.pending_probs = None if verdict.corrected else draft.probs[1:]
         return verdict, len(checks)
-
-    def _rows_for_checks(self, probs: torch.Tensor) -> torch.Tensor:
-        if self.pending_probs is None:
-            return probs[:1]
-        return torch.cat([self.pending_probs, probs[:1]])

@@ -45,9 +45,14 @@ class TargetState(RankState):
     policy: WindowPolicy | None = None
     tracker: OutputTracker = field(init=False)
     draft: Draft | None = None  # this round's window
+    draft_wait_s: float = 0.0  # how long this round waited for it
+    pending_probs: torch.Tensor | None = None  # the draft's rows of the pending tokens a round left (sampling)
     verdict: Verdict | None = None  # this round's decision
     new_tokens: list[int] = field(default_factory=list)  # output this round
     checked: int = 0  # draft tokens this round checked
+    # this round's draft first fed the tokens it missed while the target decoded alone (the first round after
+    # a round that did not draft): its time is no draft step's
+    draft_was_behind: bool = False
     started: float = field(default_factory=time.perf_counter)
     wait_s: float = 0.0
     draft_forwards: int = 0
@@ -57,6 +62,7 @@ class TargetState(RankState):
     current_run: int = 0
     rounds: int = 0
     drafted_rounds: int = 0
+    sd_rounds: int = 0
     checked_draft_tokens: int = 0
     acceptance_histogram: list[int] = field(default_factory=lambda: [0])  # verifications by tokens accepted
     batched_sequences: int = 0
@@ -72,20 +78,27 @@ class TargetState(RankState):
 
     def take_draft(self, draft: Draft, waited_s: float) -> None:
         """The draft's window arrived (after ``waited_s`` of waiting): append it as pending tokens."""
-        self.draft = draft
+        self.draft, self.draft_wait_s = draft, waited_s
         self.wait_s += waited_s
         self.draft_forwards = draft.forwards
         self.seq.tokens.extend(draft.tokens)
         self.draft_tokens += len(draft.tokens)
 
+    def probs_of_pending(self, new_rows: torch.Tensor) -> torch.Tensor:
+        """The draft's rows for the tokens a round checks: those of the pending tokens an earlier round left,
+        then ``new_rows`` of this round's window."""
+        return new_rows if self.pending_probs is None else torch.cat([self.pending_probs, new_rows])
+
     def record(self, verdict: Verdict, num_checked: int, batch_size: int) -> None:
         """Count one round. A run is the accepted draft tokens between two rejections (PEARL's metric); a round
         that checked draft tokens is one verification (vLLM's "draft") in the acceptance histogram."""
         self.rounds += 1
+        self.draft_was_behind = num_checked > 0 and not self.checked
         self.checked = num_checked
         self.batched_sequences += batch_size
         if num_checked > 0:
             self.drafted_rounds += 1
+            self.sd_rounds += self.step.waits_for_draft
             self.checked_draft_tokens += num_checked
             self.acceptance_histogram.extend([0] * (num_checked + 1 - len(self.acceptance_histogram)))
             self.acceptance_histogram[verdict.num_accepted] += 1
@@ -107,7 +120,7 @@ class TargetState(RankState):
                       accepted_runs=self.accepted_runs + (1 if self.current_run else 0))
         values.update({name: getattr(self, name) for name in
                        ("draft_forwards", "draft_tokens", "accepted_draft_tokens", "rounds", "drafted_rounds",
-                        "batched_sequences", "checked_draft_tokens")})
+                        "batched_sequences", "checked_draft_tokens", "sd_rounds")})
         return np.array([*(values[name] for name in STATS_FIELDS), *self.acceptance_histogram], dtype=np.float64)
 
 

@@ -119,23 +119,28 @@ class TargetRank:
     def _window(self, state: TargetState) -> int:
         """The sequence's window for the next round (set on its state too): 0 in a round of at least
         ``draft_off_batch_size`` sequences, else its policy's or its fixed gamma."""
+        kind = None
         if self.draft_off_batch_size is not None and len(self.active) >= self.draft_off_batch_size:
             window = 0
         elif state.policy is not None:
             window = state.policy.next_window(self.calibration.apply(self.costs.at(len(self.active))))
+            kind = Mode.parse(state.policy.kind)
         else:
             window = state.request.gamma
-        set_window(state, window)
+        set_window(state, window, kind)
         return window
 
     def _calibrate(self, state: TargetState, forward_s: float) -> None:
         """A lone sequence's round against the profile (not its prefill: the profile has no such forward).
-        A PEARL round times the verify beside the drafting, and the draft's window; a round alone the target
-        on all its threads."""
+        A PEARL round times the verify beside the drafting, and the draft's window; an SD round the target's
+        wait for the window and its verify on all its threads; a round alone the target on all its threads."""
         row = self.costs.at(1)
-        if state.rounds < 2 or state.request.mode is Mode.SD:
+        if state.rounds < 2 or state.draft_was_behind:  # a draft catching up takes longer than its window
             return
-        if state.step.uses_draft:
+        if state.step.waits_for_draft:
+            self.calibration.observe("sd_verify", forward_s, row.alone_verify(state.checked + 1))
+            self.calibration.observe("sd_draft", state.draft_wait_s, len(state.draft.tokens) * row.sd_draft_step)
+        elif state.step.uses_draft:
             self.calibration.observe("verify", forward_s, row.verify(state.checked))
             self.calibration.observe("draft", state.draft.seconds, len(state.draft.tokens) * row.draft_step_s)
         else:

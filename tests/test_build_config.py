@@ -44,6 +44,12 @@ def test_the_llamacpp_pair_is_the_default_pair_with_its_draft_in_llama_cpp():
     assert "backend" in llamacpp.draft.to_dict() and "backend" not in default.draft.to_dict()  # old keys kept
 
 
+def test_the_gguf_pair_runs_both_default_sources_in_llama_cpp():
+    default, gguf = load_pair_config("qwen2.5-coder-0.5b-1.5b"), load_pair_config("qwen2.5-coder-0.5b-1.5b-gguf")
+    assert gguf.draft.backend == gguf.target.backend == "llama_cpp"
+    assert (gguf.draft.source, gguf.target.source) == (default.draft.source, default.target.source)
+
+
 def test_gpu_configs_put_draft_and_target_on_their_own_gpus():
     pair = load_pair_config("llama-3.2-1b-3.1-70b")
     assert pair.backend == "tensorrt_llm"
@@ -73,7 +79,9 @@ def test_gpu_configs_put_draft_and_target_on_their_own_gpus():
     ({"draft_off_batch_size": 0}, "draft_off_batch_size must be >= 1"),
     ({"target_alone_threads": 0}, "target_alone_threads must be >= 1"),
     ({"draft": {"source": {"path": "/d.gguf"}, "backend": "vllm"}}, "backend must be one of \\('llama_cpp',\\)"),
-    ({"target": {"source": {"path": "/t.gguf"}, "backend": "llama_cpp"}}, "only the draft may run in llama.cpp"),
+    ({"target": {"source": {"path": "/t"}, "backend": "llama_cpp"}}, "target: backend llama_cpp needs a .gguf"),
+    ({"target": {"source": {"path": "/t.gguf"}, "backend": "llama_cpp", "num_layers": 4}},
+     "target: backend llama_cpp runs the GGUF source as it is"),
     ({"draft": {"source": {"path": "/d"}, "backend": "llama_cpp"}}, "needs a .gguf source"),
     ({"draft": {"source": {"path": "/d.gguf"}, "backend": "llama_cpp", "quantization": "int8"}},
      "quantization and num_layers do not apply"),

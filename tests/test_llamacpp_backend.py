@@ -1,6 +1,7 @@
-"""The llama.cpp backend (a GGUF draft run by llama.cpp) on SmolLM2's real GGUF: its cache bookkeeping, a pair
+"""The llama.cpp backend (a GGUF model run by llama.cpp) on SmolLM2's real GGUF: its cache bookkeeping, a pair
 whose draft is built as a llama_cpp engine, and PEARL with it as the draft of the torch target staying
-token-identical to the target alone.
+token-identical to the target alone; and a pair whose target runs in llama.cpp, whose speculative output is
+that llama.cpp target's own.
 
 Needs llama-cpp-python: `make test` installs it first (`make setup-llama-cpp`, which compiles llama.cpp once);
 a bare pytest without it skips this module."""
@@ -9,7 +10,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from conftest import CACHE_DIR, SMOLLM2_PAIR
+from conftest import CACHE_DIR, SMOLLM2_DRAFT_LAYERS, SMOLLM2_PAIR
 from pearl.backends import check_model_path, load_backend
 from pearl.backends.base import ModelSpec
 from pearl.engine_files import GGUF_FILE, load_pair, read_engine_json
@@ -28,15 +29,29 @@ def draft(smollm2_gguf):
     return load_backend(ModelSpec(str(smollm2_gguf), backend="llama_cpp"))
 
 
-@pytest.fixture(scope="module")
-def llamacpp_pair(smollm2_engines, tmp_path_factory):
-    """SmolLM2's GGUF drafting in llama.cpp for its own float32 torch engine, built by `make engines`' code."""
+def build_smollm2_pair(name: str, folder, draft: dict, target: dict):
+    """A pair of SmolLM2's GGUF source (``draft`` and ``target``: each model's other keys), built by
+    `make engines`' code."""
     source = load_pair_config(SMOLLM2_PAIR).target.source.to_dict()
     source = {source.pop("kind"): source.pop("location"), **source}
     pair = parse_pair({"backend": "torch", "max_seq_len": 512, "max_draft_len": 6, "max_batch_size": 2,
-                       "draft": {"source": source, "backend": "llama_cpp"}, "target": {"source": source}},
-                      default_name="smollm2-llamacpp")
-    return build_pair(pair, tmp_path_factory.mktemp("engines"), CACHE_DIR, profile=False)
+                       "draft": {"source": source, **draft}, "target": {"source": source, **target}},
+                      default_name=name)
+    return build_pair(pair, folder, CACHE_DIR, profile=False)
+
+
+@pytest.fixture(scope="module")
+def llamacpp_pair(smollm2_engines, tmp_path_factory):
+    """SmolLM2's GGUF drafting in llama.cpp for its own float32 torch engine."""
+    return build_smollm2_pair("smollm2-llamacpp", tmp_path_factory.mktemp("engines"), {"backend": "llama_cpp"}, {})
+
+
+@pytest.fixture(scope="module")
+def llamacpp_target_pair(smollm2_engines, tmp_path_factory):
+    """SmolLM2's GGUF as the target in llama.cpp, drafted for by its first layers as a torch engine (a draft
+    that is often wrong, so rejections happen)."""
+    return build_smollm2_pair("smollm2-llamacpp-target", tmp_path_factory.mktemp("engines"),
+                              {"num_layers": SMOLLM2_DRAFT_LAYERS}, {"backend": "llama_cpp"})
 
 
 def test_a_path_that_is_no_gguf_is_refused(smollm2):
@@ -101,3 +116,23 @@ def test_pearl_with_a_llamacpp_draft_is_the_target_alone(llamacpp_pair, world):
                 assert [t for chunk in stream for t in chunk] == alone, (text, gamma)
                 if gamma == 4:  # the draft did propose, and some of it was right (a real draft, not noise)
                     assert stream.stats.accepted_draft_tokens > 0
+
+
+@pytest.mark.parametrize("world", ["local", pytest.param("mpi", marks=pytest.mark.mpi)])
+def test_speculation_for_a_llamacpp_target_is_that_target_alone(llamacpp_target_pair, world):
+    """A llama_cpp target stops at llama.cpp's end-of-generation tokens, and greedy SD and PEARL (fixed and
+    adaptive windows, PEARL and SD rounds) give its own tokens while the torch draft's are often rejected."""
+    config, _ = load_pair(llamacpp_target_pair, check_hashes=True)
+    assert config.target.backend == "llama_cpp" and config.draft.backend == "torch"
+    tokenizer = load_tokenizer(config.target.path)
+    with LLM(config, local=world == "local") as llm:
+        assert tokenizer.convert_tokens_to_ids("<|im_end|>") in llm.eos_token_ids
+        for text in ("def fibonacci(n):", "The capital of France is"):
+            ids = tokenizer(text)["input_ids"]
+            params = SamplingParams(max_tokens=32, ignore_eos=True)
+            alone = [t for chunk in llm.generate(ids, params, mode="ar") for t in chunk]
+            for mode, gamma in (("sd", 3), ("pearl", 4), ("pearl", "auto")):
+                stream = llm.generate(ids, params, mode=mode, gamma=gamma)
+                assert [t for chunk in stream for t in chunk] == alone, (text, mode, gamma)
+                if gamma != "auto":
+                    assert 0 < stream.stats.accepted_draft_tokens < stream.stats.draft_tokens

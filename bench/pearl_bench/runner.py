@@ -17,6 +17,7 @@ from tqdm import tqdm
 
 from pearl_bench.methods import AssistedGeneration, Method, run_on_llm
 from pearl_bench.prompts import Prompt
+from pearl.backends.base import ModelSpec
 from pearl.engine_files import gguf_model_file, load_pair, pair_models
 from pearl.llm import LLM
 
@@ -118,7 +119,7 @@ class BenchRun:
     def target(self):
         if self._target is None:
             from pearl.backends.loading import load_model
-            self._target = load_model(self.world_config.target)
+            self._target = load_model(as_torch_model(self.world_config.target, self.world_config.target.dtype))
         return self._target
 
     def _run_assisted(self) -> None:
@@ -130,11 +131,7 @@ class BenchRun:
         if not pending:
             return
         torch.set_num_threads(self.cores)
-        spec = self.world_config.draft
-        if spec.backend == "llama_cpp":  # transformers runs the same GGUF, dequantized, as the assistant
-            spec = replace(spec, path=str(gguf_model_file(spec.path)), backend="torch",
-                           dtype=self.world_config.target.dtype)
-        draft = load_model(spec)
+        draft = load_model(as_torch_model(self.world_config.draft, self.world_config.target.dtype))
         assisted = AssistedGeneration(self.target, draft, eos_token_ids(self.target))
         for prompt in pending:
             self._save(method, prompt, assisted.run(prompt.token_ids(self.tokenizer), self.config.max_tokens))
@@ -187,6 +184,15 @@ class BenchRun:
         if self.bar is not None:
             self.bar.set_postfix_str(f"{method.label} {result['tokens_per_s']:.1f} tok/s")
             self.bar.update(1)
+
+
+def as_torch_model(spec: ModelSpec, dtype: str) -> ModelSpec:
+    """The model as transformers runs it, for the methods that need a torch model (assisted generation, the
+    target's logit margins): a llama_cpp model's GGUF dequantized to ``dtype`` (close to, not exactly, what
+    llama.cpp computes), any other as it is."""
+    if spec.backend != "llama_cpp":
+        return spec
+    return replace(spec, path=str(gguf_model_file(spec.path)), backend="torch", dtype=dtype)
 
 
 def gguf_sources(engine_dir: Path, cache_dir: Path) -> dict[str, Path] | None:

@@ -41,7 +41,7 @@ CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs"
 DTYPES = tuple(RUNTIME_DTYPES)  # what the runtime can load
 
 PAIR_BACKENDS = ("torch", "tensorrt_llm")  # a pair's backend: what `make engines` builds its models for
-# A model's own backend, in a torch pair: its draft may run its GGUF source in llama.cpp instead
+# A model's own backend, in a torch pair: its draft, its target or both may run their GGUF sources in llama.cpp
 MODEL_BACKENDS = ("llama_cpp",)
 
 
@@ -176,17 +176,16 @@ def parse_pair(data: dict, default_name: str) -> PairConfig:
     if not 0 < draft_acceptance < 1:
         raise ValueError(f"draft_acceptance must be between 0 and 1 (exclusive), got {draft_acceptance}")
     draft, target = (parse_model(role, data[role]) for role in ("draft", "target"))
-    if target.backend is not None:
-        raise ValueError("target: backend is the pair's; only the draft may run in llama.cpp (backend: llama_cpp)")
-    if draft.backend == "llama_cpp":
-        if backend != "torch" or draft.on_gpu:
-            raise ValueError("draft: backend llama_cpp runs on the CPU, in a pair with backend torch")
-        if draft.quantization != "none" or draft.num_layers is not None:
-            raise ValueError("draft: backend llama_cpp runs the GGUF source as it is (its own quantization); "
-                             "quantization and num_layers do not apply")
-        name = draft.source.file or draft.source.location
-        if not name.endswith(".gguf"):
-            raise ValueError(f"draft: backend llama_cpp needs a .gguf source, got {name}")
+    for model in (draft, target):
+        if model.backend == "llama_cpp":
+            if backend != "torch" or model.on_gpu:
+                raise ValueError(f"{model.role}: backend llama_cpp runs on the CPU, in a pair with backend torch")
+            if model.quantization != "none" or model.num_layers is not None:
+                raise ValueError(f"{model.role}: backend llama_cpp runs the GGUF source as it is (its own "
+                                 "quantization); quantization and num_layers do not apply")
+            name = model.source.file or model.source.location
+            if not name.endswith(".gguf"):
+                raise ValueError(f"{model.role}: backend llama_cpp needs a .gguf source, got {name}")
     if backend == "torch":
         for model in (draft, target):
             if model.tp_size != 1:

@@ -1,7 +1,8 @@
 """The llama.cpp backend: a GGUF model run by llama.cpp (through llama-cpp-python's C API) on the CPU.
 
-Its point is a cheap draft on CPUs without fast float kernels: llama.cpp multiplies its 4-bit weights by
-8-bit activations with integer SIMD, where torch's weight-only kernels convert every weight to float first.
+Its point is speed on CPUs without fast float kernels: llama.cpp multiplies its 4-bit weights by 8-bit
+activations with integer SIMD, where torch's weight-only kernels convert every weight to float first. A cheap
+draft for a torch target, or both models of a pair whose users accept the GGUF's own quantized output.
 The sequences share one llama.cpp context; each holds one of its sequence slots (``seq_id``) while it lives,
 and its KV entries are that slot's (``llama_memory_seq_rm`` rolls them back).
 """
@@ -35,8 +36,9 @@ class LlamaCppBackend:
             raise ValueError(f"llama.cpp could not load {path}")
         vocab = ll.llama_model_get_vocab(self._model)
         self.vocab_size = int(ll.llama_vocab_n_tokens(vocab))
-        self.eos_token_ids = tuple(sorted({int(t) for t in (ll.llama_vocab_eos(vocab), ll.llama_vocab_eot(vocab))
-                                           if t >= 0}))
+        # llama.cpp's end-of-generation tokens (eos, eot, and what the GGUF's metadata adds, e.g. Qwen's
+        # <|endoftext|> beside <|im_end|>): where a llama_cpp target stops, as llama.cpp's own tools do
+        self.eos_token_ids = tuple(t for t in range(self.vocab_size) if ll.llama_vocab_is_eog(vocab, t))
         self.max_seq_len = min(max_seq_len, int(ll.llama_model_n_ctx_train(self._model)))
         self.device = torch.device("cpu")
         self.dtype = torch.float32

@@ -57,6 +57,16 @@ def test_the_round_kind_follows_the_costs():
     assert best_round(("sd",), 0.8, FLAT, 8)[0] == "sd"
 
 
+def test_a_draft_that_cannot_pay_even_when_always_right_never_drafts():
+    """llama.cpp's 1.5B on 2 AVX2 cores: a verify grows by a step per token and the 0.5B draft costs most of
+    a step, so no window beats decoding alone at any acceptance: no opening, no probes."""
+    slow_draft = CostRow(draft_step_s=0.06, verify_s=(0.103, 0.19, 0.256, 0.379), alone_step_s=0.072,
+                         alone_verify_s=(0.072, 0.112, 0.162, 0.168))
+    p = WindowPolicy("pearl", 0.8, max_window=4)
+    assert [p.next_window(slow_draft) for _ in range(3 * PROBE_AFTER_ROUNDS)] == [0] * (3 * PROBE_AFTER_ROUNDS)
+    assert p.next_window(CPU) > 0  # the costs changed (calibration): it drafts again
+
+
 def test_an_adaptive_pearl_request_picks_its_rounds_kind():
     """The costs pick each round's kind, except that the first round of drafting (the draft feeds what it
     missed first: the prompt, at the opening) is PEARL's, where that overlaps the target's forward."""

@@ -29,7 +29,8 @@ nothing is pending, the state a PEARL pre-verify round starts from.
 
 The acceptance estimate forgets old evidence per checked token (``DECAY``), so a sequence that moves from
 code to prose changes its window within a few dozen tokens. Every sequence starts drafting, whatever the
-prior says: its own acceptance is the evidence. Where the target decodes faster alone than beside the draft
+prior says: its own acceptance is the evidence; unless the costs say that not even a draft that is always
+right would beat the target alone (a draft that is slow next to its target: then no round drafts). Where the target decodes faster alone than beside the draft
 (``target_faster_alone``: a CPU whose cores the models split), the prompt's forward runs alone first, on all
 the target's cores (a compute-bound prefill beside the draft took 1.6x as long on 2 cores), and the draft
 feeds the prompt in the next round beside a 1-token verify, drafting a single token (its catch-up alone
@@ -233,6 +234,9 @@ class WindowPolicy:
             self.prefilled = True
             if target_faster_alone(row):
                 return 0  # the prompt's forward alone, on all the target's cores
+        if best_round(self.kinds, 1.0, row, self.max_window)[2] < 1 / row.alone_step_s:
+            self.window = 0  # not even a draft that is always right beats the target alone: no opening, no probe
+            return 0
         self.kind, window, rate = best_round(self.kinds, self.acceptance.rate, row, self.max_window)
         pays = rate >= 1 / row.alone_step_s
         if not self.window:

@@ -121,7 +121,7 @@ def test_pearl_with_a_llamacpp_draft_is_the_target_alone(llamacpp_pair, world):
 @pytest.mark.parametrize("world", ["local", pytest.param("mpi", marks=pytest.mark.mpi)])
 def test_speculation_for_a_llamacpp_target_is_that_target_alone(llamacpp_target_pair, world):
     """A llama_cpp target stops at llama.cpp's end-of-generation tokens, and greedy SD and PEARL (fixed and
-    adaptive windows, PEARL and SD rounds) give its own tokens while the torch draft's are often rejected."""
+    adaptive windows) give its own tokens while the torch draft's are often rejected."""
     config, _ = load_pair(llamacpp_target_pair, check_hashes=True)
     assert config.target.backend == "llama_cpp" and config.draft.backend == "torch"
     tokenizer = load_tokenizer(config.target.path)

@@ -142,8 +142,8 @@ def markdown(summary: dict, title: str, extra: list[str] = ()) -> str:
             lines.append("| " + " | ".join([
                 label, fmt(v["tokens_per_s"], ".2f"), fmt(v["vs_ar"], ".2f", "x"), fmt(v.get("acceptance_rate"), ".2f"),
                 fmt(v.get("mean_accepted_length"), ".2f"), fmt(None if share is None else 100 * share, ".0f", "%"),
-                fmt(None if sd_share is None else 100 * sd_share, ".0f", "%"), fmt(v.get("mean_gamma"), ".1f"), fmt(None if "round_overhead" not in v else 100 * v["round_overhead"],
-                                                      ".1f", "%"),
+                fmt(None if sd_share is None else 100 * sd_share, ".0f", "%"), fmt(v.get("mean_gamma"), ".1f"),
+                fmt(None if "round_overhead" not in v else 100 * v["round_overhead"], ".1f", "%"),
                 v.get("identical_to_ar", "")]) + " |")
         divergences = [(label, d) for label, v in data["methods"].items() for d in v.get("divergences", [])]
         if divergences and group != "overall":

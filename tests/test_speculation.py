@@ -64,7 +64,12 @@ def test_a_draft_that_cannot_pay_even_when_always_right_never_drafts():
                          alone_verify_s=(0.072, 0.112, 0.162, 0.168))
     p = WindowPolicy("pearl", 0.8, max_window=4)
     assert [p.next_window(slow_draft) for _ in range(3 * PROBE_AFTER_ROUNDS)] == [0] * (3 * PROBE_AFTER_ROUNDS)
-    assert p.next_window(CPU) > 0  # the costs changed (calibration): it drafts again
+    assert p.next_window(CPU) > 0  # other costs (another batch size): it drafts again
+    # judged on the profile: calibrated costs under which drafting cannot pay (only the target's steps alone
+    # ran, and they ran faster than profiled) do not stop the probes that would calibrate the rest
+    calibrated = replace(CPU, alone_step_s=0.01)
+    p = policy()
+    assert p.next_window(calibrated, CPU) > 0
 
 
 def test_an_adaptive_pearl_request_picks_its_rounds_kind():

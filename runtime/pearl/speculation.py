@@ -228,14 +228,19 @@ class WindowPolicy:
         if num_checked:
             self.acceptance.observe(num_checked, num_accepted)
 
-    def next_window(self, row: CostRow) -> int:
-        """The window for the next round (and its ``kind``), given the costs of a round of the batch it is in."""
+    def next_window(self, row: CostRow, profiled: CostRow | None = None) -> int:
+        """The window for the next round (and its ``kind``), given the costs of a round of the batch it is in
+        (``row``: calibrated; ``profiled``: as the build measured them, ``row`` if not given)."""
         if not self.prefilled:
             self.prefilled = True
             if target_faster_alone(row):
                 return 0  # the prompt's forward alone, on all the target's cores
-        if best_round(self.kinds, 1.0, row, self.max_window)[2] < 1 / row.alone_step_s:
-            self.window = 0  # not even a draft that is always right beats the target alone: no opening, no probe
+        # Not even a draft that is always right beats the target alone: no opening, no probe. Judged on the
+        # profile (both models measured side by side): calibration moves only the kinds of forward that ran,
+        # and without probes a one-sided calibration would never be corrected.
+        ceiling = profiled or row
+        if best_round(self.kinds, 1.0, ceiling, self.max_window)[2] < 1 / ceiling.alone_step_s:
+            self.window = 0
             return 0
         self.kind, window, rate = best_round(self.kinds, self.acceptance.rate, row, self.max_window)
         pays = rate >= 1 / row.alone_step_s

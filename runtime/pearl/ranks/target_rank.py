@@ -123,7 +123,8 @@ class TargetRank:
         if self.draft_off_batch_size is not None and len(self.active) >= self.draft_off_batch_size:
             window = 0
         elif state.policy is not None:
-            window = state.policy.next_window(self.calibration.apply(self.costs.at(len(self.active))))
+            profiled = self.costs.at(len(self.active))
+            window = state.policy.next_window(self.calibration.apply(profiled), profiled)
             kind = Mode.parse(state.policy.kind)
         else:
             window = state.request.gamma

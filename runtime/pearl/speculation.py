@@ -48,6 +48,7 @@ drafting and decoding alone is made in today's costs.
 """
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 
 import numpy as np
@@ -160,6 +161,13 @@ def best_round(kinds: tuple[str, ...], a: float, row: CostRow, max_window: int) 
 ROUND_KINDS = {"pearl": ("pearl", "sd"), "sd": ("sd",)}
 
 
+@functools.lru_cache(maxsize=64)
+def drafting_can_pay(kinds: tuple[str, ...], row: CostRow, max_window: int) -> bool:
+    """Whether a draft that is always right would beat the target alone under these costs (a property of the
+    profile's row: computed once per row, not every round)."""
+    return best_round(kinds, 1.0, row, max_window)[2] >= 1 / row.alone_step_s
+
+
 def target_faster_alone(row: CostRow) -> bool:
     """Whether the target steps faster with the draft idle (a CPU whose cores the models split) than beside
     it (a GPU each: the same)."""
@@ -235,12 +243,10 @@ class WindowPolicy:
             self.prefilled = True
             if target_faster_alone(row):
                 return 0  # the prompt's forward alone, on all the target's cores
-        # Not even a draft that is always right beats the target alone: no opening, no probe. Judged on the
-        # profile (both models measured side by side): calibration moves only the kinds of forward that ran,
-        # and without probes a one-sided calibration would never be corrected.
-        ceiling = profiled or row
-        if best_round(self.kinds, 1.0, ceiling, self.max_window)[2] < 1 / ceiling.alone_step_s:
-            self.window = 0
+        # Judged on the profile (both models measured side by side): calibration moves only the kinds of
+        # forward that ran, and without probes a one-sided calibration would never be corrected.
+        if not drafting_can_pay(self.kinds, profiled or row, self.max_window):
+            self.window = 0  # no opening, no probe
             return 0
         self.kind, window, rate = best_round(self.kinds, self.acceptance.rate, row, self.max_window)
         pays = rate >= 1 / row.alone_step_s

@@ -50,7 +50,10 @@ def test_bench_writes_records_summary_and_chart_per_class(bench):
                 assert values["identical_to_ar"] == f"{data['prompts']}/{data['prompts']}", (group, label,
                                                                                               values["divergences"])
                 assert values["target_forwards"] > 0 and 0 <= values["acceptance_rate"] <= 1
-                assert 0 < values["drafted_share"] <= 1 and values["mean_gamma"] > 0
+                if label == "pearl(gamma=auto)":  # 12 tokens may not win back the draft's catch-up on a prompt
+                    assert 0 <= values["drafted_share"] <= 1 and values["mean_gamma"] >= 0
+                else:
+                    assert 0 < values["drafted_share"] <= 1 and values["mean_gamma"] > 0
                 if label.startswith("sd"):
                     assert values["sd_share"] == 1.0
                 elif label != "pearl(gamma=auto)":  # a fixed PEARL window runs PEARL rounds only
@@ -111,7 +114,8 @@ AIPERF = os.environ.get("PEARL_AIPERF", str(REPO / ".venv-aiperf" / "bin" / "aip
 
 def test_aiperf_against_the_openai_api(smollm2_engines, tmp_path):
     out = tmp_path / "perf"
-    run_script("perf.py", "--engines", str(smollm2_engines), "--prompts", "2", "--max-tokens", "16",
+    # 96 tokens: enough to win back the draft's catch-up on a ~150-token chat prompt, so adaptive windows draft
+    run_script("perf.py", "--engines", str(smollm2_engines), "--prompts", "2", "--max-tokens", "96",
                "--concurrency", "1,2", "--requests-per-point", "2", "--out", str(out), "--cache-dir", str(CACHE_DIR),
                "--no-genai-perf", "--aiperf", AIPERF, "--openai-port", str(free_port()),
                "--http-port", str(free_port()), "--grpc-port", str(free_port()), "--metrics-port", str(free_port()))
@@ -120,11 +124,11 @@ def test_aiperf_against_the_openai_api(smollm2_engines, tmp_path):
     assert set(aiperf) == {1, 2} and summary["genai_perf"] == []
     for a in aiperf.values():
         assert 0 < a["time_to_first_token_ms"] < a["request_latency_ms"] and a["inter_token_latency_ms"] > 0
-        assert a["output_tokens_per_s"] > 0 and 0 < a["output_tokens_mean"] <= 20  # re-tokenized text
+        assert a["output_tokens_per_s"] > 0 and 0 < a["output_tokens_mean"] <= 110  # re-tokenized text
         # from the responses' metrics.speculative_decoding: AIPerf read them
         assert a["mean_acceptance_length"] >= 1 and 0 <= a["draft_acceptance_rate_pct"] <= 100
     sent = json.loads(next((out / "aiperf" / "c2").rglob("inputs.json")).read_text())["data"][0]["payloads"][0]
-    assert sent["stream"] is True and sent["max_completion_tokens"] == 16 and sent["temperature"] == 0
+    assert sent["stream"] is True and sent["max_completion_tokens"] == 96 and sent["temperature"] == 0
     assert list((out / "aiperf" / "c2").rglob("profile_export_aiperf.csv"))
     assert "draft acceptance %" in (out / "summary.md").read_text()
 

@@ -86,6 +86,7 @@ def test_pair_json_has_shared_vocab_and_profile(built):
         assert row["target_alone_step_s"] > 0
     costs = load_pair(built)[1]
     assert sorted(costs.rows) == [1, 2, 3] and costs.max_window == 4
+    assert 0 < profile["draft_feed_s"] == costs.rows[1].draft_feed_s  # a token of the draft's catch-up
     assert costs.at(16) == costs.rows[3] and costs.rows[2].verify_s == tuple(table["2"]["target_verify_s"])
 
 

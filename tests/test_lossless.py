@@ -1,9 +1,11 @@
 """Greedy PEARL and SD output is token-identical to the target alone (AR), in this process and over MPI."""
+from dataclasses import replace
+
 import pytest
 
 from conftest import WORLDS
 from pearl.params import SamplingParams
-from pearl.speculation import CostRow, SpeculationCosts
+from pearl.speculation import CostRow, SpeculationCosts, catch_up_pays
 
 
 @pytest.fixture(scope="module", params=WORLDS)
@@ -116,6 +118,22 @@ def test_adaptive_windows_grow_with_a_draft_that_is_always_right(llm_factory, ti
     # every round drafted but the prompt's (the target decodes faster alone under these costs: it runs alone)
     assert out.stats.drafted_rounds == out.stats.rounds - 1 and out.stats.mean_gamma > 4
     assert out.stats.tokens_per_target_forward > 4
+
+
+def test_a_catch_up_that_cannot_be_won_back_is_not_started(llm_factory, tiny):
+    """The target rank tells each policy how many tokens are left to generate and how many the draft has not
+    fed: where the draft feeds a token in a sixth of a target step, a 40-token prompt asking for 4 tokens
+    decodes alone throughout; asking for 60, it drafts (and stays the target's own output)."""
+    row = replace(SWITCHING_COSTS.at(1), draft_feed_s=0.01)
+    assert not catch_up_pays(("pearl", "sd"), 0.8, row, 6, remaining=3, missed=41)
+    assert catch_up_pays(("pearl", "sd"), 0.8, row, 6, remaining=59, missed=41)
+    llm = llm_factory(tiny["target"], tiny["target"], costs=SpeculationCosts({1: row}, 0.8))
+    prompt = list(range(1, 41))
+    for max_tokens, drafts in ((4, False), (60, True)):
+        params = SamplingParams(max_tokens=max_tokens, ignore_eos=True)
+        out = llm.generate(prompt, params, mode="pearl").collect()
+        assert (out.stats.drafted_rounds > 0) is drafts, max_tokens
+        assert out.token_ids == llm.generate(prompt, params, mode="ar").collect().token_ids
 
 
 def test_every_mode_matches_the_reference_decoders(llm_factory, tiny):

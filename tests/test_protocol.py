@@ -32,7 +32,7 @@ def test_costs_round_trip():
     from pearl.speculation import CostRow, SpeculationCosts
 
     costs = SpeculationCosts({1: CostRow(0.05, (0.3, 0.32, 0.4), 0.2, (0.2, 0.21, 0.25)),
-                              4: CostRow(0.09, (0.5, 0.7, 0.9), 0.3, (0.3, 0.4, 0.5))}, 0.7)
+                              4: CostRow(0.09, (0.5, 0.7, 0.9), 0.3, (0.3, 0.4, 0.5), draft_feed_s=0.013)}, 0.7)
     assert SpeculationCosts.from_message(costs.to_message()) == costs
     # a profile from before the verify on all threads was measured: the estimate crosses
     unprofiled = SpeculationCosts({1: CostRow(0.05, (0.3, 0.6), 0.2)}, 0.7)

@@ -32,7 +32,7 @@ def scripted_rounds(monkeypatch) -> list[int]:
     scripts: dict[int, itertools.cycle] = {}
     left_pending: list[int] = []
 
-    def next_window(policy: WindowPolicy, row, profiled=None) -> int:
+    def next_window(policy: WindowPolicy, row, *costs) -> int:
         policy.kind, policy.window = next(scripts.setdefault(id(policy), itertools.cycle(SCRIPT)))
         return policy.window
 

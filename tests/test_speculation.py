@@ -5,8 +5,8 @@ from dataclasses import replace
 import pytest
 
 from pearl.speculation import (MIN_DRAFTED_ROUNDS, PROBE_AFTER_ROUNDS, AcceptanceEstimate, Calibration, CostRow,
-                               SpeculationCosts, WindowPolicy, best_round, best_window, pearl_tokens_per_s,
-                               sd_tokens_per_s)
+                               SpeculationCosts, WindowPolicy, best_round, best_window, catch_up_pays,
+                               pearl_tokens_per_s, sd_tokens_per_s)
 
 # A GPU-like pair: a verify costs the same for any window, the draft 1/4 of the target.
 FLAT = CostRow(draft_step_s=0.025, verify_s=(0.1,) * 8, alone_step_s=0.1)
@@ -148,6 +148,51 @@ def test_an_unlucky_opening_is_looked_at_again_as_soon_as_a_stop_after_paying():
     while p.next_window(CPU):
         p.observe(p.window, 0)
     assert p.probe_after == 2 * PROBE_AFTER_ROUNDS  # a probe that did not pay: the next look waits longer
+
+
+# The llama.cpp draft pair as profiled on the 2-core VM: the draft feeds a token in 13.6 ms on its core.
+LLAMACPP = CostRow(draft_step_s=0.0496, verify_s=(0.271, 0.301, 0.324, 0.341, 0.381, 0.354, 0.552, 0.517),
+                   alone_step_s=0.178, alone_verify_s=(0.178, 0.215, 0.217, 0.237, 0.252, 0.334, 0.386, 0.399),
+                   draft_feed_s=0.0136)
+
+
+def test_catching_up_must_be_won_back_over_the_remaining_tokens():
+    """Measured: the draft fed a 494-token prompt in 6.7 s and the request, 48 tokens, ran 0.88x the target
+    alone. Drafting opens only where the gain at the prior acceptance over the tokens left covers that."""
+    kinds = ("pearl", "sd")
+    assert not catch_up_pays(kinds, 0.8, LLAMACPP, 8, remaining=48, missed=495)
+    assert catch_up_pays(kinds, 0.8, LLAMACPP, 8, remaining=500, missed=495)
+    assert catch_up_pays(kinds, 0.8, LLAMACPP, 8, remaining=63, missed=50)  # a chat prompt: worth a look
+    assert not catch_up_pays(kinds, 0.8, LLAMACPP, 8, remaining=3, missed=50)
+    # a draft that only loses never wins anything back; an unbounded request always may
+    assert not catch_up_pays(kinds, 0.2, LLAMACPP, 8, remaining=10_000, missed=50)
+    assert catch_up_pays(kinds, 0.8, LLAMACPP, 8, remaining=None, missed=10_000)
+    # a GPU each: the feed hides behind the target's forward, and looking costs nothing
+    assert catch_up_pays(kinds, 0.2, replace(FLAT, draft_feed_s=0.0001), 8, remaining=5, missed=500)
+    # a profile without the feed measured prices only the round on fewer threads
+    assert catch_up_pays(kinds, 0.8, replace(LLAMACPP, draft_feed_s=0.0), 8, remaining=48, missed=495)
+
+
+def test_a_long_prompt_with_few_tokens_to_go_decodes_alone_throughout():
+    p = WindowPolicy("pearl", 0.8, max_window=8)
+    windows = [p.next_window(LLAMACPP, None, 48 - i, 495 + i) for i in range(48)]
+    assert windows == [0] * 48  # neither the opening nor any probe
+    p = WindowPolicy("pearl", 0.8, max_window=8)
+    assert p.next_window(LLAMACPP, None, 500, 494) == 0  # the prompt, alone
+    assert p.next_window(LLAMACPP, None, 499, 495) == 1  # enough to go: the opening, one token while feeding
+
+
+def test_a_probe_near_the_end_is_not_worth_its_catch_up():
+    p = WindowPolicy("pearl", 0.8, max_window=8)
+    assert p.next_window(LLAMACPP, None, 64, 50) == 0 and p.next_window(LLAMACPP, None, 63, 51) == 1
+    while p.next_window(LLAMACPP, None, 60, 0):
+        p.observe(p.window, 0)  # rejected at once: it stops
+    assert [p.next_window(LLAMACPP, None, 40, 1 + i) for i in range(PROBE_AFTER_ROUNDS)].count(0) == \
+        PROBE_AFTER_ROUNDS - 1  # a probe with 40 tokens to go
+    while p.next_window(LLAMACPP, None, 30, 0):
+        p.observe(p.window, 0)
+    assert [p.next_window(LLAMACPP, None, 3, 1 + i) for i in range(4 * PROBE_AFTER_ROUNDS)] == \
+        [0] * (4 * PROBE_AFTER_ROUNDS)  # none with 3 to go
 
 
 def test_the_batch_size_picks_its_row_of_costs():

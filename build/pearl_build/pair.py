@@ -14,7 +14,8 @@ from pearl.llm import check_tokenizers, shared_vocab_size
 from pearl_build.artifacts import build_key
 from pearl_build.config import PairConfig
 
-PROFILE_FORMAT = 2  # 2: a target step alone per batch size (what adaptive windows compare drafting with)
+PROFILE_FORMAT = 3  # 2: a target step alone per batch size (what adaptive windows compare drafting with);
+# 3: the draft's feed per token (what catching up costs) and the target's verifies alone
 
 
 def log(message: str) -> None:
@@ -44,7 +45,8 @@ def finish_pair(pair: PairConfig, out: Path, keys: dict[str, str], profile: bool
         write_engine_json(out, info)
         p = info["profile"]
         log(f"draft step {1000 * p['draft_step_s']:.1f} ms, target step {1000 * p['target_step_s']:.1f} ms "
-            f"({1000 * p['target_alone_step_s']:.1f} ms alone), speed ratio {p['speed_ratio']:.2f}, "
+            f"({1000 * p['target_alone_step_s']:.1f} ms alone), draft feed {1000 * p['draft_feed_s']:.1f} ms a "
+            f"token, speed ratio {p['speed_ratio']:.2f}, "
             f"window at acceptance {p['draft_acceptance']}: {p['recommended_gamma']}")
         if len(p["by_batch_size"]) > 1:
             log("gamma by batch size: " + ", ".join(f"{size}: {row['recommended_gamma']}"

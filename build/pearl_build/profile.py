@@ -11,10 +11,11 @@ from pathlib import Path
 
 from pearl.engine_files import load_pair
 from pearl.llm import LLM
-from pearl.profiling import DEFAULT_ACCEPTANCE
+from pearl.profiling import DEFAULT_ACCEPTANCE, PROFILE_PROMPT_TOKENS
 from pearl.speculation import CostRow, best_window
 
 STEPS = 5  # timed forwards per window length (the median is kept)
+FEED_TOKENS = 128  # the draft's catch-up is timed as one forward over this many tokens
 
 
 def hardware(device: str) -> str:
@@ -49,10 +50,13 @@ def profile_pair(pair_dir: Path, max_draft_len: int, max_batch_size: int = 1,
     vanilla SD's verify). Batched, a verify costs
     more and the best window moves with it (nano-PEARL measures it the same way). ``recommended_gamma`` is the
     PEARL window with the most expected tokens per second at the pair's ``draft_acceptance``; adaptive
-    requests start from it and move with their own acceptance."""
+    requests start from it and move with their own acceptance. ``draft_feed_s``: the draft's seconds per token
+    when it feeds ``FEED_TOKENS`` at once (catching up on a prompt or on tokens the target decoded alone)."""
     config, _ = load_pair(pair_dir)
     table = {}
     with LLM(config) as llm:
+        feed = min(FEED_TOKENS, llm.max_seq_len - PROFILE_PROMPT_TOKENS - 1)
+        feed_s = llm.world.profile({"draft": feed}, steps=STEPS, feed=True)["draft"][0] / feed
         for size in batch_sizes(max_batch_size, config.draft_off_batch_size):
             seconds = llm.world.profile({"draft": 1, "target": max_draft_len}, steps=STEPS, batch_size=size)
             alone = seconds["target"]
@@ -75,6 +79,7 @@ def profile_pair(pair_dir: Path, max_draft_len: int, max_batch_size: int = 1,
         "target_verify_s": lone["target_verify_s"],
         "target_alone_step_s": lone["target_alone_step_s"],
         "target_alone_verify_s": lone["target_alone_verify_s"],
+        "draft_feed_s": feed_s,
         "speed_ratio": lone["speed_ratio"],
         "recommended_gamma": lone["recommended_gamma"],
         "by_batch_size": table,

@@ -8,6 +8,8 @@ Costs (``SpeculationCosts``, from the build's profile, one ``CostRow`` per profi
   alone_step_s         one target decode step with no draft running (``target_alone_threads``)
   alone_verify_s[k-1]  one target forward over k new tokens on ``target_alone_threads`` (an SD round's verify:
                        the draft idles meanwhile)
+  draft_feed_s         the draft's seconds per token when it feeds many at once (catching up on a prompt, or on
+                       the tokens the target decoded alone); 0 in a profile from before it was measured
 
 Expected tokens per second of a window k, for a per-token acceptance a:
 - SD: a round drafts k tokens, then verifies them (k + 1 rows, the target on all its threads) and keeps
@@ -28,18 +30,25 @@ checks the pending tokens a PEARL round left along with its new window (``SdStep
 nothing is pending, the state a PEARL pre-verify round starts from.
 
 The acceptance estimate forgets old evidence per checked token (``DECAY``), so a sequence that moves from
-code to prose changes its window within a few dozen tokens. Every sequence starts drafting, whatever the
-prior says: its own acceptance is the evidence; unless the costs say that not even a draft that is always
-right would beat the target alone (a draft that is slow next to its target: then no round drafts). Where the target decodes faster alone than beside the draft
-(``target_faster_alone``: a CPU whose cores the models split), the prompt's forward runs alone first, on all
-the target's cores (a compute-bound prefill beside the draft took 1.6x as long on 2 cores), and the draft
-feeds the prompt in the next round beside a 1-token verify, drafting a single token (its catch-up alone
-outlasts that verify); elsewhere the two prefills run at once. A sequence that stopped drafting has no
-evidence coming in: it drafts again after ``PROBE_AFTER_ROUNDS`` rounds, twice as many after each probe
+code to prose changes its window within a few dozen tokens. Every sequence starts drafting, whatever its
+prior acceptance: its own acceptance is the evidence; unless the costs say that not even a draft that is
+always right would beat the target alone (a draft that is slow next to its target: then no round drafts), or
+that catching up costs more than drafting could win back (below). Where the target decodes faster alone than
+beside the draft (``target_faster_alone``: a CPU whose cores the models split), the prompt's forward runs
+alone first, on all the target's cores (a compute-bound prefill beside the draft took 1.6x as long on 2
+cores), and the draft feeds the prompt in the next round beside a 1-token verify, drafting a single token (its
+catch-up alone outlasts that verify); elsewhere the two prefills run at once. A sequence that stopped drafting
+has no evidence coming in: it drafts again after ``PROBE_AFTER_ROUNDS`` rounds, twice as many after each probe
 that does not pay (the opening rounds are no probe: a request whose first two windows were unlucky looks
 again as soon as one that stopped after paying). A probe is dear (the draft first catches up on every token
 it missed, in a PEARL round as at the opening, and the target's round runs on fewer threads), so probes are
 rare.
+
+Catching up is priced (``catch_up_pays``): where it costs time (the draft's feed outlasts the target's
+forward beside it, or that forward runs on fewer threads than alone), drafting opens, or a probe looks again,
+only if what drafting would gain over the request's remaining tokens at the pair's prior acceptance is more
+than that cost. The llama.cpp draft took 6.7 s on its core to feed a 494-token prompt: a request for 48 more
+tokens never wins that back (it ran 0.88x the target alone), one for 500 may.
 
 The profile times each model alone on a short context; serving, PEARL's two models run at once and share the
 memory bandwidth of a CPU, contexts grow, and a VM's speed drifts. ``Calibration`` scales the profile by what
@@ -67,6 +76,7 @@ class CostRow:
     alone_step_s: float
     alone_verify_s: tuple[float, ...] = ()  # () (a profile from before it was measured): see alone_verify
     sd_draft_step_s: float | None = None  # a draft step in an SD round (calibrated apart); None: draft_step_s
+    draft_feed_s: float = 0.0  # per token the draft catches up on; 0: unprofiled (catching up counts as free)
 
     def verify(self, tokens: int) -> float:
         """A forward over ``tokens`` new tokens per sequence (past the profiled ones: the longest profiled)."""
@@ -105,26 +115,29 @@ class SpeculationCosts:
         for size, row in profile["by_batch_size"].items():
             verify = tuple(row["target_verify_s"])
             rows[int(size)] = CostRow(row["draft_step_s"], verify, row.get("target_alone_step_s", verify[0]),
-                                      tuple(row.get("target_alone_verify_s", ())))
+                                      tuple(row.get("target_alone_verify_s", ())),
+                                      draft_feed_s=profile.get("draft_feed_s", 0.0))  # one sequence's catch-up
         return cls(rows, prior_acceptance)
 
     def to_message(self) -> np.ndarray:
-        """COSTS: [prior, K, n, (batch_size, draft_step_s, alone_step_s, verify_s[:K], alone_verify[:K]) * n]
-        (see ranks.protocol; alone_verify as ``CostRow.alone_verify`` gives it, profiled or not)."""
+        """COSTS: [prior, K, n, (batch_size, draft_step_s, alone_step_s, draft_feed_s, verify_s[:K],
+        alone_verify[:K]) * n] (see ranks.protocol; alone_verify as ``CostRow.alone_verify`` gives it, profiled
+        or not)."""
         k = self.max_window
         values = [self.prior_acceptance, k, len(self.rows)]
         for size, row in sorted(self.rows.items()):
-            values += [size, row.draft_step_s, row.alone_step_s, *row.verify_s[:k],
+            values += [size, row.draft_step_s, row.alone_step_s, row.draft_feed_s, *row.verify_s[:k],
                        *(row.alone_verify(tokens) for tokens in range(1, k + 1))]
         return np.array(values, dtype=np.float64)
 
     @classmethod
     def from_message(cls, message: np.ndarray) -> "SpeculationCosts":
         prior, k, n = float(message[0]), int(message[1]), int(message[2])
-        rows, width = {}, 3 + 2 * k
+        rows, width = {}, 4 + 2 * k
         for i in range(n):
             values = message[3 + i * width:3 + (i + 1) * width].tolist()
-            rows[int(values[0])] = CostRow(values[1], tuple(values[3:3 + k]), values[2], tuple(values[3 + k:]))
+            rows[int(values[0])] = CostRow(values[1], tuple(values[4:4 + k]), values[2], tuple(values[4 + k:]),
+                                           draft_feed_s=values[3])
         return cls(rows, prior)
 
 
@@ -166,6 +179,19 @@ def drafting_can_pay(kinds: tuple[str, ...], row: CostRow, max_window: int) -> b
     """Whether a draft that is always right would beat the target alone under these costs (a property of the
     profile's row: computed once per row, not every round)."""
     return best_round(kinds, 1.0, row, max_window)[2] >= 1 / row.alone_step_s
+
+
+def catch_up_pays(kinds: tuple[str, ...], acceptance: float, row: CostRow, max_window: int, remaining: int | None,
+                  missed: int) -> bool:
+    """Whether drafting the ``remaining`` tokens at ``acceptance`` would gain more than the first drafted round
+    costs beyond a step alone: the draft feeds the ``missed`` tokens (and drafts one) beside the target's
+    1-token verify. A catch-up that costs nothing (a GPU each, the draft's feed hidden behind the verify) is
+    always worth a look; ``remaining`` None: unbounded."""
+    catch_up_s = max(missed * row.draft_feed_s + row.draft_step_s, row.verify(1)) - row.alone_step_s
+    if remaining is None or catch_up_s <= 0:
+        return True
+    gain_per_token = row.alone_step_s - 1 / best_round(kinds, acceptance, row, max_window)[2]
+    return remaining * gain_per_token > catch_up_s
 
 
 def target_faster_alone(row: CostRow) -> bool:
@@ -213,7 +239,7 @@ class Calibration:
         alone_verify = (row.alone_verify(k) * sd_verify for k in range(1, len(row.verify_s) + 1))
         return CostRow(row.draft_step_s * self.ratios["draft"], tuple(v * verify for v in row.verify_s),
                        row.alone_step_s * self.ratios["alone"], tuple(alone_verify),
-                       row.sd_draft_step * self.ratios["sd_draft"])
+                       row.sd_draft_step * self.ratios["sd_draft"], row.draft_feed_s)
 
 
 class WindowPolicy:
@@ -221,7 +247,7 @@ class WindowPolicy:
     drafts in (``kind``: "pearl" or "sd", among its mode's ``ROUND_KINDS``)."""
 
     def __init__(self, mode: str, prior_acceptance: float, max_window: int) -> None:
-        self.kinds, self.max_window = ROUND_KINDS[mode], max_window
+        self.kinds, self.max_window, self.prior = ROUND_KINDS[mode], max_window, prior_acceptance
         self.kind = self.kinds[0]
         self.acceptance = AcceptanceEstimate(prior_acceptance)
         self.window = 0
@@ -236,22 +262,29 @@ class WindowPolicy:
         if num_checked:
             self.acceptance.observe(num_checked, num_accepted)
 
-    def next_window(self, row: CostRow, profiled: CostRow | None = None) -> int:
+    def next_window(self, row: CostRow, profiled: CostRow | None = None, remaining: int | None = None,
+                    missed: int = 0) -> int:
         """The window for the next round (and its ``kind``), given the costs of a round of the batch it is in
-        (``row``: calibrated; ``profiled``: as the build measured them, ``row`` if not given)."""
+        (``row``: calibrated; ``profiled``: as the build measured them, ``row`` if not given), the tokens the
+        request may still generate (``remaining``; None: unbounded) and the tokens the draft has not fed yet
+        (``missed``: the prompt's, then those decoded alone)."""
         if not self.prefilled:
             self.prefilled = True
             if target_faster_alone(row):
                 return 0  # the prompt's forward alone, on all the target's cores
-        # Judged on the profile (both models measured side by side): calibration moves only the kinds of
-        # forward that ran, and without probes a one-sided calibration would never be corrected.
-        if not drafting_can_pay(self.kinds, profiled or row, self.max_window):
+        # Whether to draft at all, and whether a catch-up can be won back, are judged on the profile (both
+        # models measured side by side): calibration moves only the kinds of forward that ran, and without
+        # probes a one-sided calibration would never be corrected.
+        profiled = profiled or row
+        if not drafting_can_pay(self.kinds, profiled, self.max_window):
             self.window = 0  # no opening, no probe
             return 0
         self.kind, window, rate = best_round(self.kinds, self.acceptance.rate, row, self.max_window)
         pays = rate >= 1 / row.alone_step_s
         if not self.window:
-            if pays or self.alone_rounds >= self.probe_after:  # drafting pays, or it is time to look again
+            # drafting pays, or it is time to look again; and what could be won back covers the catch-up
+            if (pays or self.alone_rounds >= self.probe_after) and \
+                    catch_up_pays(self.kinds, self.prior, profiled, self.max_window, remaining, missed):
                 self.probing, self.opened = self.opened and not pays, True
                 if "pearl" in self.kinds:
                     # The draft first feeds every token it missed (at the opening, the prompt): a PEARL round

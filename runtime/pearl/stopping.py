@@ -42,6 +42,11 @@ class OutputTracker:
     def finished(self) -> bool:
         return self.finish_reason is not FinishReason.NONE
 
+    @property
+    def remaining(self) -> int:
+        """Output tokens the request may still get before ``max_tokens`` (a resumed request's earlier ones count)."""
+        return self.params.max_tokens - len(self._all_output)
+
     def cancel(self) -> None:
         """End the request now (the client went away); what was already verified stays output."""
         if not self.finished:

@@ -53,6 +53,7 @@ class TargetState(RankState):
     # this round's draft first fed the tokens it missed while the target decoded alone (the first round after
     # a round that did not draft): its time is no draft step's
     draft_was_behind: bool = False
+    draft_seen: int = 0  # verified tokens after the last round the draft ran with this sequence (0: none yet)
     started: float = field(default_factory=time.perf_counter)
     wait_s: float = 0.0
     draft_forwards: int = 0
@@ -76,6 +77,12 @@ class TargetState(RankState):
     def finished(self) -> bool:
         return self.tracker.finished
 
+    @property
+    def draft_missed(self) -> int:
+        """Tokens the draft would first have to feed if it drafted next round: the prompt's and those decoded
+        alone since it last ran with this sequence."""
+        return max(0, self.seq.num_verified - self.draft_seen)
+
     def take_draft(self, draft: Draft, waited_s: float) -> None:
         """The draft's window arrived (after ``waited_s`` of waiting): append it as pending tokens."""
         self.draft, self.draft_wait_s = draft, waited_s
@@ -94,6 +101,8 @@ class TargetState(RankState):
         that checked draft tokens is one verification (vLLM's "draft") in the acceptance histogram."""
         self.rounds += 1
         self.draft_was_behind = num_checked > 0 and not self.checked
+        if self.step.uses_draft:
+            self.draft_seen = self.seq.num_verified
         self.checked = num_checked
         self.batched_sequences += batch_size
         if num_checked > 0:

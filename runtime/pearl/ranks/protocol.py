@@ -18,7 +18,9 @@ Driver -> each worker
                         (to the target, and to the draft unless mode is AR: the draft never hears of those;
                         gamma 0: adaptive, the target picks each round's window, see pearl.speculation)
                         [OP_START, shared vocab size]  (once, after every worker is READY)
-                        [OP_PROFILE, steps, max_tokens, batch_size, threads (0: the rank's own)]   [OP_SHUTDOWN]
+                        [OP_PROFILE, steps, max_tokens, batch_size, threads (0: the rank's own), feed]
+                        (feed 1: one forward over max_tokens that wants the last token's logits only, a
+                        catch-up; 0: k = 1..max_tokens, k rows each)   [OP_SHUTDOWN]
   COSTS        float64  SpeculationCosts.to_message(): the pair's measured costs, what adaptive requests'
                         windows are chosen from (target only; before the first adaptive request)
   SAMPLING     float64  [temperature, top_p]            (right after an OP_GENERATE CONTROL)
@@ -33,7 +35,7 @@ Worker -> driver
                         TOKENS: the request's counters so far, pearl.schema.COUNTERS, then its histogram, at least
                         one entry, pearl.schema.ACCEPTANCE_HISTOGRAM; after the last TOKENS its totals. Running
                         totals let a request resumed in a new world count what the dead one did)
-  PROFILE      float64  [seconds of a forward over k new tokens, for k = 1..max_tokens]
+  PROFILE      float64  [seconds of a forward over k new tokens, for each k OP_PROFILE asked for]
 Draft <-> target (peers): continuous batching, one PLAN and one DRAFT per round, in lock step
   PLAN         int64    target -> draft at each round boundary (only when there is something to say):
                         [n_verdicts, (request_id, num_accepted, next_token (-1: none), finished, window)

@@ -124,7 +124,8 @@ class TargetRank:
             window = 0
         elif state.policy is not None:
             profiled = self.costs.at(len(self.active))
-            window = state.policy.next_window(self.calibration.apply(profiled), profiled)
+            window = state.policy.next_window(self.calibration.apply(profiled), profiled,
+                                              state.tracker.remaining, state.draft_missed)
             kind = Mode.parse(state.policy.kind)
         else:
             window = state.request.gamma

@@ -128,7 +128,7 @@ class Worker:
             threads = torch.get_num_threads()
             torch.set_num_threads(int(message[4]) or self.config.threads_per_rank)
             seconds = forward_seconds(self.backend, max_tokens=int(message[2]), steps=int(message[1]),
-                                      batch_size=int(message[3]))
+                                      batch_size=int(message[3]), feed=bool(message[5]))
             torch.set_num_threads(threads)
             self.driver.send(np.array(seconds), DRIVER_RANK, PROFILE)
         elif op == OP_GENERATE:

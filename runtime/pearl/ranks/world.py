@@ -174,17 +174,18 @@ class World:
         return Report(int(tokens[0]), tokens[2:].tolist(), int(tokens[1]), counters[1:])
 
     def profile(self, max_tokens: dict[str, int], steps: int = 5, batch_size: int = 1,
-                threads: dict[str, int] | None = None) -> dict[str, list[float]]:
+                threads: dict[str, int] | None = None, feed: bool = False) -> dict[str, list[float]]:
         """Per model named in ``max_tokens``: seconds of a forward over k new tokens for each of ``batch_size``
-        sequences, k = 1..max_tokens[role], measured on its own rank (on ``threads[role]`` threads, default its
-        own), one rank at a time (so neither disturbs the other's timing)."""
+        sequences, k = 1..max_tokens[role] (``feed``: k = max_tokens[role] alone, the last token's logits only:
+        a catch-up), measured on its own rank (on ``threads[role]`` threads, default its own), one rank at a
+        time (so neither disturbs the other's timing)."""
         seconds = {}
         with self._profile_lock:
             for rank in WORKER_RANKS:
                 role = ROLE_NAMES[rank]
                 if role not in max_tokens:
                     continue
-                message = [OP_PROFILE, steps, max_tokens[role], batch_size, (threads or {}).get(role, 0)]
+                message = [OP_PROFILE, steps, max_tokens[role], batch_size, (threads or {}).get(role, 0), int(feed)]
                 with self._send_lock:
                     self.endpoint.send(np.array(message, dtype=np.int64), rank, CONTROL)
                 # its own tag: a receive beside poll's (which never takes a PROFILE)

@@ -8,7 +8,7 @@ import json
 from pathlib import Path
 
 from pearl.layout import CACHE_DIR, RESULTS_DIR, TRITON_TEMPLATES
-from pearl_bench.prompts import CLASSES, from_jsonl, humaneval, mixed
+from pearl_bench.prompts import CLASSES, LONG, from_jsonl, humaneval, mixed
 
 
 def _served(engines: Path, cache_dir: Path, template_values: list[str] = ()):
@@ -31,7 +31,8 @@ each. Writes records.jsonl (resumable), summary.json, summary.md and speedup.png
     parser = argparse.ArgumentParser(prog="pearl bench", description=bench.__doc__.splitlines()[0])
     parser.add_argument("--engines", type=Path, required=True, help="a pair's engine directory")
     parser.add_argument("--per-class", type=int, default=4, help="prompts of each class (default 4)")
-    parser.add_argument("--classes", default=",".join(CLASSES), help=f"of {', '.join(CLASSES)}")
+    parser.add_argument("--classes", default=",".join(CLASSES),
+                        help=f"of {', '.join(CLASSES)}, and {LONG} (opt-in: ~1000-token prompts, slow to prefill)")
     parser.add_argument("--prompts-file", type=Path, help="a JSONL file of {\"prompt\", \"class\"?, \"chat\"?} instead")
     parser.add_argument("--max-tokens", type=int, default=64)
     parser.add_argument("--gammas", default="2,3,4", help="the fixed windows swept for sd, pearl, llama.cpp")

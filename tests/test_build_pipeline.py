@@ -83,7 +83,7 @@ def test_pair_json_has_shared_vocab_and_profile(built):
     for row in table.values():
         assert len(row["target_verify_s"]) == 4 and all(t > 0 for t in row["target_verify_s"])
         assert row["draft_step_s"] > 0 and 1 <= row["recommended_gamma"] <= 4
-        assert row["target_alone_step_s"] > 0
+        assert row["target_alone_step_s"] > 0 and row["draft_alone_step_s"] > 0
     costs = load_pair(built)[1]
     assert sorted(costs.rows) == [1, 2, 3] and costs.max_window == 4
     assert 0 < profile["draft_feed_s"] == costs.rows[1].draft_feed_s  # a token of the draft's catch-up
@@ -168,6 +168,7 @@ def test_draft_off_settings_reach_the_world_and_the_profile_without_rebuilding_m
         assert {role: read_engine_json(built / role)["built_at"] for role in models} == models
         profile = read_engine_json(built)["profile"]  # reprofiled: the target alone on 2 threads, and no
         assert profile["target_alone_threads"] == 2 and list(costs.rows) == [1]  # windows from 2 sequences on
+        assert costs.rows[1].sd_draft_step == profile["by_batch_size"]["1"]["draft_alone_step_s"] > 0  # 2 threads
     finally:
         build_pair(tiny_pair(folders["draft"], folders["target"], max_batch_size=3), built.parent,
                    built.parent / "cache")

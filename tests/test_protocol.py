@@ -1,4 +1,6 @@
 """Request messages survive the trip to the ranks unchanged."""
+from dataclasses import replace
+
 import pytest
 
 from pearl.ranks.protocol import decode_request, encode_request
@@ -32,8 +34,10 @@ def test_costs_round_trip():
     from pearl.speculation import CostRow, SpeculationCosts
 
     costs = SpeculationCosts({1: CostRow(0.05, (0.3, 0.32, 0.4), 0.2, (0.2, 0.21, 0.25)),
-                              4: CostRow(0.09, (0.5, 0.7, 0.9), 0.3, (0.3, 0.4, 0.5), draft_feed_s=0.013)}, 0.7)
-    assert SpeculationCosts.from_message(costs.to_message()) == costs
+                              4: CostRow(0.09, (0.5, 0.7, 0.9), 0.3, (0.3, 0.4, 0.5), 0.06, draft_feed_s=0.013)}, 0.7)
+    sent = SpeculationCosts.from_message(costs.to_message())
+    assert sent.rows[4] == costs.rows[4] and sent.rows[1] == replace(costs.rows[1], sd_draft_step_s=0.05)
+    assert sent.at(4).sd_draft_step == 0.06 and sent.at(1).sd_draft_step == 0.05  # unprofiled: the step beside
     # a profile from before the verify on all threads was measured: the estimate crosses
     unprofiled = SpeculationCosts({1: CostRow(0.05, (0.3, 0.6), 0.2)}, 0.7)
     assert SpeculationCosts.from_message(unprofiled.to_message()).at(1).alone_verify_s == pytest.approx((0.2, 0.4))
@@ -44,8 +48,8 @@ def test_plan_and_draft_messages_round_trip():
     from pearl.sampling import Verdict
 
     verdicts = {7: (Verdict(2, 15), False, 4), 9: (Verdict(3), True, 0), 11: (Verdict(0, 4), False, 0)}
-    assert decode_plan(encode_plan(verdicts, {12: 3, 13: 0})) == (verdicts, {12: 3, 13: 0})
-    assert decode_plan(encode_plan({}, {5: 1})) == ({}, {5: 1})
+    assert decode_plan(encode_plan(verdicts, {12: 3, 13: 0})) == (verdicts, {12: 3, 13: 0}, 0)
+    assert decode_plan(encode_plan({}, {5: 1}, draft_threads=2)) == ({}, {5: 1}, 2)
     windows = [(7, 30, [1, 2, 3]), (9, 4, [8]), (11, 12, [])]
     assert decode_drafts(encode_drafts(0.125, windows)) == (0.125, windows)
 

@@ -9,8 +9,10 @@ import itertools
 
 import numpy as np
 import pytest
+import torch
 
 from pearl.params import SamplingParams
+from pearl.ranks import draft_rank
 from pearl.decoding.sd import SdStep
 from pearl.speculation import WindowPolicy
 from test_lossless import PROMPTS, SWITCHING_COSTS
@@ -74,3 +76,21 @@ def test_switching_kinds_samples_the_targets_distribution(llm_factory, tiny, scr
     assert sum(n > 0 for n in scripted_rounds) > NUM_SAMPLES // 10
     for k, expected in enumerate(exact_marginals(tiny["small_target"], SamplingParams(temperature=1.0))):
         assert_matches(counts[k], expected)
+
+
+def test_the_draft_drafts_sd_rounds_on_every_core(llm_factory, tiny, scripted_rounds, monkeypatch):
+    """An SD round's target waits for the window: the PLAN lends the draft the pair's cores for it
+    (target_alone_threads), a PEARL round's draft keeps its own (the target verifies beside it)."""
+    drafted_on = []  # the draft's torch threads as it drafted each round
+
+    def drafting(states):
+        drafted_on.append(torch.get_num_threads())
+        return draft_round(states)
+
+    draft_round = draft_rank.draft_round
+    monkeypatch.setattr(draft_rank, "draft_round", drafting)
+    llm = llm_factory(tiny["close_draft"], tiny["target"], costs=SWITCHING_COSTS, target_alone_threads=2)
+    params = SamplingParams(max_tokens=40, ignore_eos=True)
+    out = llm.generate(PROMPTS[0], params, mode="pearl", gamma="auto").collect()
+    assert out.token_ids == llm.generate(PROMPTS[0], params, mode="ar").collect().token_ids
+    assert drafted_on[:len(SCRIPT)] == [2 if kind == "sd" else 1 for kind, _ in SCRIPT]

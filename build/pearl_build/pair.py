@@ -14,8 +14,9 @@ from pearl.llm import check_tokenizers, shared_vocab_size
 from pearl_build.artifacts import build_key
 from pearl_build.config import PairConfig
 
-PROFILE_FORMAT = 3  # 2: a target step alone per batch size (what adaptive windows compare drafting with);
-# 3: the draft's feed per token (what catching up costs) and the target's verifies alone
+PROFILE_FORMAT = 4  # 2: a target step alone per batch size (what adaptive windows compare drafting with);
+# 3: the draft's feed per token (what catching up costs) and the target's verifies alone; 4: the draft's step on
+# target_alone_threads (an SD round's: the target waits, the draft has the pair's cores)
 
 
 def log(message: str) -> None:

@@ -46,12 +46,13 @@ def profile_pair(pair_dir: Path, max_draft_len: int, max_batch_size: int = 1,
                  draft_acceptance: float = DEFAULT_ACCEPTANCE) -> dict:
     """For each batch size up to max_batch_size ("by_batch_size"; a lone sequence's also at the top level):
     a draft step, the target's cost to verify k = 1..max_draft_len tokens per sequence (both on the pair's
-    threads per rank), and the same verifies on ``target_alone_threads`` (the draft idle: decoding alone, and
-    vanilla SD's verify). Batched, a verify costs
-    more and the best window moves with it (nano-PEARL measures it the same way). ``recommended_gamma`` is the
-    PEARL window with the most expected tokens per second at the pair's ``draft_acceptance``; adaptive
-    requests start from it and move with their own acceptance. ``draft_feed_s``: the draft's seconds per token
-    when it feeds ``FEED_TOKENS`` at once (catching up on a prompt or on tokens the target decoded alone)."""
+    threads per rank), and the same step and verifies on ``target_alone_threads`` (vanilla SD's rounds, where
+    the models take turns on every core; the target's step there is also its decoding alone). Batched, a
+    verify costs more and the best window moves with it (nano-PEARL measures it the same way).
+    ``recommended_gamma`` is the PEARL window with the most expected tokens per second at the pair's
+    ``draft_acceptance``; adaptive requests start from it and move with their own acceptance.
+    ``draft_feed_s``: the draft's seconds per token when it feeds ``FEED_TOKENS`` at once (catching up on a
+    prompt or on tokens the target decoded alone)."""
     config, _ = load_pair(pair_dir)
     table = {}
     with LLM(config) as llm:
@@ -59,16 +60,18 @@ def profile_pair(pair_dir: Path, max_draft_len: int, max_batch_size: int = 1,
         feed_s = llm.world.profile({"draft": feed}, steps=STEPS, feed=True)["draft"][0] / feed
         for size in batch_sizes(max_batch_size, config.draft_off_batch_size):
             seconds = llm.world.profile({"draft": 1, "target": max_draft_len}, steps=STEPS, batch_size=size)
-            alone = seconds["target"]
+            alone, draft_alone = seconds["target"], seconds["draft"][0]
             if config.alone_threads != config.threads_per_rank:
-                alone = llm.world.profile({"target": max_draft_len}, steps=STEPS, batch_size=size,
-                                          threads={"target": config.alone_threads})["target"]
-            row = CostRow(seconds["draft"][0], tuple(seconds["target"]), alone[0], tuple(alone))
+                both = llm.world.profile({"draft": 1, "target": max_draft_len}, steps=STEPS, batch_size=size,
+                                         threads={"draft": config.alone_threads, "target": config.alone_threads})
+                alone, draft_alone = both["target"], both["draft"][0]
+            row = CostRow(seconds["draft"][0], tuple(seconds["target"]), alone[0], tuple(alone), draft_alone)
             table[str(size)] = {  # JSON keys are strings
                 "draft_step_s": row.draft_step_s,
                 "target_verify_s": list(row.verify_s),  # [k-1]: seconds for the target to take k new tokens
                 "target_alone_step_s": row.alone_step_s,
                 "target_alone_verify_s": list(row.alone_verify_s),  # the same on target_alone_threads (SD)
+                "draft_alone_step_s": row.sd_draft_step,  # a draft step on target_alone_threads (SD: the target waits)
                 "speed_ratio": row.verify_s[0] / row.draft_step_s,
                 "recommended_gamma": best_window("pearl", draft_acceptance, row, max_draft_len)[0],
             }

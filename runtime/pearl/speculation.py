@@ -8,12 +8,14 @@ Costs (``SpeculationCosts``, from the build's profile, one ``CostRow`` per profi
   alone_step_s         one target decode step with no draft running (``target_alone_threads``)
   alone_verify_s[k-1]  one target forward over k new tokens on ``target_alone_threads`` (an SD round's verify:
                        the draft idles meanwhile)
+  sd_draft_step_s      one draft step on ``target_alone_threads`` (an SD round's: the target waits, so the draft
+                       takes the pair's cores); None (a profile from before it was measured): draft_step_s
   draft_feed_s         the draft's seconds per token when it feeds many at once (catching up on a prompt, or on
                        the tokens the target decoded alone); 0 in a profile from before it was measured
 
 Expected tokens per second of a window k, for a per-token acceptance a:
-- SD: a round drafts k tokens, then verifies them (k + 1 rows, the target on all its threads) and keeps
-  1 + a + ... + a^k tokens.
+- SD: a round drafts k tokens (the draft on the pair's threads: the target waits), then verifies them
+  (k + 1 rows, the target on all its threads) and keeps 1 + a + ... + a^k tokens.
 - PEARL alternates two kinds of round, drafting k tokens in both while the target verifies:
   pre-verify (after a rejection) checks the window's first token with a 1-token forward and always gains
   one token; post-verify checks the pending k - 1 tokens and the next window's first, k rows, and gains
@@ -75,7 +77,7 @@ class CostRow:
     verify_s: tuple[float, ...]
     alone_step_s: float
     alone_verify_s: tuple[float, ...] = ()  # () (a profile from before it was measured): see alone_verify
-    sd_draft_step_s: float | None = None  # a draft step in an SD round (calibrated apart); None: draft_step_s
+    sd_draft_step_s: float | None = None  # a draft step in an SD round (on every core); None: draft_step_s
     draft_feed_s: float = 0.0  # per token the draft catches up on; 0: unprofiled (catching up counts as free)
 
     def verify(self, tokens: int) -> float:
@@ -115,29 +117,29 @@ class SpeculationCosts:
         for size, row in profile["by_batch_size"].items():
             verify = tuple(row["target_verify_s"])
             rows[int(size)] = CostRow(row["draft_step_s"], verify, row.get("target_alone_step_s", verify[0]),
-                                      tuple(row.get("target_alone_verify_s", ())),
+                                      tuple(row.get("target_alone_verify_s", ())), row.get("draft_alone_step_s"),
                                       draft_feed_s=profile.get("draft_feed_s", 0.0))  # one sequence's catch-up
         return cls(rows, prior_acceptance)
 
     def to_message(self) -> np.ndarray:
-        """COSTS: [prior, K, n, (batch_size, draft_step_s, alone_step_s, draft_feed_s, verify_s[:K],
-        alone_verify[:K]) * n] (see ranks.protocol; alone_verify as ``CostRow.alone_verify`` gives it, profiled
-        or not)."""
+        """COSTS: [prior, K, n, (batch_size, draft_step_s, alone_step_s, draft_feed_s, sd_draft_step,
+        verify_s[:K], alone_verify[:K]) * n] (see ranks.protocol; sd_draft_step and alone_verify as
+        ``CostRow`` gives them, profiled or not)."""
         k = self.max_window
         values = [self.prior_acceptance, k, len(self.rows)]
         for size, row in sorted(self.rows.items()):
-            values += [size, row.draft_step_s, row.alone_step_s, row.draft_feed_s, *row.verify_s[:k],
-                       *(row.alone_verify(tokens) for tokens in range(1, k + 1))]
+            values += [size, row.draft_step_s, row.alone_step_s, row.draft_feed_s, row.sd_draft_step,
+                       *row.verify_s[:k], *(row.alone_verify(tokens) for tokens in range(1, k + 1))]
         return np.array(values, dtype=np.float64)
 
     @classmethod
     def from_message(cls, message: np.ndarray) -> "SpeculationCosts":
         prior, k, n = float(message[0]), int(message[1]), int(message[2])
-        rows, width = {}, 4 + 2 * k
+        rows, width = {}, 5 + 2 * k
         for i in range(n):
             values = message[3 + i * width:3 + (i + 1) * width].tolist()
-            rows[int(values[0])] = CostRow(values[1], tuple(values[4:4 + k]), values[2], tuple(values[4 + k:]),
-                                           draft_feed_s=values[3])
+            rows[int(values[0])] = CostRow(values[1], tuple(values[5:5 + k]), values[2], tuple(values[5 + k:]),
+                                           values[4], draft_feed_s=values[3])
         return cls(rows, prior)
 
 

@@ -141,6 +141,13 @@ def round_threads(states: list[TargetState], drafting_threads: int, alone_thread
     return drafting_threads if beside else alone_threads
 
 
+def draft_threads(states: list[TargetState], drafting_threads: int, alone_threads: int) -> int:
+    """The draft's threads for a round: all the pair's (``alone_threads``) where the target computes nothing
+    while it drafts (every sequence's round is vanilla SD: the target waits for the windows), else its own."""
+    serial = any(s.step.uses_draft for s in states) and all(s.step.waits_for_draft for s in states)
+    return alone_threads if serial else drafting_threads
+
+
 def _forward(states: list[TargetState], rows: Callable[[TargetState], int]) -> dict[int, torch.Tensor]:
     wanted = [(state, rows(state)) for state in states]
     batch = [(state, n) for state, n in wanted if n]

@@ -21,9 +21,10 @@ from pearl.params import GenerationRequest
 
 
 class DraftRank:
-    def __init__(self, backend, peers: Endpoint, await_driver: Callable[[], None]) -> None:
-        """``await_driver`` handles the driver's next message, waiting for it (a request not yet here)."""
-        self.backend, self.peers, self.await_driver = backend, peers, await_driver
+    def __init__(self, backend, peers: Endpoint, await_driver: Callable[[], None], threads: int) -> None:
+        """``await_driver`` handles the driver's next message, waiting for it (a request not yet here);
+        ``threads``: the rank's own torch threads (a PLAN may lend it more for a round)."""
+        self.backend, self.peers, self.await_driver, self.threads = backend, peers, await_driver, threads
         self.vocab_size = 0  # set by OP_START
         self.active: dict[int, RankState] = {}
         self.arrived: dict[int, GenerationRequest] = {}  # not yet joined
@@ -45,7 +46,7 @@ class DraftRank:
         return any(state.window for state in self.active.values())
 
     def step(self) -> None:
-        verdicts, joins = decode_plan(self.peers.recv_from(TARGET_RANK, PLAN))
+        verdicts, joins, threads = decode_plan(self.peers.recv_from(TARGET_RANK, PLAN))
         if missing := set(self.active) - set(verdicts):
             raise ProtocolError(f"the plan has no verdict for requests {sorted(missing)} of the batch")
         for request_id, (verdict, finished, window) in verdicts.items():
@@ -66,6 +67,9 @@ class DraftRank:
                                                   window)
         drafting = [state for state in self.active.values() if state.window]
         if drafting:
+            threads = threads or self.threads  # the pair's cores where the target waits for the windows (SD)
+            if torch.get_num_threads() != threads:
+                torch.set_num_threads(threads)
             start = time.perf_counter()
             drafts = draft_round(drafting)
             self._send(time.perf_counter() - start, drafts)

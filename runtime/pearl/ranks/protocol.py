@@ -38,8 +38,11 @@ Worker -> driver
   PROFILE      float64  [seconds of a forward over k new tokens, for each k OP_PROFILE asked for]
 Draft <-> target (peers): continuous batching, one PLAN and one DRAFT per round, in lock step
   PLAN         int64    target -> draft at each round boundary (only when there is something to say):
-                        [n_verdicts, (request_id, num_accepted, next_token (-1: none), finished, window)
-                         * n_verdicts, (request_id, window) of each request that joins the batch now...]
+                        [n_verdicts, draft_threads, (request_id, num_accepted, next_token (-1: none), finished,
+                         window) * n_verdicts, (request_id, window) of each request that joins the batch now...]
+                        draft_threads: the draft's torch threads for the round, 0: its own (threads_per_rank).
+                        A round whose every sequence is a vanilla SD one (the target waits for the windows and
+                        computes nothing meanwhile) gives the draft the pair's cores (target_alone_threads).
                         It carries the verdict of every sequence the draft holds for the round just verified
                         (finished ones leave the batch; a request cancelled before it joined appears once,
                         finished) and the requests admitted for the next round, with each one's draft window
@@ -118,19 +121,21 @@ Verdicts = dict[int, tuple[Verdict, bool, int]]
 Joins = dict[int, int]  # request id -> its first window
 
 
-def encode_plan(verdicts: Verdicts, joins: Joins) -> np.ndarray:
+def encode_plan(verdicts: Verdicts, joins: Joins, draft_threads: int = 0) -> np.ndarray:
     entries = [value for request_id, (verdict, finished, window) in verdicts.items()
                for value in (request_id, verdict.num_accepted, verdict.next_token, int(finished), window)]
-    return np.array([len(verdicts), *entries, *(v for item in joins.items() for v in item)], dtype=np.int64)
+    return np.array([len(verdicts), draft_threads, *entries, *(v for item in joins.items() for v in item)],
+                    dtype=np.int64)
 
 
-def decode_plan(message: np.ndarray) -> tuple[Verdicts, Joins]:
+def decode_plan(message: np.ndarray) -> tuple[Verdicts, Joins, int]:
+    """(verdicts, joins, the draft's threads for the round: 0, its own)."""
     values = message.tolist()
-    count = values[0]
-    entries, joins = values[1:1 + 5 * count], values[1 + 5 * count:]
+    count, draft_threads = values[0], values[1]
+    entries, joins = values[2:2 + 5 * count], values[2 + 5 * count:]
     verdicts = {entries[i]: (Verdict(entries[i + 1], entries[i + 2]), bool(entries[i + 3]), entries[i + 4])
                 for i in range(0, len(entries), 5)}
-    return verdicts, dict(zip(joins[0::2], joins[1::2]))
+    return verdicts, dict(zip(joins[0::2], joins[1::2])), draft_threads
 
 
 def encode_drafts(seconds: float, windows: list[tuple[int, int, list[int]]]) -> np.ndarray:

@@ -13,7 +13,9 @@ sequence keeps its verified tokens and the target decodes it alone this round (`
 lossless. While a round holds ``draft_off_batch_size`` sequences, every window is 0: where a batched verify is
 compute-bound (a CPU), drafting then costs more than it saves. A round in which the draft does not compute
 beside the target (no drafting sequence, or vanilla SD ones only: the draft idles while they are verified)
-lets the target take the draft's idle cores too (``target_alone_threads``).
+lets the target take the draft's idle cores too (``target_alone_threads``); a round of vanilla SD sequences
+only (the target idles while the windows are drafted) gives the draft those cores for its drafting (the
+PLAN's draft threads).
 """
 from __future__ import annotations
 
@@ -22,7 +24,8 @@ from collections import deque
 import numpy as np
 import torch
 
-from pearl.decoding import Draft, TargetState, round_threads, set_window, target_round, target_state
+from pearl.decoding import (Draft, TargetState, draft_threads, round_threads, set_window, target_round,
+                            target_state)
 from pearl.ranks.config import WorldConfig
 from pearl.ranks.protocol import (DRAFT, DRAFT_PROBS, DRAFT_RANK, DRIVER_RANK, PLAN, STATS, TOKENS, ProtocolError,
                                  decode_drafts, encode_plan)
@@ -90,12 +93,14 @@ class TargetRank:
                     for request_id, (verdict, finished) in self.verdicts.items()}
         drafting_joins = {state.request_id: windows[state.request_id] for state in joins
                           if state.request.mode is not Mode.AR}
+        states = list(self.active.values())
         if verdicts or drafting_joins:
-            self.peers.send(encode_plan(verdicts, drafting_joins), DRAFT_RANK, PLAN)
+            threads = draft_threads(states, self.drafting_threads, self.alone_threads)
+            self.peers.send(encode_plan(verdicts, drafting_joins, 0 if threads == self.drafting_threads else threads),
+                            DRAFT_RANK, PLAN)
             self.verdicts = {}
         if not self.active:
             return
-        states = list(self.active.values())
         threads = round_threads(states, self.drafting_threads, self.alone_threads)
         if torch.get_num_threads() != threads:
             torch.set_num_threads(threads)

@@ -48,7 +48,7 @@ def test_plan_and_draft_messages_round_trip():
     from pearl.sampling import Verdict
 
     verdicts = {7: (Verdict(2, 15), False, 4), 9: (Verdict(3), True, 0), 11: (Verdict(0, 4), False, 0)}
-    assert decode_plan(encode_plan(verdicts, {12: 3, 13: 0})) == (verdicts, {12: 3, 13: 0}, 0)
+    assert decode_plan(encode_plan(verdicts, {12: 3, 13: 0}, draft_threads=1)) == (verdicts, {12: 3, 13: 0}, 1)
     assert decode_plan(encode_plan({}, {5: 1}, draft_threads=2)) == ({}, {5: 1}, 2)
     windows = [(7, 30, [1, 2, 3]), (9, 4, [8]), (11, 12, [])]
     assert decode_drafts(encode_drafts(0.125, windows)) == (0.125, windows)

@@ -21,10 +21,9 @@ from pearl.params import GenerationRequest
 
 
 class DraftRank:
-    def __init__(self, backend, peers: Endpoint, await_driver: Callable[[], None], threads: int) -> None:
-        """``await_driver`` handles the driver's next message, waiting for it (a request not yet here);
-        ``threads``: the rank's own torch threads (a PLAN may lend it more for a round)."""
-        self.backend, self.peers, self.await_driver, self.threads = backend, peers, await_driver, threads
+    def __init__(self, backend, peers: Endpoint, await_driver: Callable[[], None]) -> None:
+        """``await_driver`` handles the driver's next message, waiting for it (a request not yet here)."""
+        self.backend, self.peers, self.await_driver = backend, peers, await_driver
         self.vocab_size = 0  # set by OP_START
         self.active: dict[int, RankState] = {}
         self.arrived: dict[int, GenerationRequest] = {}  # not yet joined
@@ -67,8 +66,7 @@ class DraftRank:
                                                   window)
         drafting = [state for state in self.active.values() if state.window]
         if drafting:
-            threads = threads or self.threads  # the pair's cores where the target waits for the windows (SD)
-            if torch.get_num_threads() != threads:
+            if torch.get_num_threads() != threads:  # the pair's cores where the target waits (SD rounds only)
                 torch.set_num_threads(threads)
             start = time.perf_counter()
             drafts = draft_round(drafting)

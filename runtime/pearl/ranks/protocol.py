@@ -40,9 +40,9 @@ Draft <-> target (peers): continuous batching, one PLAN and one DRAFT per round,
   PLAN         int64    target -> draft at each round boundary (only when there is something to say):
                         [n_verdicts, draft_threads, (request_id, num_accepted, next_token (-1: none), finished,
                          window) * n_verdicts, (request_id, window) of each request that joins the batch now...]
-                        draft_threads: the draft's torch threads for the round, 0: its own (threads_per_rank).
-                        A round whose every sequence is a vanilla SD one (the target waits for the windows and
-                        computes nothing meanwhile) gives the draft the pair's cores (target_alone_threads).
+                        draft_threads: the draft's torch threads for the round's drafting, threads_per_rank, or
+                        the pair's cores (target_alone_threads) where every sequence's round is a vanilla SD
+                        one (the target waits for the windows and computes nothing meanwhile).
                         It carries the verdict of every sequence the draft holds for the round just verified
                         (finished ones leave the batch; a request cancelled before it joined appears once,
                         finished) and the requests admitted for the next round, with each one's draft window
@@ -121,7 +121,7 @@ Verdicts = dict[int, tuple[Verdict, bool, int]]
 Joins = dict[int, int]  # request id -> its first window
 
 
-def encode_plan(verdicts: Verdicts, joins: Joins, draft_threads: int = 0) -> np.ndarray:
+def encode_plan(verdicts: Verdicts, joins: Joins, draft_threads: int) -> np.ndarray:
     entries = [value for request_id, (verdict, finished, window) in verdicts.items()
                for value in (request_id, verdict.num_accepted, verdict.next_token, int(finished), window)]
     return np.array([len(verdicts), draft_threads, *entries, *(v for item in joins.items() for v in item)],
@@ -129,7 +129,7 @@ def encode_plan(verdicts: Verdicts, joins: Joins, draft_threads: int = 0) -> np.
 
 
 def decode_plan(message: np.ndarray) -> tuple[Verdicts, Joins, int]:
-    """(verdicts, joins, the draft's threads for the round: 0, its own)."""
+    """(verdicts, joins, the draft's threads for the round's drafting)."""
     values = message.tolist()
     count, draft_threads = values[0], values[1]
     entries, joins = values[2:2 + 5 * count], values[2 + 5 * count:]

@@ -96,8 +96,7 @@ class TargetRank:
         states = list(self.active.values())
         if verdicts or drafting_joins:
             threads = draft_threads(states, self.drafting_threads, self.alone_threads)
-            self.peers.send(encode_plan(verdicts, drafting_joins, 0 if threads == self.drafting_threads else threads),
-                            DRAFT_RANK, PLAN)
+            self.peers.send(encode_plan(verdicts, drafting_joins, threads), DRAFT_RANK, PLAN)
             self.verdicts = {}
         if not self.active:
             return

@@ -84,8 +84,7 @@ class Worker:
         if self.rank == TARGET_RANK:
             self.scheduler = TargetRank(self.backend, self.driver, self.peers, self.config)
         else:
-            self.scheduler = DraftRank(self.backend, self.peers, self.handle_driver_message,
-                                       self.config.threads_per_rank)
+            self.scheduler = DraftRank(self.backend, self.peers, self.handle_driver_message)
         try:
             while True:
                 wait_until(lambda: self.driver.has(DRIVER_RANK) or self.scheduler.ready(),

@@ -44,6 +44,16 @@ def test_the_llamacpp_pair_is_the_default_pair_with_its_draft_in_llama_cpp():
     assert "backend" in llamacpp.draft.to_dict() and "backend" not in default.draft.to_dict()  # old keys kept
 
 
+def test_the_default_draft_may_be_int4_in_the_gguf_sources_sub_blocks_and_its_group_is_in_the_build_key():
+    draft = load_pair_config("qwen2.5-coder-0.5b-1.5b").draft
+    assert (draft.quantization, draft.group_size) == ("auto", 32)
+    other = parse_pair(pair_data(draft={"source": {"path": "/d"}, "quantization": "auto", "group_size": 128}), "p").draft
+    assert draft.to_dict()["quantization"] == {"method": "auto", "group_size": 32}
+    assert other.to_dict()["quantization"] == {"method": "auto", "group_size": 128}  # another group: a rebuild
+    int8 = parse_pair(pair_data(draft={"source": {"path": "/d"}, "quantization": "int8", "group_size": 32}), "p").draft
+    assert int8.to_dict()["quantization"] == {"method": "int8"}  # int8 has no groups
+
+
 def test_the_gguf_pair_runs_both_default_sources_in_llama_cpp():
     default, gguf = load_pair_config("qwen2.5-coder-0.5b-1.5b"), load_pair_config("qwen2.5-coder-0.5b-1.5b-gguf")
     assert gguf.draft.backend == gguf.target.backend == "llama_cpp"

@@ -61,8 +61,10 @@ def build_torch_engine(pair: PairConfig, model: ModelConfig, resolved: Resolved,
     tokenizer = save_engine_tokenizer(model, resolved.path, partial)
     quantization = model.quantization_info
     if model.quantization == "auto":
-        seconds = decode_seconds(net, pair)
-        quantization = {"method": min(seconds, key=seconds.get), "auto_step_s": seconds}
+        seconds = decode_seconds(net, pair, model.group_size)
+        method = choose_quantization(seconds)
+        quantization = {"method": method, "auto_step_s": seconds} | (
+            {"group_size": model.group_size} if method == "int4" else {})
     if quantization["method"] == "none":
         net.save_pretrained(partial, safe_serialization=True)
     else:
@@ -94,10 +96,22 @@ def save_quantized(net, method: str, group_size: int, folder: Path) -> None:
     save_file(rest | quantized, folder / "model.safetensors", metadata={"format": "pt", "quantization": method})
 
 
-def decode_seconds(net, pair: PairConfig) -> dict[str, float]:
-    """A decode step of the model unquantized and as int8, each with the pair's kernels on its threads per
-    rank: what ``quantization: auto`` chooses from. int8 weight-only keeps the model's choices (tested), so
-    speed alone decides; int4 changes them and is never chosen for you."""
+INT4_MIN_SPEEDUP = 1.15  # int4 must decode this much faster than the best of the others to be kept by auto
+
+
+def choose_quantization(seconds: dict[str, float]) -> str:
+    """What ``quantization: auto`` keeps of the decode steps timed by ``decode_seconds``: the faster of none and
+    int8 (int8 weight-only keeps the model's choices, tested, so speed alone decides between them), or int4 where
+    it is at least ``INT4_MIN_SPEEDUP`` times as fast as that: 4-bit weights change a few of the model's choices
+    (for a draft, how often it is right; for the default pair's Q4_K_M draft in groups of 32, as often as in
+    bfloat16 on held-out prompts), so a gain within the noise is not worth them."""
+    best = min(("none", "int8"), key=seconds.__getitem__)
+    return "int4" if seconds["int4"] * INT4_MIN_SPEEDUP <= seconds[best] else best
+
+
+def decode_seconds(net, pair: PairConfig, group_size: int) -> dict[str, float]:
+    """A decode step of the model unquantized, as int8 and as int4 (in groups of ``group_size``), each with the
+    pair's kernels on its threads per rank: what ``quantization: auto`` chooses from."""
     import copy
 
     import torch
@@ -109,12 +123,12 @@ def decode_seconds(net, pair: PairConfig) -> dict[str, float]:
     torch.set_num_threads(pair.threads_per_rank)
     try:
         seconds = {}
-        for method in ("none", "int8"):
+        for method in ("none", "int8", "int4"):
             candidate = copy.deepcopy(net)
             if method == "none":
                 use_cpu_kernels(candidate, pair.cpu_linear, pair.dtype)
             else:
-                quantize_in_place(candidate, method)
+                quantize_in_place(candidate, method, group_size)
             seconds[method] = forward_seconds(TorchBackend(candidate), max_tokens=1)[0]
             del candidate
         return seconds

@@ -6,7 +6,7 @@ from types import SimpleNamespace
 
 import pytest
 
-from pearl.decoding import draft_threads, round_threads
+from pearl.decoding import round_threads
 from pearl.decoding.ar import ArStep
 from pearl.decoding.pearl import PearlStep
 from pearl.decoding.sd import SdStep
@@ -23,7 +23,7 @@ from pearl.decoding.sd import SdStep
 ])
 def test_the_target_takes_the_drafts_cores_only_when_the_draft_idles(steps, threads):
     states = [SimpleNamespace(step=step()) for step in steps]
-    assert round_threads(states, drafting_threads=1, alone_threads=2) == threads
+    assert round_threads(states, drafting_threads=1, alone_threads=2).target == threads
 
 
 @pytest.mark.parametrize("steps, threads", [
@@ -36,4 +36,4 @@ def test_the_target_takes_the_drafts_cores_only_when_the_draft_idles(steps, thre
 ])
 def test_the_draft_takes_the_targets_cores_only_when_the_target_waits(steps, threads):
     states = [SimpleNamespace(step=step()) for step in steps]
-    assert draft_threads(states, drafting_threads=1, alone_threads=2) == threads
+    assert round_threads(states, drafting_threads=1, alone_threads=2).draft == threads

@@ -9,6 +9,7 @@ A draft with ``backend: llama_cpp`` keeps its GGUF source as it is instead (``gg
 from __future__ import annotations
 
 import time
+from dataclasses import replace
 from pathlib import Path
 
 from pearl.backends.base import ModelSpec
@@ -62,9 +63,8 @@ def build_torch_engine(pair: PairConfig, model: ModelConfig, resolved: Resolved,
     quantization = model.quantization_info
     if model.quantization == "auto":
         seconds = decode_seconds(net, pair, model.group_size)
-        method = choose_quantization(seconds)
-        quantization = {"method": method, "auto_step_s": seconds} | (
-            {"group_size": model.group_size} if method == "int4" else {})
+        kept = replace(model, quantization=choose_quantization(seconds))
+        quantization = kept.quantization_info | {"auto_step_s": seconds}
     if quantization["method"] == "none":
         net.save_pretrained(partial, safe_serialization=True)
     else:

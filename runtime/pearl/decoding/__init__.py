@@ -8,7 +8,7 @@ from pearl.decoding.common import Draft, RankState
 from pearl.decoding.draft import draft_round
 from pearl.decoding.pearl import PearlStep
 from pearl.decoding.sd import SdStep
-from pearl.decoding.target import TargetState, draft_threads, round_threads, target_round
+from pearl.decoding.target import RoundThreads, TargetState, round_threads, target_round
 from pearl.params import GenerationRequest, Mode
 from pearl.sampling import DRAFT_STREAM, TARGET_STREAM
 from pearl.speculation import WindowPolicy
@@ -40,5 +40,5 @@ def draft_state(request: GenerationRequest, backend: ModelBackend, vocab_size: i
     return state
 
 
-__all__ = ["Draft", "RankState", "TargetState", "draft_round", "draft_state", "draft_threads", "round_threads",
+__all__ = ["Draft", "RankState", "RoundThreads", "TargetState", "draft_round", "draft_state", "round_threads",
            "set_window", "target_round", "target_state"]

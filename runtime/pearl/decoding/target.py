@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
-from typing import Callable, Protocol
+from typing import Callable, NamedTuple, Protocol
 
 import numpy as np
 import torch
@@ -133,19 +133,21 @@ class TargetState(RankState):
         return np.array([*(values[name] for name in STATS_FIELDS), *self.acceptance_histogram], dtype=np.float64)
 
 
-def round_threads(states: list[TargetState], drafting_threads: int, alone_threads: int) -> int:
-    """The target's threads for a round: all of them (``alone_threads``) unless the draft computes beside it,
-    which it does in a round where a sequence drafts and not every sequence waits for its window (PEARL
-    verifies while the draft drafts; an AR sequence decodes while the others' windows are drafted)."""
-    beside = any(s.step.uses_draft for s in states) and not all(s.step.waits_for_draft for s in states)
-    return drafting_threads if beside else alone_threads
+class RoundThreads(NamedTuple):
+    target: int
+    draft: int
 
 
-def draft_threads(states: list[TargetState], drafting_threads: int, alone_threads: int) -> int:
-    """The draft's threads for a round: all the pair's (``alone_threads``) where the target computes nothing
-    while it drafts (every sequence's round is vanilla SD: the target waits for the windows), else its own."""
-    serial = any(s.step.uses_draft for s in states) and all(s.step.waits_for_draft for s in states)
-    return alone_threads if serial else drafting_threads
+def round_threads(states: list[TargetState], drafting_threads: int, alone_threads: int) -> RoundThreads:
+    """Each rank's threads for a round. The draft computes beside the target in a round where a sequence drafts
+    and not every sequence waits for its window (PEARL verifies while the draft drafts; an AR sequence decodes
+    while the others' windows are drafted): each keeps its own (``drafting_threads``). Where every sequence's
+    round is vanilla SD, the two take turns, each on all the pair's cores (``alone_threads``). Where nothing
+    drafts, the target takes them all and the draft keeps its own."""
+    drafts = any(s.step.uses_draft for s in states)
+    if drafts and not all(s.step.waits_for_draft for s in states):
+        return RoundThreads(target=drafting_threads, draft=drafting_threads)
+    return RoundThreads(target=alone_threads, draft=alone_threads if drafts else drafting_threads)
 
 
 def _forward(states: list[TargetState], rows: Callable[[TargetState], int]) -> dict[int, torch.Tensor]:

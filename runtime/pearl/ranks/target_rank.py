@@ -24,8 +24,7 @@ from collections import deque
 import numpy as np
 import torch
 
-from pearl.decoding import (Draft, TargetState, draft_threads, round_threads, set_window, target_round,
-                            target_state)
+from pearl.decoding import Draft, TargetState, round_threads, set_window, target_round, target_state
 from pearl.ranks.config import WorldConfig
 from pearl.ranks.protocol import (DRAFT, DRAFT_PROBS, DRAFT_RANK, DRIVER_RANK, PLAN, STATS, TOKENS, ProtocolError,
                                  decode_drafts, encode_plan)
@@ -94,15 +93,14 @@ class TargetRank:
         drafting_joins = {state.request_id: windows[state.request_id] for state in joins
                           if state.request.mode is not Mode.AR}
         states = list(self.active.values())
+        threads = round_threads(states, self.drafting_threads, self.alone_threads)
         if verdicts or drafting_joins:
-            threads = draft_threads(states, self.drafting_threads, self.alone_threads)
-            self.peers.send(encode_plan(verdicts, drafting_joins, threads), DRAFT_RANK, PLAN)
+            self.peers.send(encode_plan(verdicts, drafting_joins, threads.draft), DRAFT_RANK, PLAN)
             self.verdicts = {}
         if not self.active:
             return
-        threads = round_threads(states, self.drafting_threads, self.alone_threads)
-        if torch.get_num_threads() != threads:
-            torch.set_num_threads(threads)
+        if torch.get_num_threads() != threads.target:
+            torch.set_num_threads(threads.target)
         forward_s = states[0].forward_s
         target_round(states, self._receive_drafts)
         if len(states) == 1 and self.costs is not None:

@@ -9,8 +9,9 @@ from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM
 
 from pearl.backends.base import ModelSpec
-from pearl.backends.linears import (ALIGNMENT, FbgemmFp16Linear, Int4Linear, Int8Linear, OnednnLinear, bf16_native,
-                                    dequantize, has_fbgemm, linear_names, quantize_int4, quantize_int8, resolve_kernel)
+from pearl.backends.linears import (ALIGNMENT, INT4_DENSE_ROWS, FbgemmFp16Linear, Int4Linear, Int8Linear, OnednnLinear,
+                                    bf16_native, dequantize, has_fbgemm, int4_dense_copy, linear_names, quantize_int4,
+                                    quantize_int8, resolve_kernel)
 from pearl.backends.loading import load_model
 from pearl.tokenizers import load_tokenizer
 from pearl.backends.torch_backend import TorchBackend
@@ -62,6 +63,8 @@ def kernels(weight: torch.Tensor):
     int8, int4 = quantize_int8(weight), quantize_int4(weight, 32)
     yield "int8", Int8Linear(int8, bias), dequantize("int8", int8), 0.02
     yield "int4", Int4Linear(int4, bias), dequantize("int4", int4), 0.02
+    if bf16_native():
+        yield "int4 with its bfloat16 copy", Int4Linear(int4, bias, dense=True), dequantize("int4", int4), 0.02
     yield "onednn float32", OnednnLinear(weight, bias), weight, 1e-5
     if has_fbgemm():
         yield "fbgemm float16", FbgemmFp16Linear(weight, bias), weight.half().float(), 1e-3
@@ -80,6 +83,20 @@ def test_each_kernel_computes_its_weights_product(weight):
             assert got.shape == expected.shape, name
             scale = expected.abs().max()
             assert (got - expected).abs().max() <= tolerance * scale, name
+
+
+@pytest.mark.skipif(not bf16_native(), reason="the bfloat16 copy needs a CPU with native bfloat16")
+def test_int4_multiplies_wide_inputs_on_its_bfloat16_copy_and_narrow_ones_in_4_bits(weight):
+    torch.manual_seed(3)
+    int4 = quantize_int4(weight, 32)
+    bias = torch.linspace(-1, 1, weight.shape[0])
+    layer, four_bit = Int4Linear(int4, bias, dense=True), Int4Linear(int4, bias)
+    copy = OnednnLinear(dequantize("int4", int4).bfloat16(), bias)
+    assert "dense_weight" not in layer.state_dict()  # rebuilt at load from the stored 4-bit tensors
+    narrow, wide = torch.randn(INT4_DENSE_ROWS - 1, 128).bfloat16(), torch.randn(INT4_DENSE_ROWS, 128).bfloat16()
+    assert torch.equal(layer(narrow), four_bit(narrow))
+    assert torch.equal(layer(wide), copy(wide)) and not torch.equal(layer(wide), four_bit(wide))
+    assert int4_dense_copy("auto") and int4_dense_copy("onednn") and not int4_dense_copy("default")
 
 
 def test_an_int8_weight_read_from_a_file_where_it_lands_is_aligned_before_the_kernel_runs():

@@ -12,14 +12,20 @@ Which kernels run the linears (``cpu_linear``, chosen when a rank loads its mode
   default  torch's own: ``nn.Linear``; int8 and int4 weights through the weight-only kernels
            ``aten._weight_int8pack_mm`` / ``aten._weight_int4pack_mm_for_cpu``
   onednn   float32 / bfloat16 weights packed for oneDNN's GEMM (bfloat16 needs a CPU with native bfloat16
-           support: avx512bw+vl+dq or avx_ne_convert); int8 and int4 as ``default``
+           support: avx512bw+vl+dq or avx_ne_convert); int8 as ``default``; int4 as ``default`` up to
+           ``INT4_DENSE_ROWS - 1`` rows, and from ``INT4_DENSE_ROWS`` rows (a prefill, a draft catching up, a
+           verify of a longer window) on a bfloat16 copy of the same values in oneDNN, which a CPU with
+           native bfloat16 gets: the int4 kernel's time grows with its rows (on an avx512_bf16 CPU a prefill
+           of 110 tokens took the int4 draft 1.0 s and its copy 0.44 s), while at 1-4 rows reading a quarter
+           of the bytes wins. The copy costs the model's size in bfloat16 again in memory; ``default`` has none
   fbgemm   FBGEMM's x86 linear for float32 / bfloat16 weights: stored as float16, multiplied in float32
            (bfloat16 values keep their 8-bit mantissa; only magnitudes below float16's range, ~6e-5, lose
            bits); int8 and int4 as ``default``. (FBGEMM's int8 linear also quantizes each input to 8 bits on
            the fly: faster, but it cut the default draft's agreement with the target from ~0.8 to ~0.5 on
            chat prompts, so int8 weights always run weight-only.)
   auto     float32 weights: ``onednn``; bfloat16: ``onednn`` on a CPU with native bfloat16, otherwise
-           ``fbgemm`` where torch has it, else ``default``; float16, int8 and int4: ``default``
+           ``fbgemm`` where torch has it, else ``default``; float16 and int8: ``default``; int4: ``onednn``'s
+           where the CPU has native bfloat16, otherwise ``default``
 A kernel's activations stay in the model's dtype between layers; each kernel converts a layer's input to
 what it multiplies in and its output back.
 """
@@ -33,6 +39,10 @@ import torch
 QUANTIZATIONS = ("none", "int8", "int4")
 CPU_LINEARS = ("default", "onednn", "fbgemm", "auto")
 INT4_GROUP_SIZES = (32, 64, 128, 256)  # what _weight_int4pack_mm_for_cpu takes
+# From this many rows an int4 linear multiplies on its bfloat16 copy, where it has one: the int4 kernel took the
+# default draft (avx512_bf16 CPU, 1 and 2 threads) 93 / 69 ms for 5 rows against 77 / 57 on the copy, and 64 /
+# 40 ms for 4 rows against 78 / 60 (its cost jumps past 4 rows)
+INT4_DENSE_ROWS = 5
 
 
 # -- the portable formats ------------------------------------------------------------------------------
@@ -117,6 +127,11 @@ def resolve_kernel(cpu_linear: str, weights: str) -> str:
     return cpu_linear
 
 
+def int4_dense_copy(cpu_linear: str) -> bool:
+    """Whether int4 linears keep a bfloat16 copy for wide inputs under ``cpu_linear`` on this host."""
+    return cpu_linear in ("onednn", "auto") and bf16_native()
+
+
 ALIGNMENT = 64  # bytes: what torch's CPU allocator gives every tensor it allocates
 
 
@@ -193,11 +208,12 @@ class Int8Linear(_FlatLinear):
 
 class Int4Linear(_FlatLinear):
     """4-bit weights in groups (``_weight_int4pack_mm_for_cpu``, bfloat16 activations): the kernel keeps a
-    scale and a zero point per group, ``(q - 8) * scale + zero``, so zero = min + 8 * scale."""
+    scale and a zero point per group, ``(q - 8) * scale + zero``, so zero = min + 8 * scale. With ``dense``,
+    also the weights' bfloat16 values packed for oneDNN, which multiply ``INT4_DENSE_ROWS`` rows or more."""
 
     compute_dtype = torch.bfloat16
 
-    def __init__(self, tensors: dict[str, torch.Tensor], bias: torch.Tensor | None) -> None:
+    def __init__(self, tensors: dict[str, torch.Tensor], bias: torch.Tensor | None, dense: bool = False) -> None:
         out_features, groups = tensors["scales"].shape
         super().__init__(out_features, bias)
         values = int4_values(tensors["qweight"])
@@ -208,8 +224,15 @@ class Int4Linear(_FlatLinear):
         self.register_buffer("packed", torch.ops.aten._convert_weight_to_int4pack_for_cpu(values, 1),
                              persistent=False)
         self.register_buffer("scales_and_zeros", scales_and_zeros.to(self.compute_dtype), persistent=False)
+        dense_weight = None
+        if dense:
+            values = dequantize("int4", tensors).to(self.compute_dtype)
+            dense_weight = torch.ops.mkldnn._reorder_linear_weight(values, OnednnLinear.ROWS_HINT)
+        self.register_buffer("dense_weight", dense_weight, persistent=False)
 
     def multiply(self, rows: torch.Tensor) -> torch.Tensor:
+        if self.dense_weight is not None and rows.shape[0] >= INT4_DENSE_ROWS:
+            return torch.ops.mkldnn._linear_pointwise(rows, self.dense_weight, self.bias, "none", [], "")
         y = torch.ops.aten._weight_int4pack_mm_for_cpu(rows, self.packed, self.group_size, self.scales_and_zeros)
         return y if self.bias is None else y + self.bias
 
@@ -265,13 +288,14 @@ def use_cpu_kernels(model: torch.nn.Module, cpu_linear: str, weights: str,
     engine's ``state`` (each one's portable tensors and bias, which this takes out of ``state``); the others
     from the linears in place. Returns the kernel family used."""
     kernel = resolve_kernel(cpu_linear, weights)
+    dense = weights == "int4" and int4_dense_copy(cpu_linear)
 
     def make(name: str, linear: torch.nn.Module) -> torch.nn.Module:
         if weights in ("int8", "int4"):
             parts = {key.removeprefix(f"{name}."): state.pop(key) for key in list(state)
                      if key.rpartition(".")[0] == name}
             bias = parts.pop("bias", None)
-            return Int8Linear(parts, bias) if weights == "int8" else Int4Linear(parts, bias)
+            return Int8Linear(parts, bias) if weights == "int8" else Int4Linear(parts, bias, dense)
         if kernel == "onednn":
             return OnednnLinear(linear.weight, linear.bias)
         return FbgemmFp16Linear(linear.weight, linear.bias)

@@ -87,6 +87,7 @@ def test_pair_json_has_shared_vocab_and_profile(built):
     costs = load_pair(built)[1]
     assert sorted(costs.rows) == [1, 2, 3] and costs.max_window == 4
     assert 0 < profile["draft_feed_s"] == costs.rows[1].draft_feed_s  # a token of the draft's catch-up
+    assert 0 < profile["draft_alone_feed_s"] == costs.rows[1].sd_draft_feed  # the same on target_alone_threads
     assert costs.at(16) == costs.rows[3] and costs.rows[2].verify_s == tuple(table["2"]["target_verify_s"])
 
 
@@ -169,6 +170,7 @@ def test_draft_off_settings_reach_the_world_and_the_profile_without_rebuilding_m
         profile = read_engine_json(built)["profile"]  # reprofiled: the target alone on 2 threads, and no
         assert profile["target_alone_threads"] == 2 and list(costs.rows) == [1]  # windows from 2 sequences on
         assert costs.rows[1].sd_draft_step == profile["by_batch_size"]["1"]["draft_alone_step_s"] > 0  # 2 threads
+        assert costs.rows[1].sd_draft_feed == profile["draft_alone_feed_s"] > 0
     finally:
         build_pair(tiny_pair(folders["draft"], folders["target"], max_batch_size=3), built.parent,
                    built.parent / "cache")

@@ -34,10 +34,13 @@ def test_costs_round_trip():
     from pearl.speculation import CostRow, SpeculationCosts
 
     costs = SpeculationCosts({1: CostRow(0.05, (0.3, 0.32, 0.4), 0.2, (0.2, 0.21, 0.25)),
-                              4: CostRow(0.09, (0.5, 0.7, 0.9), 0.3, (0.3, 0.4, 0.5), 0.06, draft_feed_s=0.013)}, 0.7)
+                              4: CostRow(0.09, (0.5, 0.7, 0.9), 0.3, (0.3, 0.4, 0.5), 0.06, draft_feed_s=0.013,
+                                         sd_draft_feed_s=0.007)}, 0.7)
     sent = SpeculationCosts.from_message(costs.to_message())
-    assert sent.rows[4] == costs.rows[4] and sent.rows[1] == replace(costs.rows[1], sd_draft_step_s=0.05)
+    assert sent.rows[4] == costs.rows[4]
+    assert sent.rows[1] == replace(costs.rows[1], sd_draft_step_s=0.05, sd_draft_feed_s=0.0)
     assert sent.at(4).sd_draft_step == 0.06 and sent.at(1).sd_draft_step == 0.05  # unprofiled: the step beside
+    assert sent.at(4).sd_draft_feed == 0.007 and sent.at(1).sd_draft_feed == 0.0  # unprofiled: the feed beside
     # a profile from before the verify on all threads was measured: the estimate crosses
     unprofiled = SpeculationCosts({1: CostRow(0.05, (0.3, 0.6), 0.2)}, 0.7)
     assert SpeculationCosts.from_message(unprofiled.to_message()).at(1).alone_verify_s == pytest.approx((0.2, 0.4))

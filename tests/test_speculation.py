@@ -74,11 +74,15 @@ def test_a_draft_that_cannot_pay_even_when_always_right_never_drafts():
 
 def test_an_adaptive_pearl_request_picks_its_rounds_kind():
     """The costs pick each round's kind, except that the first round of drafting (the draft feeds what it
-    missed first: the prompt, at the opening) is PEARL's, where that overlaps the target's forward."""
+    missed first: the prompt, at the opening) is SD's on a split CPU, PEARL's where the feed overlaps the
+    target's forward."""
     p = policy()
-    assert p.next_window(CHEAP_DRAFT) > 0 and p.kind == "pearl"  # the opening
-    assert p.next_window(CHEAP_DRAFT) > 0 and p.kind == "sd"
-    assert p.next_window(FLAT) > 0 and p.kind == "pearl"
+    assert p.next_window(CPU) > 0 and p.kind == "sd"  # the opening on a split CPU
+    assert p.next_window(FLAT) > 0 and p.kind == "pearl"  # then what the costs say: PEARL's overlap
+    assert p.next_window(CHEAP_DRAFT) > 0 and p.kind == "sd"  # or vanilla SD
+    gpu = WindowPolicy("pearl", 0.8, max_window=8)
+    assert gpu.next_window(FLAT) > 0 and gpu.kind == "pearl"  # the opening, each model on its GPU
+    assert gpu.next_window(FLAT) > 0 and gpu.kind == "pearl"
     sd = WindowPolicy("sd", 0.8, max_window=8)
     assert sd.next_window(FLAT) > 0 and sd.kind == "sd"  # an SD request opens with SD rounds
 
@@ -105,17 +109,18 @@ def policy(prior: float = 0.8) -> WindowPolicy:
 
 def test_the_prompt_runs_alone_where_the_target_is_faster_alone():
     """On a CPU whose cores the models split, the prompt's forward runs on all the target's cores and the
-    opening drafts from the next round; where a verify beside the draft costs what a step alone does (a GPU),
-    both prefills run at once."""
+    opening drafts from the next round, an SD one (the draft catches up on every core); where a verify beside
+    the draft costs what a step alone does (a GPU), both prefills run at once and PEARL rounds follow."""
     cpu = WindowPolicy("pearl", 0.8, max_window=8)
-    assert cpu.next_window(CPU) == 0 and cpu.next_window(CPU) == 1 and cpu.kind == "pearl"
+    assert cpu.next_window(CPU) == 0
+    assert cpu.next_window(CPU) == best_window("sd", 0.8, CPU, 8)[0] > 1 and cpu.kind == "sd"
     gpu = WindowPolicy("pearl", 0.8, max_window=8)
     assert gpu.next_window(FLAT) == best_window("pearl", 0.8, FLAT, 8)[0] > 1 and gpu.kind == "pearl"
 
 
 def test_the_policy_drafts_while_it_pays_and_decodes_alone_when_it_does_not():
     p = policy()
-    assert p.next_window(CPU) == 1  # the draft catches up on the prompt beside a 1-token verify: one token
+    assert p.next_window(CPU) > 0 and p.kind == "sd"  # the draft catches up on the prompt on every core
     window = p.next_window(CPU)
     assert window == best_round(("pearl", "sd"), 0.8, CPU, 8)[1] > 1
     while p.next_window(CPU):  # the draft's tokens keep being rejected at once
@@ -123,7 +128,7 @@ def test_the_policy_drafts_while_it_pays_and_decodes_alone_when_it_does_not():
     assert best_round(("pearl", "sd"), p.acceptance.rate, CPU, 8)[2] < 1 / CPU.alone_step_s  # it stopped when it lost
     # no drafting now, until the probe
     assert [p.next_window(CPU) for _ in range(PROBE_AFTER_ROUNDS - 1)] == [0] * (PROBE_AFTER_ROUNDS - 1)
-    assert p.next_window(CPU) > 0  # the probe
+    assert p.next_window(CPU) > 0 and p.kind == "sd"  # the probe: a catch-up, on every core
     for _ in range(MIN_DRAFTED_ROUNDS - 1):
         p.observe(1, 0)
         assert p.next_window(CPU) > 0  # a probe lasts MIN_DRAFTED_ROUNDS
@@ -171,6 +176,10 @@ def test_catching_up_must_be_won_back_over_the_remaining_tokens():
     assert catch_up_pays(kinds, 0.2, replace(FLAT, draft_feed_s=0.0001), 8, remaining=5, missed=500)
     # a profile without the feed measured prices only the round on fewer threads
     assert catch_up_pays(kinds, 0.8, replace(LLAMACPP, draft_feed_s=0.0), 8, remaining=48, missed=495)
+    # an SD round's catch-up costs the feed on every core: half the time, half the tokens to win it back
+    both_cores = replace(LLAMACPP, sd_draft_feed_s=LLAMACPP.draft_feed_s / 2)
+    assert not catch_up_pays(kinds, 0.8, LLAMACPP, 8, remaining=130, missed=495, kind="sd")
+    assert catch_up_pays(kinds, 0.8, both_cores, 8, remaining=130, missed=495, kind="sd")
 
 
 def test_a_long_prompt_with_few_tokens_to_go_decodes_alone_throughout():
@@ -179,12 +188,12 @@ def test_a_long_prompt_with_few_tokens_to_go_decodes_alone_throughout():
     assert windows == [0] * 48  # neither the opening nor any probe
     p = WindowPolicy("pearl", 0.8, max_window=8)
     assert p.next_window(LLAMACPP, None, 500, 494) == 0  # the prompt, alone
-    assert p.next_window(LLAMACPP, None, 499, 495) == 1  # enough to go: the opening, one token while feeding
+    assert p.next_window(LLAMACPP, None, 499, 495) > 0 and p.kind == "sd"  # enough to go: the opening
 
 
 def test_a_probe_near_the_end_is_not_worth_its_catch_up():
     p = WindowPolicy("pearl", 0.8, max_window=8)
-    assert p.next_window(LLAMACPP, None, 64, 50) == 0 and p.next_window(LLAMACPP, None, 63, 51) == 1
+    assert p.next_window(LLAMACPP, None, 64, 50) == 0 and p.next_window(LLAMACPP, None, 63, 51) > 0
     while p.next_window(LLAMACPP, None, 60, 0):
         p.observe(p.window, 0)  # rejected at once: it stops
     assert [p.next_window(LLAMACPP, None, 40, 1 + i) for i in range(PROBE_AFTER_ROUNDS)].count(0) == \

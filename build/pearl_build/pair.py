@@ -14,9 +14,11 @@ from pearl.llm import check_tokenizers, shared_vocab_size
 from pearl_build.artifacts import build_key
 from pearl_build.config import PairConfig
 
-PROFILE_FORMAT = 4  # 2: a target step alone per batch size (what adaptive windows compare drafting with);
+PROFILE_FORMAT = 5  # 2: a target step alone per batch size (what adaptive windows compare drafting with);
 # 3: the draft's feed per token (what catching up costs) and the target's verifies alone; 4: the draft's step on
-# target_alone_threads (an SD round's: the target waits, the draft has the pair's cores)
+# target_alone_threads (an SD round's: the target waits, the draft has the pair's cores); 5: int4 models' wide
+# forwards (a feed, a longer verify) on their bfloat16 copy (pearl.backends.linears), and the draft's feed on
+# target_alone_threads (a catch-up in an SD round)
 
 
 def log(message: str) -> None:
@@ -47,7 +49,7 @@ def finish_pair(pair: PairConfig, out: Path, keys: dict[str, str], profile: bool
         p = info["profile"]
         log(f"draft step {1000 * p['draft_step_s']:.1f} ms, target step {1000 * p['target_step_s']:.1f} ms "
             f"({1000 * p['target_alone_step_s']:.1f} ms alone), draft feed {1000 * p['draft_feed_s']:.1f} ms a "
-            f"token, speed ratio {p['speed_ratio']:.2f}, "
+            f"token ({1000 * p['draft_alone_feed_s']:.1f} ms alone), speed ratio {p['speed_ratio']:.2f}, "
             f"window at acceptance {p['draft_acceptance']}: {p['recommended_gamma']}")
         if len(p["by_batch_size"]) > 1:
             log("gamma by batch size: " + ", ".join(f"{size}: {row['recommended_gamma']}"

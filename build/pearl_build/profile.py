@@ -52,12 +52,17 @@ def profile_pair(pair_dir: Path, max_draft_len: int, max_batch_size: int = 1,
     ``recommended_gamma`` is the PEARL window with the most expected tokens per second at the pair's
     ``draft_acceptance``; adaptive requests start from it and move with their own acceptance.
     ``draft_feed_s``: the draft's seconds per token when it feeds ``FEED_TOKENS`` at once (catching up on a
-    prompt or on tokens the target decoded alone)."""
+    prompt or on tokens the target decoded alone); ``draft_alone_feed_s`` the same on ``target_alone_threads``
+    (a catch-up in an SD round)."""
     config, _ = load_pair(pair_dir)
     table = {}
     with LLM(config) as llm:
         feed = min(FEED_TOKENS, llm.max_seq_len - PROFILE_PROMPT_TOKENS - 1)
         feed_s = llm.world.profile({"draft": feed}, steps=STEPS, feed=True)["draft"][0] / feed
+        alone_feed_s = feed_s
+        if config.alone_threads != config.threads_per_rank:
+            alone_feed_s = llm.world.profile({"draft": feed}, steps=STEPS, feed=True,
+                                             threads={"draft": config.alone_threads})["draft"][0] / feed
         for size in batch_sizes(max_batch_size, config.draft_off_batch_size):
             seconds = llm.world.profile({"draft": 1, "target": max_draft_len}, steps=STEPS, batch_size=size)
             alone, draft_alone = seconds["target"], seconds["draft"][0]
@@ -83,6 +88,7 @@ def profile_pair(pair_dir: Path, max_draft_len: int, max_batch_size: int = 1,
         "target_alone_step_s": lone["target_alone_step_s"],
         "target_alone_verify_s": lone["target_alone_verify_s"],
         "draft_feed_s": feed_s,
+        "draft_alone_feed_s": alone_feed_s,
         "speed_ratio": lone["speed_ratio"],
         "recommended_gamma": lone["recommended_gamma"],
         "by_batch_size": table,

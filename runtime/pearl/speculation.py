@@ -12,6 +12,8 @@ Costs (``SpeculationCosts``, from the build's profile, one ``CostRow`` per profi
                        takes the pair's cores); None (a profile from before it was measured): draft_step_s
   draft_feed_s         the draft's seconds per token when it feeds many at once (catching up on a prompt, or on
                        the tokens the target decoded alone); 0 in a profile from before it was measured
+  sd_draft_feed_s      the same on ``target_alone_threads`` (a catch-up in an SD round); None (a profile from
+                       before it was measured): draft_feed_s
 
 Expected tokens per second of a window k, for a per-token acceptance a:
 - SD: a round drafts k tokens (the draft on the pair's threads: the target waits), then verifies them
@@ -38,19 +40,21 @@ always right would beat the target alone (a draft that is slow next to its targe
 that catching up costs more than drafting could win back (below). Where the target decodes faster alone than
 beside the draft (``target_faster_alone``: a CPU whose cores the models split), the prompt's forward runs
 alone first, on all the target's cores (a compute-bound prefill beside the draft took 1.6x as long on 2
-cores), and the draft feeds the prompt in the next round beside a 1-token verify, drafting a single token (its
-catch-up alone outlasts that verify); elsewhere the two prefills run at once. A sequence that stopped drafting
-has no evidence coming in: it drafts again after ``PROBE_AFTER_ROUNDS`` rounds, twice as many after each probe
-that does not pay (the opening rounds are no probe: a request whose first two windows were unlucky looks
-again as soon as one that stopped after paying). A probe is dear (the draft first catches up on every token
-it missed, in a PEARL round as at the opening, and the target's round runs on fewer threads), so probes are
-rare.
+cores), and the draft catches up on the prompt in the next round, an SD one: its feed beside a 1-token verify
+would outlast that verify and leave the target waiting, so the draft feeds and drafts its window on all the
+cores and the target then verifies it on all of them (the default pair: the int4 draft fed a 110-token prompt
+in 0.44 s on one core, 0.24 on two; the verify beside it took 0.2 s). Elsewhere (a GPU each) the two prefills
+run at once and the draft catches up beside the target's forward in PEARL rounds. A sequence that stopped
+drafting has no evidence coming in: it drafts again after ``PROBE_AFTER_ROUNDS`` rounds, twice as many after
+each probe that does not pay (the opening rounds are no probe: a request whose first two windows were unlucky
+looks again as soon as one that stopped after paying). A probe is dear (the draft first catches up on every
+token it missed, in a round as at the opening), so probes are rare.
 
-Catching up is priced (``catch_up_pays``): where it costs time (the draft's feed outlasts the target's
-forward beside it, or that forward runs on fewer threads than alone), drafting opens, or a probe looks again,
-only if what drafting would gain over the request's remaining tokens at the pair's prior acceptance is more
-than that cost. The llama.cpp draft took 6.7 s on its core to feed a 494-token prompt: a request for 48 more
-tokens never wins that back (it ran 0.88x the target alone), one for 500 may.
+Catching up is priced (``catch_up_pays``): where it costs time (an SD round's feed, or a PEARL round's feed
+that outlasts the target's forward beside it, or that forward on fewer threads than alone), drafting opens, or
+a probe looks again, only if what drafting would gain over the request's remaining tokens at the pair's prior
+acceptance is more than that cost. The llama.cpp draft took 6.7 s on its core to feed a 494-token prompt: a
+request for 48 more tokens never wins that back (it ran 0.88x the target alone), one for 500 may.
 
 The profile times each model alone on a short context; serving, PEARL's two models run at once and share the
 memory bandwidth of a CPU, contexts grow, and a VM's speed drifts. ``Calibration`` scales the profile by what
@@ -79,6 +83,7 @@ class CostRow:
     alone_verify_s: tuple[float, ...] = ()  # () (a profile from before it was measured): see alone_verify
     sd_draft_step_s: float | None = None  # a draft step in an SD round (on every core); None: draft_step_s
     draft_feed_s: float = 0.0  # per token the draft catches up on; 0: unprofiled (catching up counts as free)
+    sd_draft_feed_s: float | None = None  # the same in an SD round (on every core); None: draft_feed_s
 
     def verify(self, tokens: int) -> float:
         """A forward over ``tokens`` new tokens per sequence (past the profiled ones: the longest profiled)."""
@@ -94,6 +99,10 @@ class CostRow:
     @property
     def sd_draft_step(self) -> float:
         return self.draft_step_s if self.sd_draft_step_s is None else self.sd_draft_step_s
+
+    @property
+    def sd_draft_feed(self) -> float:
+        return self.draft_feed_s if self.sd_draft_feed_s is None else self.sd_draft_feed_s
 
 
 @dataclass(frozen=True)
@@ -118,28 +127,29 @@ class SpeculationCosts:
             verify = tuple(row["target_verify_s"])
             rows[int(size)] = CostRow(row["draft_step_s"], verify, row.get("target_alone_step_s", verify[0]),
                                       tuple(row.get("target_alone_verify_s", ())), row.get("draft_alone_step_s"),
-                                      draft_feed_s=profile.get("draft_feed_s", 0.0))  # one sequence's catch-up
+                                      # one sequence's catch-up
+                                      profile.get("draft_feed_s", 0.0), profile.get("draft_alone_feed_s"))
         return cls(rows, prior_acceptance)
 
     def to_message(self) -> np.ndarray:
         """COSTS: [prior, K, n, (batch_size, draft_step_s, alone_step_s, draft_feed_s, sd_draft_step,
-        verify_s[:K], alone_verify[:K]) * n] (see ranks.protocol; sd_draft_step and alone_verify as
-        ``CostRow`` gives them, profiled or not)."""
+        sd_draft_feed, verify_s[:K], alone_verify[:K]) * n] (see ranks.protocol; sd_draft_step, sd_draft_feed
+        and alone_verify as ``CostRow`` gives them, profiled or not)."""
         k = self.max_window
         values = [self.prior_acceptance, k, len(self.rows)]
         for size, row in sorted(self.rows.items()):
             values += [size, row.draft_step_s, row.alone_step_s, row.draft_feed_s, row.sd_draft_step,
-                       *row.verify_s[:k], *(row.alone_verify(tokens) for tokens in range(1, k + 1))]
+                       row.sd_draft_feed, *row.verify_s[:k], *(row.alone_verify(tokens) for tokens in range(1, k + 1))]
         return np.array(values, dtype=np.float64)
 
     @classmethod
     def from_message(cls, message: np.ndarray) -> "SpeculationCosts":
         prior, k, n = float(message[0]), int(message[1]), int(message[2])
-        rows, width = {}, 5 + 2 * k
+        rows, width = {}, 6 + 2 * k
         for i in range(n):
             values = message[3 + i * width:3 + (i + 1) * width].tolist()
-            rows[int(values[0])] = CostRow(values[1], tuple(values[5:5 + k]), values[2], tuple(values[5 + k:]),
-                                           values[4], draft_feed_s=values[3])
+            rows[int(values[0])] = CostRow(values[1], tuple(values[6:6 + k]), values[2], tuple(values[6 + k:]),
+                                           values[4], values[3], values[5])
         return cls(rows, prior)
 
 
@@ -184,12 +194,16 @@ def drafting_can_pay(kinds: tuple[str, ...], row: CostRow, max_window: int) -> b
 
 
 def catch_up_pays(kinds: tuple[str, ...], acceptance: float, row: CostRow, max_window: int, remaining: int | None,
-                  missed: int) -> bool:
+                  missed: int, kind: str = "pearl") -> bool:
     """Whether drafting the ``remaining`` tokens at ``acceptance`` would gain more than the first drafted round
-    costs beyond a step alone: the draft feeds the ``missed`` tokens (and drafts one) beside the target's
-    1-token verify. A catch-up that costs nothing (a GPU each, the draft's feed hidden behind the verify) is
-    always worth a look; ``remaining`` None: unbounded."""
-    catch_up_s = max(missed * row.draft_feed_s + row.draft_step_s, row.verify(1)) - row.alone_step_s
+    costs beyond its usual cost, where the draft first feeds the ``missed`` tokens: in an SD round (``kind``)
+    the feed on every core; in a PEARL round the feed and a draft step beside the target's 1-token verify,
+    beyond a step alone. A catch-up that costs nothing (a GPU each, the draft's feed hidden behind the verify)
+    is always worth a look; ``remaining`` None: unbounded."""
+    if kind == "sd":
+        catch_up_s = missed * row.sd_draft_feed
+    else:
+        catch_up_s = max(missed * row.draft_feed_s + row.draft_step_s, row.verify(1)) - row.alone_step_s
     if remaining is None or catch_up_s <= 0:
         return True
     gain_per_token = row.alone_step_s - 1 / best_round(kinds, acceptance, row, max_window)[2]
@@ -241,7 +255,7 @@ class Calibration:
         alone_verify = (row.alone_verify(k) * sd_verify for k in range(1, len(row.verify_s) + 1))
         return CostRow(row.draft_step_s * self.ratios["draft"], tuple(v * verify for v in row.verify_s),
                        row.alone_step_s * self.ratios["alone"], tuple(alone_verify),
-                       row.sd_draft_step * self.ratios["sd_draft"], row.draft_feed_s)
+                       row.sd_draft_step * self.ratios["sd_draft"], row.draft_feed_s, row.sd_draft_feed_s)
 
 
 class WindowPolicy:
@@ -284,18 +298,16 @@ class WindowPolicy:
         self.kind, window, rate = best_round(self.kinds, self.acceptance.rate, row, self.max_window)
         pays = rate >= 1 / row.alone_step_s
         if not self.window:
+            # The draft first feeds every token it missed (at the opening, the prompt). On a split CPU that
+            # feed beside the target's 1-token verify outlasts it: an SD round gives the feed every core, and
+            # the target then verifies on every core. Elsewhere a PEARL round hides the feed behind the
+            # target's forward.
+            kind = "sd" if "pearl" not in self.kinds or target_faster_alone(row) else "pearl"
             # drafting pays, or it is time to look again; and what could be won back covers the catch-up
             if (pays or self.alone_rounds >= self.probe_after) and \
-                    catch_up_pays(self.kinds, self.prior, profiled, self.max_window, remaining, missed):
+                    catch_up_pays(self.kinds, self.prior, profiled, self.max_window, remaining, missed, kind):
                 self.probing, self.opened = self.opened and not pays, True
-                if "pearl" in self.kinds:
-                    # The draft first feeds every token it missed (at the opening, the prompt): a PEARL round
-                    # does that beside the target's forward, an SD round would make the target wait for it.
-                    # Where that forward is a 1-token verify on a split CPU, the catch-up alone outlasts it:
-                    # one draft token then, not a window of steps on top.
-                    self.kind = "pearl"
-                    window = 1 if target_faster_alone(row) else best_window("pearl", self.acceptance.rate, row,
-                                                                            self.max_window)[0]
+                self.kind, window = kind, best_window(kind, self.acceptance.rate, row, self.max_window)[0]
                 self.window, self.drafted_rounds = window, 1
                 return window
             self.alone_rounds += 1

@@ -10,9 +10,11 @@ from pearl.speculation import (MIN_DRAFTED_ROUNDS, PROBE_AFTER_ROUNDS, Acceptanc
 
 # A GPU-like pair: a verify costs the same for any window, the draft 1/4 of the target.
 FLAT = CostRow(draft_step_s=0.025, verify_s=(0.1,) * 8, alone_step_s=0.1)
-# A 2-core CPU: each model on one core; a verify grows with its window; alone, the target has both cores.
+# A 2-core CPU: each model on one core; a verify grows with its window; alone, the target has both cores, and
+# the draft feeds faster on both.
 CPU = CostRow(draft_step_s=0.07, verify_s=(0.32, 0.35, 0.38, 0.42, 0.48, 0.53, 0.6, 0.66), alone_step_s=0.2,
-              alone_verify_s=(0.2, 0.22, 0.24, 0.27, 0.3, 0.33, 0.37, 0.41))
+              alone_verify_s=(0.2, 0.22, 0.24, 0.27, 0.3, 0.33, 0.37, 0.41), draft_feed_s=0.004,
+              sd_draft_feed_s=0.0025)
 # The same CPU with a llama.cpp draft: a draft step 4x cheaper than the target's step on both cores.
 CHEAP_DRAFT = CostRow(draft_step_s=0.036, verify_s=(0.21, 0.23, 0.26, 0.27, 0.33, 0.34, 0.42, 0.45),
                       alone_step_s=0.14, alone_verify_s=(0.14, 0.16, 0.18, 0.2, 0.22, 0.25, 0.28, 0.3))
@@ -114,6 +116,11 @@ def test_the_prompt_runs_alone_where_the_target_is_faster_alone():
     cpu = WindowPolicy("pearl", 0.8, max_window=8)
     assert cpu.next_window(CPU) == 0
     assert cpu.next_window(CPU) == best_window("sd", 0.8, CPU, 8)[0] > 1 and cpu.kind == "sd"
+    # where an SD round gives the draft no more cores (the llama.cpp draft's profile: no feed on them), the
+    # draft catches up beside a 1-token verify, drafting one token
+    same_cores = WindowPolicy("pearl", 0.8, max_window=8)
+    assert same_cores.next_window(LLAMACPP) == 0 and same_cores.next_window(LLAMACPP) == 1
+    assert same_cores.kind == "pearl"
     gpu = WindowPolicy("pearl", 0.8, max_window=8)
     assert gpu.next_window(FLAT) == best_window("pearl", 0.8, FLAT, 8)[0] > 1 and gpu.kind == "pearl"
 
@@ -188,12 +195,12 @@ def test_a_long_prompt_with_few_tokens_to_go_decodes_alone_throughout():
     assert windows == [0] * 48  # neither the opening nor any probe
     p = WindowPolicy("pearl", 0.8, max_window=8)
     assert p.next_window(LLAMACPP, None, 500, 494) == 0  # the prompt, alone
-    assert p.next_window(LLAMACPP, None, 499, 495) > 0 and p.kind == "sd"  # enough to go: the opening
+    assert p.next_window(LLAMACPP, None, 499, 495) == 1  # enough to go: the opening, one token while feeding
 
 
 def test_a_probe_near_the_end_is_not_worth_its_catch_up():
     p = WindowPolicy("pearl", 0.8, max_window=8)
-    assert p.next_window(LLAMACPP, None, 64, 50) == 0 and p.next_window(LLAMACPP, None, 63, 51) > 0
+    assert p.next_window(LLAMACPP, None, 64, 50) == 0 and p.next_window(LLAMACPP, None, 63, 51) == 1
     while p.next_window(LLAMACPP, None, 60, 0):
         p.observe(p.window, 0)  # rejected at once: it stops
     assert [p.next_window(LLAMACPP, None, 40, 1 + i) for i in range(PROBE_AFTER_ROUNDS)].count(0) == \

@@ -40,11 +40,13 @@ always right would beat the target alone (a draft that is slow next to its targe
 that catching up costs more than drafting could win back (below). Where the target decodes faster alone than
 beside the draft (``target_faster_alone``: a CPU whose cores the models split), the prompt's forward runs
 alone first, on all the target's cores (a compute-bound prefill beside the draft took 1.6x as long on 2
-cores), and the draft catches up on the prompt in the next round, an SD one: its feed beside a 1-token verify
-would outlast that verify and leave the target waiting, so the draft feeds and drafts its window on all the
-cores and the target then verifies it on all of them (the default pair: the int4 draft fed a 110-token prompt
-in 0.44 s on one core, 0.24 on two; the verify beside it took 0.2 s). Elsewhere (a GPU each) the two prefills
-run at once and the draft catches up beside the target's forward in PEARL rounds. A sequence that stopped
+cores), and the draft catches up on the prompt in the next round. Its feed beside a 1-token verify would
+outlast that verify and leave the target waiting, so where the draft feeds faster on the pair's cores
+(``catch_up_in_sd_round``) that round is an SD one: the draft feeds and drafts its window on all the cores and
+the target then verifies it on all of them (the default pair: the int4 draft fed a 110-token prompt in 0.44 s
+on one core, 0.24 on two; the verify beside it took 0.2 s); otherwise a PEARL round drafting a single token
+beside a 1-token verify. Elsewhere (a GPU each) the two prefills run at once and the draft catches up beside
+the target's forward in PEARL rounds. A sequence that stopped
 drafting has no evidence coming in: it drafts again after ``PROBE_AFTER_ROUNDS`` rounds, twice as many after
 each probe that does not pay (the opening rounds are no probe: a request whose first two windows were unlucky
 looks again as soon as one that stopped after paying). A probe is dear (the draft first catches up on every
@@ -210,6 +212,13 @@ def catch_up_pays(kinds: tuple[str, ...], acceptance: float, row: CostRow, max_w
     return remaining * gain_per_token > catch_up_s
 
 
+def catch_up_in_sd_round(row: CostRow) -> bool:
+    """Whether a draft that missed tokens catches up faster in an SD round than beside the target: where the
+    target steps faster alone (a CPU whose cores the models split) and the draft feeds faster on an SD round's
+    threads (``target_alone_threads``: more cores than its own)."""
+    return target_faster_alone(row) and row.sd_draft_feed < row.draft_feed_s
+
+
 def target_faster_alone(row: CostRow) -> bool:
     """Whether the target steps faster with the draft idle (a CPU whose cores the models split) than beside
     it (a GPU each: the same)."""
@@ -301,13 +310,15 @@ class WindowPolicy:
             # The draft first feeds every token it missed (at the opening, the prompt). On a split CPU that
             # feed beside the target's 1-token verify outlasts it: an SD round gives the feed every core, and
             # the target then verifies on every core. Elsewhere a PEARL round hides the feed behind the
-            # target's forward.
-            kind = "sd" if "pearl" not in self.kinds or target_faster_alone(row) else "pearl"
+            # target's forward (judged on the profile, as below: calibration moves only what ran).
+            kind = "sd" if "pearl" not in self.kinds or catch_up_in_sd_round(profiled) else "pearl"
             # drafting pays, or it is time to look again; and what could be won back covers the catch-up
             if (pays or self.alone_rounds >= self.probe_after) and \
                     catch_up_pays(self.kinds, self.prior, profiled, self.max_window, remaining, missed, kind):
                 self.probing, self.opened = self.opened and not pays, True
                 self.kind, window = kind, best_window(kind, self.acceptance.rate, row, self.max_window)[0]
+                if kind == "pearl" and target_faster_alone(row):
+                    window = 1  # the feed beside a 1-token verify outlasts it: no window of steps on top
                 self.window, self.drafted_rounds = window, 1
                 return window
             self.alone_rounds += 1

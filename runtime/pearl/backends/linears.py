@@ -24,8 +24,8 @@ Which kernels run the linears (``cpu_linear``, chosen when a rank loads its mode
            the fly: faster, but it cut the default draft's agreement with the target from ~0.8 to ~0.5 on
            chat prompts, so int8 weights always run weight-only.)
   auto     float32 weights: ``onednn``; bfloat16: ``onednn`` on a CPU with native bfloat16, otherwise
-           ``fbgemm`` where torch has it, else ``default``; float16 and int8: ``default``; int4: ``onednn``'s
-           where the CPU has native bfloat16, otherwise ``default``
+           ``fbgemm`` where torch has it, else ``default``; float16, int8 and int4: ``default`` (int4 with
+           ``onednn``'s bfloat16 copy where the CPU has native bfloat16)
 A kernel's activations stay in the model's dtype between layers; each kernel converts a layer's input to
 what it multiplies in and its output back.
 """

@@ -116,8 +116,8 @@ def test_the_prompt_runs_alone_where_the_target_is_faster_alone():
     cpu = WindowPolicy("pearl", 0.8, max_window=8)
     assert cpu.next_window(CPU) == 0
     assert cpu.next_window(CPU) == best_window("sd", 0.8, CPU, 8)[0] > 1 and cpu.kind == "sd"
-    # where an SD round gives the draft no more cores (the llama.cpp draft's profile: no feed on them), the
-    # draft catches up beside a 1-token verify, drafting one token
+    # where the draft feeds no faster in an SD round (this profile has no feed on its threads), it catches up
+    # beside a 1-token verify, drafting one token
     same_cores = WindowPolicy("pearl", 0.8, max_window=8)
     assert same_cores.next_window(LLAMACPP) == 0 and same_cores.next_window(LLAMACPP) == 1
     assert same_cores.kind == "pearl"

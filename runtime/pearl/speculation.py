@@ -46,11 +46,11 @@ outlast that verify and leave the target waiting, so where the draft feeds faste
 the target then verifies it on all of them (the default pair: the int4 draft fed a 110-token prompt in 0.44 s
 on one core, 0.24 on two; the verify beside it took 0.2 s); otherwise a PEARL round drafting a single token
 beside a 1-token verify. Elsewhere (a GPU each) the two prefills run at once and the draft catches up beside
-the target's forward in PEARL rounds. A sequence that stopped
-drafting has no evidence coming in: it drafts again after ``PROBE_AFTER_ROUNDS`` rounds, twice as many after
-each probe that does not pay (the opening rounds are no probe: a request whose first two windows were unlucky
-looks again as soon as one that stopped after paying). A probe is dear (the draft first catches up on every
-token it missed, in a round as at the opening), so probes are rare.
+the target's forward in PEARL rounds. A sequence that stopped drafting has no evidence coming in: it drafts
+again after ``PROBE_AFTER_ROUNDS`` rounds, twice as many after each probe that does not pay (the opening rounds
+are no probe: a request whose first two windows were unlucky looks again as soon as one that stopped after
+paying). A probe is dear (the draft first catches up on every token it missed, in a round as at the opening),
+so probes are rare.
 
 Catching up is priced (``catch_up_pays``): where it costs time (an SD round's feed, or a PEARL round's feed
 that outlasts the target's forward beside it, or that forward on fewer threads than alone), drafting opens, or

@@ -163,19 +163,29 @@ class _FlatLinear(torch.nn.Module):
         raise NotImplementedError
 
 
+ONEDNN_ROWS_HINT = 8  # oneDNN's packing is tuned for about this many rows; any number works
+
+
+def onednn_pack(weight: torch.Tensor) -> torch.Tensor:
+    """A float32 / bfloat16 weight packed once for oneDNN's GEMM (``onednn_multiply``)."""
+    return torch.ops.mkldnn._reorder_linear_weight(weight.detach(), ONEDNN_ROWS_HINT)
+
+
+def onednn_multiply(rows: torch.Tensor, packed: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+    return torch.ops.mkldnn._linear_pointwise(rows, packed, bias, "none", [], "")
+
+
 class OnednnLinear(_FlatLinear):
     """A float32 / bfloat16 weight that oneDNN packed once at load, for its own GEMM. PyTorch's default CPU
     GEMM stays far from the memory bandwidth for the 1-48 rows of a decode or a batched round."""
 
-    ROWS_HINT = 8  # the packing is tuned for about this many rows; any number works
-
     def __init__(self, weight: torch.Tensor, bias: torch.Tensor | None) -> None:
         self.compute_dtype = weight.dtype
         super().__init__(weight.shape[0], bias)
-        self.register_buffer("weight", torch.ops.mkldnn._reorder_linear_weight(weight.detach(), self.ROWS_HINT))
+        self.register_buffer("weight", onednn_pack(weight))
 
     def multiply(self, rows: torch.Tensor) -> torch.Tensor:
-        return torch.ops.mkldnn._linear_pointwise(rows, self.weight, self.bias, "none", [], "")
+        return onednn_multiply(rows, self.weight, self.bias)
 
 
 class FbgemmFp16Linear(_FlatLinear):
@@ -224,15 +234,12 @@ class Int4Linear(_FlatLinear):
         self.register_buffer("packed", torch.ops.aten._convert_weight_to_int4pack_for_cpu(values, 1),
                              persistent=False)
         self.register_buffer("scales_and_zeros", scales_and_zeros.to(self.compute_dtype), persistent=False)
-        dense_weight = None
-        if dense:
-            values = dequantize("int4", tensors).to(self.compute_dtype)
-            dense_weight = torch.ops.mkldnn._reorder_linear_weight(values, OnednnLinear.ROWS_HINT)
+        dense_weight = onednn_pack(dequantize("int4", tensors).to(self.compute_dtype)) if dense else None
         self.register_buffer("dense_weight", dense_weight, persistent=False)
 
     def multiply(self, rows: torch.Tensor) -> torch.Tensor:
         if self.dense_weight is not None and rows.shape[0] >= INT4_DENSE_ROWS:
-            return torch.ops.mkldnn._linear_pointwise(rows, self.dense_weight, self.bias, "none", [], "")
+            return onednn_multiply(rows, self.dense_weight, self.bias)
         y = torch.ops.aten._weight_int4pack_mm_for_cpu(rows, self.packed, self.group_size, self.scales_and_zeros)
         return y if self.bias is None else y + self.bias
 

@@ -9,9 +9,9 @@ from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM
 
 from pearl.backends.base import ModelSpec
-from pearl.backends.linears import (ALIGNMENT, INT4_DENSE_ROWS, FbgemmFp16Linear, Int4Linear, Int8Linear, OnednnLinear,
-                                    bf16_native, dequantize, has_fbgemm, int4_dense_copy, linear_names, quantize_int4,
-                                    quantize_int8, resolve_kernel)
+from pearl.backends.linears import (ALIGNMENT, INT4_DENSE_ROWS, ONEDNN_MIN_ROWS, FbgemmFp16Linear, Int4Linear,
+                                    Int8Linear, OnednnLinear, bf16_native, dequantize, has_fbgemm, int4_dense_copy,
+                                    linear_names, quantize_int4, quantize_int8, resolve_kernel)
 from pearl.backends.loading import load_model
 from pearl.tokenizers import load_tokenizer
 from pearl.backends.torch_backend import TorchBackend
@@ -83,6 +83,19 @@ def test_each_kernel_computes_its_weights_product(weight):
             assert got.shape == expected.shape, name
             scale = expected.abs().max()
             assert (got - expected).abs().max() <= tolerance * scale, name
+
+
+def test_onednn_multiplies_a_few_rows_as_the_same_rows_of_a_wider_call(weight):
+    """Fewer than ONEDNN_MIN_ROWS rows run padded, on the wider call's kernel: a row gets the same bits alone
+    (a decode step) as among a short verify's rows."""
+    torch.manual_seed(4)
+    bias = torch.linspace(-1, 1, weight.shape[0])
+    x = torch.randn(ONEDNN_MIN_ROWS, 128)
+    for dtype in (torch.float32, torch.bfloat16) if bf16_native() else (torch.float32,):
+        layer = OnednnLinear(weight.to(dtype), bias)
+        wide = layer(x.to(dtype))
+        for count in range(1, ONEDNN_MIN_ROWS):
+            assert torch.equal(layer(x[:count].to(dtype)), wide[:count]), (dtype, count)
 
 
 @pytest.mark.skipif(not bf16_native(), reason="the bfloat16 copy needs a CPU with native bfloat16")

@@ -25,6 +25,16 @@ def test_serves_many_requests_then_leaves_no_process(tiny):
         llm.generate([1, 2], SamplingParams(max_tokens=2)).collect()
 
 
+def test_the_ranks_time_their_forwards_one_at_a_time_or_together_and_serve_after(llm_factory, tiny):
+    llm = llm_factory(tiny["close_draft"], tiny["target"])
+    lone = llm.world.profile({"draft": 1, "target": 3}, steps=2)
+    together = llm.world.profile({"draft": 1, "target": 3}, steps={"draft": 30, "target": 2}, together=True)
+    for seconds in (lone, together):
+        assert [len(seconds["draft"]), len(seconds["target"])] == [1, 3]
+        assert all(s > 0 for s in seconds["draft"] + seconds["target"])
+    assert len(llm.generate([1, 2], SamplingParams(max_tokens=4)).collect().token_ids) == 4
+
+
 def test_bad_requests_get_clear_errors_and_the_llm_keeps_serving(llm_factory, tiny):
     llm = llm_factory(tiny["close_draft"], tiny["target"])
     with pytest.raises(ValueError, match="outside the vocabulary"):

@@ -1,10 +1,13 @@
 """Profiling a built pair on this host through the real runtime: the numbers ``gamma=auto`` reads.
 
 The pair is started exactly as serving starts it (an LLM spawning its MPI ranks with the engine's
-devices, dtype and threads), then each rank times its own forwards, one rank at a time.
+devices, dtype and threads), then each rank times its own forwards: a PEARL round's (a draft step, the
+target's verifies) with the other model computing beside it, as in a round; an SD round's and a catch-up's
+one rank at a time.
 """
 from __future__ import annotations
 
+import math
 import platform
 import time
 from pathlib import Path
@@ -16,6 +19,9 @@ from pearl.speculation import CostRow, best_window
 
 STEPS = 5  # timed forwards per window length (the median is kept)
 FEED_TOKENS = 128  # the draft's catch-up is timed as one forward over this many tokens
+# Beside the target's verifies the draft decodes this much longer than they last (its step count comes from
+# both timed alone), so that most of its steps, and all of the target's forwards, run beside the other
+BESIDE_MARGIN = 1.5
 
 
 def hardware(device: str) -> str:
@@ -46,8 +52,10 @@ def profile_pair(pair_dir: Path, max_draft_len: int, max_batch_size: int = 1,
                  draft_acceptance: float = DEFAULT_ACCEPTANCE) -> dict:
     """For each batch size up to max_batch_size ("by_batch_size"; a lone sequence's also at the top level):
     a draft step, the target's cost to verify k = 1..max_draft_len tokens per sequence (both on the pair's
-    threads per rank), and the same step and verifies on ``target_alone_threads`` (vanilla SD's rounds, where
-    the models take turns on every core; the target's step there is also its decoding alone). Batched, a
+    threads per rank, each timed while the other computes: in a PEARL round they run at once, and on a CPU
+    they share its memory bandwidth: the default pair's 4-token verify took 1.5x as long beside the draft as
+    alone), and the same step and verifies on ``target_alone_threads`` (vanilla SD's rounds, where the models
+    take turns on every core, timed one at a time; the target's step there is also its decoding alone). Batched, a
     verify costs more and the best window moves with it (nano-PEARL measures it the same way).
     ``recommended_gamma`` is the PEARL window with the most expected tokens per second at the pair's
     ``draft_acceptance``; adaptive requests start from it and move with their own acceptance.
@@ -64,8 +72,11 @@ def profile_pair(pair_dir: Path, max_draft_len: int, max_batch_size: int = 1,
             alone_feed_s = llm.world.profile({"draft": feed}, steps=STEPS, feed=True,
                                              threads={"draft": config.alone_threads})["draft"][0] / feed
         for size in batch_sizes(max_batch_size, config.draft_off_batch_size):
-            seconds = llm.world.profile({"draft": 1, "target": max_draft_len}, steps=STEPS, batch_size=size)
-            alone, draft_alone = seconds["target"], seconds["draft"][0]
+            lone = llm.world.profile({"draft": 1, "target": max_draft_len}, steps=STEPS, batch_size=size)
+            alone, draft_alone = lone["target"], lone["draft"][0]
+            draft_steps = math.ceil(BESIDE_MARGIN * (STEPS + 1) * sum(lone["target"]) / lone["draft"][0])
+            seconds = llm.world.profile({"draft": 1, "target": max_draft_len}, batch_size=size, together=True,
+                                        steps={"draft": draft_steps, "target": STEPS})
             if config.alone_threads != config.threads_per_rank:
                 both = llm.world.profile({"draft": 1, "target": max_draft_len}, steps=STEPS, batch_size=size,
                                          threads={"draft": config.alone_threads, "target": config.alone_threads})
@@ -73,7 +84,7 @@ def profile_pair(pair_dir: Path, max_draft_len: int, max_batch_size: int = 1,
             row = CostRow(seconds["draft"][0], tuple(seconds["target"]), alone[0], tuple(alone), draft_alone)
             table[str(size)] = {  # JSON keys are strings
                 "draft_step_s": row.draft_step_s,
-                "target_verify_s": list(row.verify_s),  # [k-1]: seconds for the target to take k new tokens
+                "target_verify_s": list(row.verify_s),  # [k-1]: the target taking k new tokens (beside the draft)
                 "target_alone_step_s": row.alone_step_s,
                 "target_alone_verify_s": list(row.alone_verify_s),  # the same on target_alone_threads (SD)
                 "draft_alone_step_s": row.sd_draft_step,  # a draft step on target_alone_threads (SD: the target waits)

@@ -173,23 +173,30 @@ class World:
         counters = self.endpoint.recv_from(TARGET_RANK, STATS)  # sent right after every TOKENS
         return Report(int(tokens[0]), tokens[2:].tolist(), int(tokens[1]), counters[1:])
 
-    def profile(self, max_tokens: dict[str, int], steps: int = 5, batch_size: int = 1,
-                threads: dict[str, int] | None = None, feed: bool = False) -> dict[str, list[float]]:
+    def profile(self, max_tokens: dict[str, int], steps: int | dict[str, int] = 5, batch_size: int = 1,
+                threads: dict[str, int] | None = None, feed: bool = False,
+                together: bool = False) -> dict[str, list[float]]:
         """Per model named in ``max_tokens``: seconds of a forward over k new tokens for each of ``batch_size``
         sequences, k = 1..max_tokens[role] (``feed``: k = max_tokens[role] alone, the last token's logits only:
-        a catch-up), measured on its own rank (on ``threads[role]`` threads, default its own), one rank at a
-        time (so neither disturbs the other's timing)."""
-        seconds = {}
+        a catch-up), the median of ``steps`` (per role, or the same for both), measured on its own rank (on
+        ``threads[role]`` threads, default its own), one rank at a time (so neither disturbs the other's
+        timing), or with ``together`` both at once (as PEARL's rounds run them)."""
+        seconds, measuring = {}, []
         with self._profile_lock:
             for rank in WORKER_RANKS:
                 role = ROLE_NAMES[rank]
                 if role not in max_tokens:
                     continue
-                message = [OP_PROFILE, steps, max_tokens[role], batch_size, (threads or {}).get(role, 0), int(feed)]
+                count = steps[role] if isinstance(steps, dict) else steps
+                message = [OP_PROFILE, count, max_tokens[role], batch_size, (threads or {}).get(role, 0), int(feed)]
                 with self._send_lock:
                     self.endpoint.send(np.array(message, dtype=np.int64), rank, CONTROL)
-                # its own tag: a receive beside poll's (which never takes a PROFILE)
-                seconds[role] = self.endpoint.recv_from(rank, PROFILE).tolist()
+                measuring.append(rank)
+                if not together:
+                    # its own tag: a receive beside poll's (which never takes a PROFILE)
+                    seconds[role] = self.endpoint.recv_from(measuring.pop(), PROFILE).tolist()
+            for rank in measuring:
+                seconds[ROLE_NAMES[rank]] = self.endpoint.recv_from(rank, PROFILE).tolist()
         return seconds
 
     def send_costs(self, costs: SpeculationCosts) -> None:

@@ -2,8 +2,10 @@
 
 Waiting ranks share two cores with the rank doing the work, so a wait probes for the message
 (``Improbe``, the matched probe: safe with several threads) and sleeps briefly between probes instead of
-spinning in a blocking receive. The sleep grows from 20 us to 200 us, which keeps the added latency far
-below one model forward.
+spinning in a blocking receive. The sleep grows from 20 us to 2 ms, which keeps the added latency far
+below one model forward. Probing more often slows the rank at work: on 2 cores, with the draft probing every
+200 us while the target verified on both cores (an SD round), a 5-token verify took ~195 ms against ~140 at
+2 ms, and vanilla SD on code ran 13% slower.
 """
 from __future__ import annotations
 
@@ -15,7 +17,7 @@ from mpi4py import MPI
 
 from pearl.ranks.protocol import TAG_DTYPES
 
-MIN_SLEEP_S, MAX_SLEEP_S = 20e-6, 200e-6
+MIN_SLEEP_S, MAX_SLEEP_S = 20e-6, 2e-3
 
 
 class Endpoint:

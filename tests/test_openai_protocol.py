@@ -20,6 +20,15 @@ def test_a_completion_body_becomes_the_ensemble_inputs():
         "seed": 7, "stop_words": ["\n"]}
 
 
+def test_the_ensembles_decoding_inputs_pass_through_and_absent_ones_stay_out():
+    messages = [{"role": "user", "content": "Hi"}]
+    body = ChatRequest(model="m", messages=messages, num_draft_tokens=3, decoding_mode="sd")
+    inputs = body.ensemble_inputs("t", 100)
+    assert (inputs["num_draft_tokens"], inputs["decoding_mode"]) == (3, "sd")
+    assert not {"num_draft_tokens", "decoding_mode"} & set(ChatRequest(model="m", messages=messages)
+                                                            .ensemble_inputs("t", 100))
+
+
 def test_chat_takes_max_completion_tokens_and_an_absent_limit_fills_the_context():
     messages = [{"role": "developer", "content": [{"type": "text", "text": "Be brief."}]}]
     body = ChatRequest(model="m", messages=messages, max_completion_tokens=5)

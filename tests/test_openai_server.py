@@ -124,6 +124,18 @@ def test_a_stop_sequence_ends_the_text_and_is_left_out(client, model, expected, 
     assert text == whole[:whole.index(stop)] and finish_reason == "stop"
 
 
+@pytest.mark.parametrize("mode", ["pearl", "sd"])
+def test_a_request_may_fix_the_window_and_the_decoding_mode(client, model, expected, mode):
+    """The ensemble's num_draft_tokens and decoding_mode as body fields (the OpenAI SDK's extra_body): every
+    round drafts its fixed window, and the text is still the target's own."""
+    response = client.completions.create(model=model, prompt=PROMPT, max_tokens=MAX_TOKENS, temperature=0,
+                                         extra_body={"num_draft_tokens": 2, "decoding_mode": mode})
+    assert response.choices[0].text == expected["completion"]["text"]
+    spec, pearl = (response.model_extra["metrics"][key] for key in ("speculative_decoding", "pearl"))
+    assert spec["num_spec_steps"] > 0 and 0 < pearl["mean_gamma"] <= 2
+    check_metrics(response.model_extra["metrics"], MAX_TOKENS)
+
+
 BAD_REQUESTS = [  # (body changes, status, part of the message)
     ({"max_tokens": 0}, 400, "max_tokens must be >= 1"),
     ({"max_tokens": 100000}, 400, "exceeds the models' limit"),
@@ -134,6 +146,8 @@ BAD_REQUESTS = [  # (body changes, status, part of the message)
     ({"stop": ["a", "b", "c", "d", "e"]}, 400, "at most 4"),
     ({"seed": -1}, 400, "seed"),
     ({"max_tokens": "many"}, 400, "max_tokens"),
+    ({"num_draft_tokens": -1}, 400, "num_draft_tokens must be >= 1"),
+    ({"decoding_mode": "beam"}, 400, "unknown mode 'beam'"),
     ({"model": "gpt-4o"}, 404, "does not exist"),
 ]
 

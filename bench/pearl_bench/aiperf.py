@@ -28,7 +28,7 @@ SPEC_DECODE = {
 }
 # greedy; no usage chunk: AIPerf keeps a request's speculative-decoding figures only when one chunk carries
 # them, and with include_usage our last chunk and the usage chunk both do (tokens are counted with the tokenizer)
-EXTRA_INPUTS = json.dumps({"temperature": 0, "stream_options": {"include_usage": False}})
+EXTRA_INPUTS = {"temperature": 0, "stream_options": {"include_usage": False}}
 
 
 def find_aiperf(command: str) -> str:
@@ -36,18 +36,20 @@ def find_aiperf(command: str) -> str:
 
 
 def run_aiperf_point(aiperf: str, url: str, model: str, tokenizer: Path, out_dir: Path, prompts: list[Prompt],
-                     max_tokens: int, concurrency: int, request_count: int) -> dict:
+                     max_tokens: int, concurrency: int, request_count: int, decoding: dict | None = None) -> dict:
     """One streamed AIPerf measurement of the chat endpoint at ``url`` (http://host:port, no /v1) at a
-    concurrency; its artifacts stay under out_dir/aiperf."""
+    concurrency; its artifacts stay under out_dir/aiperf; ``decoding``: more of the ensemble's inputs for every
+    request (``num_draft_tokens``), as body fields (pearl.serving.openai_protocol)."""
     artifacts = out_dir / "aiperf"
     input_file = write_prompts(artifacts, prompts)
     run_dir = artifacts / f"c{concurrency}"
     shutil.rmtree(run_dir, ignore_errors=True)  # a run before left its exports
+    extra_inputs = json.dumps({**EXTRA_INPUTS, **(decoding or {})})
     command = [aiperf, "profile", "-m", model, "--endpoint-type", "chat", "--streaming", "-u", url,
                "--tokenizer", str(tokenizer.resolve()), "--input-file", str(input_file.resolve()),
                "--custom-dataset-type", "single_turn", "--dataset-sampling-strategy", "sequential",
                "--concurrency", str(concurrency), "--request-count", str(request_count),
-               "--output-tokens-mean", str(max_tokens), "--extra-inputs", EXTRA_INPUTS, "--no-server-metrics",
+               "--output-tokens-mean", str(max_tokens), "--extra-inputs", extra_inputs, "--no-server-metrics",
                "--no-gpu-telemetry", "--ui-type", "none", "--artifact-dir", str(run_dir.resolve())]
     # no HF_HUB_OFFLINE: AIPerf 0.13 then looks a tokenizer up in the hub's cache only, where a folder is not;
     # an absolute folder is loaded from disk without a hub lookup

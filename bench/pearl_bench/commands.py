@@ -133,6 +133,8 @@ raw outputs, summary.json/.md and latency_throughput.png."""
     parser.add_argument("--engines", type=Path, required=True)
     parser.add_argument("--prompts", type=int, default=8, help="HumanEval prompts cycled through by the load")
     parser.add_argument("--max-tokens", type=int, default=32)
+    parser.add_argument("--num-draft-tokens", type=int, default=0, metavar="GAMMA",
+                        help="every request's fixed draft window (the ensemble's input); 0: adaptive windows")
     parser.add_argument("--concurrency", default="1,2,4,8,16")
     parser.add_argument("--requests-per-point", type=int, default=0,
                         help="requests measured per point (default 2 x concurrency, at least 4)")
@@ -158,6 +160,7 @@ raw outputs, summary.json/.md and latency_throughput.png."""
     concurrencies = [int(c) for c in args.concurrency.split(",")]
     repository = _served(args.engines, args.cache_dir)
     tokenizer = pair_models(args.engines, check_files=False)["target"][0]
+    decoding = {"num_draft_tokens": args.num_draft_tokens} if args.num_draft_tokens else {}
     points, genai_points, aiperf_points = [], [], []
     server = TritonServer(repository, args.cache_dir, http_port=args.http_port, grpc_port=args.grpc_port,
                           metrics_port=args.metrics_port)
@@ -166,7 +169,7 @@ raw outputs, summary.json/.md and latency_throughput.png."""
         for stream in (False, True):
             for concurrency in concurrencies:
                 point = run_point(server.grpc_url, out, args.cache_dir, prompts, args.max_tokens, stream,
-                                  concurrency, requests_for(concurrency)).to_dict()
+                                  concurrency, requests_for(concurrency), decoding=decoding).to_dict()
                 if stream:
                     point.update(token_latencies(out / f"profile_stream_c{concurrency}.json"))
                 points.append(point)
@@ -174,16 +177,17 @@ raw outputs, summary.json/.md and latency_throughput.png."""
         if genai_perf is not None:
             for concurrency in concurrencies:
                 point = run_genai_point(genai_perf, server.grpc_url, tokenizer, out, args.cache_dir, prompts,
-                                        args.max_tokens, concurrency, requests_for(concurrency))
+                                        args.max_tokens, concurrency, requests_for(concurrency), decoding)
                 genai_points.append(point)
                 print(json.dumps({"genai_perf": point}), flush=True)
         if openai is not None:
             for concurrency in concurrencies:
                 point = run_aiperf_point(aiperf, f"http://{openai.host}:{openai.port}", frontend.model, tokenizer, out,
-                                         prompts, args.max_tokens, concurrency, requests_for(concurrency))
+                                         prompts, args.max_tokens, concurrency, requests_for(concurrency), decoding)
                 aiperf_points.append(point)
                 print(json.dumps({"aiperf": point}), flush=True)
-    summary = {"engines": str(args.engines), "max_tokens": args.max_tokens, "prompts": args.prompts, "points": points,
+    summary = {"engines": str(args.engines), "max_tokens": args.max_tokens, "prompts": args.prompts,
+               "num_draft_tokens": args.num_draft_tokens, "points": points,
                "genai_perf": genai_points, "aiperf": aiperf_points}
     write_report(summary, out, f"make perf: {args.engines.resolve().name}")
     print((out / "summary.md").read_text())

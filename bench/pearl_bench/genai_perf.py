@@ -53,8 +53,9 @@ def write_prompts(artifacts: Path, prompts: list[Prompt]) -> Path:
 
 def run_genai_point(genai_perf: str, url: str, tokenizer: Path, out_dir: Path, cache_dir: Path,
                     prompts: list[Prompt], max_tokens: int, concurrency: int, request_count: int,
-                    model: str = "ensemble") -> dict:
-    """One streamed genai-perf measurement at a concurrency; its artifacts stay under out_dir/genai_perf."""
+                    decoding: dict | None = None, model: str = "ensemble") -> dict:
+    """One streamed genai-perf measurement at a concurrency; its artifacts stay under out_dir/genai_perf;
+    ``decoding``: more of the ensemble's inputs for every request (``num_draft_tokens``)."""
     binary, env = perf_analyzer(cache_dir)
     env["PATH"] = os.pathsep.join([str(Path(binary).parent), os.environ.get("PATH", "")])
     artifacts = out_dir / "genai_perf"
@@ -66,6 +67,8 @@ def run_genai_point(genai_perf: str, url: str, tokenizer: Path, out_dir: Path, c
                "--concurrency", str(concurrency), "--request-count", str(request_count),
                "--warmup-request-count", "0", "--output-tokens-mean", str(max_tokens),
                "--artifact-dir", str(artifacts / f"c{concurrency}")]
+    for name, value in (decoding or {}).items():
+        command += ["--extra-inputs", f"{name}:{value}"]
     result = subprocess.run(command, env={**os.environ, **env}, capture_output=True, text=True)
     (artifacts / f"genai_perf_c{concurrency}.log").write_text(result.stdout + result.stderr)
     exports = sorted((artifacts / f"c{concurrency}").glob("*/profile_export_genai_perf.json"))

@@ -53,10 +53,12 @@ def perf_analyzer(cache_dir: Path) -> tuple[str, dict[str, str]]:
     return binary, {"LD_LIBRARY_PATH": path}
 
 
-def input_data(prompts: list[Prompt], max_tokens: int, stream: bool) -> dict:
-    """perf_analyzer's --input-data JSON: one entry per prompt, cycled through by the load."""
+def input_data(prompts: list[Prompt], max_tokens: int, stream: bool, decoding: dict | None = None) -> dict:
+    """perf_analyzer's --input-data JSON: one entry per prompt, cycled through by the load; ``decoding``: more
+    of the ensemble's inputs for every request (``num_draft_tokens``)."""
+    extra = {name: [value] for name, value in (decoding or {}).items()}
     return {"data": [{"text_input": [p.text], "max_tokens": [max_tokens], "stream": [stream],
-                      "exclude_input_in_output": [True]} for p in prompts]}
+                      "exclude_input_in_output": [True], **extra} for p in prompts]}
 
 
 @dataclass(frozen=True)
@@ -74,12 +76,13 @@ class PerfPoint:
 
 
 def run_point(url: str, out_dir: Path, cache_dir: Path, prompts: list[Prompt], max_tokens: int, stream: bool,
-              concurrency: int, requests_per_point: int, model: str = "ensemble") -> PerfPoint:
+              concurrency: int, requests_per_point: int, model: str = "ensemble",
+              decoding: dict | None = None) -> PerfPoint:
     """One perf_analyzer measurement; raw CSV and profile export are kept in out_dir."""
     binary, env = perf_analyzer(cache_dir)
     tag = f"{'stream' if stream else 'nostream'}_c{concurrency}"
     data_file = out_dir / f"input_{'stream' if stream else 'nostream'}.json"
-    data_file.write_text(json.dumps(input_data(prompts, max_tokens, stream)))
+    data_file.write_text(json.dumps(input_data(prompts, max_tokens, stream, decoding)))
     csv_file, profile_file = out_dir / f"perf_{tag}.csv", out_dir / f"profile_{tag}.json"
     profile_file.unlink(missing_ok=True)  # a run before left it: perf_analyzer refuses to overwrite it
     command = [binary, "-m", model, "-u", url, "-i", "grpc", "--streaming", "--input-data", str(data_file),
@@ -139,8 +142,10 @@ def chart(points: list[dict], path: Path) -> None:
 def write_report(summary: dict, out: Path, title: str) -> None:
     """summary.json, summary.md (a table) and latency_throughput.png."""
     (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    window = summary.get("num_draft_tokens") or "adaptive"
     lines = [f"# {title}", "", f"perf_analyzer: ensemble over gRPC, {summary['prompts']} HumanEval prompts, "
-             f"max_tokens {summary['max_tokens']}; TTFT and ITL here are per response (one PEARL round)", "",
+             f"max_tokens {summary['max_tokens']}, draft window {window} (every tool's requests); TTFT and ITL "
+             "here are per response (one PEARL round)", "",
              "| stream | concurrency | requests/s | p50 ms | p90 ms | p99 ms | TTFT ms | ITL ms |",
              "|---|---|---|---|---|---|---|---|"]
     for p in summary["points"]:

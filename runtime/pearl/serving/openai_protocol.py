@@ -2,7 +2,9 @@
 once, here) -> the ensemble's inputs, and the ensemble's final outputs -> OpenAI's response bodies, chunks,
 ``usage`` and errors. No FastAPI, no Triton: the app (``openai_app``) wires these to both.
 
-Beyond OpenAI's fields, every final body (and the trailing usage chunk of a stream) has ``metrics``:
+Beyond OpenAI's fields a request may name the ensemble's decoding inputs (``num_draft_tokens``: a fixed window,
+0 or absent adaptive; ``decoding_mode``: pearl, sd or ar), as vLLM takes its own extensions (``top_k``), and
+every final body (and the trailing usage chunk of a stream) has ``metrics``:
 ``speculative_decoding`` in vLLM's per-request shape (what AIPerf reads) and ``pearl``, the ensemble's own
 statistics outputs (``pearl.schema.OUTPUTS``).
 """
@@ -54,6 +56,8 @@ class SamplingRequest(BaseModel):
     stream_options: StreamOptions | None = None
     presence_penalty: float | None = None
     frequency_penalty: float | None = None
+    num_draft_tokens: int | None = None  # the ensemble's inputs (TensorRT-LLM's names), checked there
+    decoding_mode: str | None = None
 
     @field_validator("n")
     @classmethod
@@ -81,7 +85,8 @@ class SamplingRequest(BaseModel):
         inputs = {"text_input": text, "max_tokens": max_tokens, "stream": self.stream,
                   "exclude_input_in_output": True, "temperature": self.temperature}
         optional = {"top_p": self.top_p, "top_k": self.top_k, "seed": self.seed,
-                    "presence_penalty": self.presence_penalty, "frequency_penalty": self.frequency_penalty}
+                    "presence_penalty": self.presence_penalty, "frequency_penalty": self.frequency_penalty,
+                    "num_draft_tokens": self.num_draft_tokens, "decoding_mode": self.decoding_mode}
         inputs.update({name: value for name, value in optional.items() if value is not None})
         if self.stop:
             inputs["stop_words"] = self.stop

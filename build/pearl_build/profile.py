@@ -53,10 +53,10 @@ def profile_pair(pair_dir: Path, max_draft_len: int, max_batch_size: int = 1,
     """For each batch size up to max_batch_size ("by_batch_size"; a lone sequence's also at the top level):
     a draft step, the target's cost to verify k = 1..max_draft_len tokens per sequence (both on the pair's
     threads per rank, each timed while the other computes: in a PEARL round they run at once, and on a CPU
-    they share its memory bandwidth: the default pair's 4-token verify took 1.5x as long beside the draft as
+    they share its memory bandwidth: the default pair's draft step took 51 ms beside the target against 42
     alone), and the same step and verifies on ``target_alone_threads`` (vanilla SD's rounds, where the models
-    take turns on every core, timed one at a time; the target's step there is also its decoding alone). Batched, a
-    verify costs more and the best window moves with it (nano-PEARL measures it the same way).
+    take turns on every core, timed one at a time; the target's step there is also its decoding alone).
+    Batched, a verify costs more and the best window moves with it (nano-PEARL measures it the same way).
     ``recommended_gamma`` is the PEARL window with the most expected tokens per second at the pair's
     ``draft_acceptance``; adaptive requests start from it and move with their own acceptance.
     ``draft_feed_s``: the draft's seconds per token when it feeds ``FEED_TOKENS`` at once (catching up on a

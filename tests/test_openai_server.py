@@ -146,8 +146,8 @@ BAD_REQUESTS = [  # (body changes, status, part of the message)
     ({"stop": ["a", "b", "c", "d", "e"]}, 400, "at most 4"),
     ({"seed": -1}, 400, "seed"),
     ({"max_tokens": "many"}, 400, "max_tokens"),
-    ({"num_draft_tokens": -1}, 400, "num_draft_tokens must be >= 1"),
-    ({"decoding_mode": "beam"}, 400, "unknown mode 'beam'"),
+    ({"extra_body": {"num_draft_tokens": -1}}, 400, "num_draft_tokens must be >= 1"),
+    ({"extra_body": {"decoding_mode": "beam"}}, 400, "unknown mode 'beam'"),
     ({"model": "gpt-4o"}, 404, "does not exist"),
 ]
 

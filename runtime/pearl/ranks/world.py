@@ -181,22 +181,20 @@ class World:
         a catch-up), the median of ``steps`` (per role, or the same for both), measured on its own rank (on
         ``threads[role]`` threads, default its own), one rank at a time (so neither disturbs the other's
         timing), or with ``together`` both at once (as PEARL's rounds run them)."""
-        seconds, measuring = {}, []
+        ranks = [rank for rank in WORKER_RANKS if ROLE_NAMES[rank] in max_tokens]
+        seconds = {}
         with self._profile_lock:
-            for rank in WORKER_RANKS:
-                role = ROLE_NAMES[rank]
-                if role not in max_tokens:
-                    continue
-                count = steps[role] if isinstance(steps, dict) else steps
-                message = [OP_PROFILE, count, max_tokens[role], batch_size, (threads or {}).get(role, 0), int(feed)]
-                with self._send_lock:
-                    self.endpoint.send(np.array(message, dtype=np.int64), rank, CONTROL)
-                measuring.append(rank)
-                if not together:
+            for group in [ranks] if together else [[rank] for rank in ranks]:  # the ranks measuring at once
+                for rank in group:
+                    role = ROLE_NAMES[rank]
+                    count = steps[role] if isinstance(steps, dict) else steps
+                    message = [OP_PROFILE, count, max_tokens[role], batch_size, (threads or {}).get(role, 0),
+                               int(feed)]
+                    with self._send_lock:
+                        self.endpoint.send(np.array(message, dtype=np.int64), rank, CONTROL)
+                for rank in group:
                     # its own tag: a receive beside poll's (which never takes a PROFILE)
-                    seconds[role] = self.endpoint.recv_from(measuring.pop(), PROFILE).tolist()
-            for rank in measuring:
-                seconds[ROLE_NAMES[rank]] = self.endpoint.recv_from(rank, PROFILE).tolist()
+                    seconds[ROLE_NAMES[rank]] = self.endpoint.recv_from(rank, PROFILE).tolist()
         return seconds
 
     def send_costs(self, costs: SpeculationCosts) -> None:

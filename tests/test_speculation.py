@@ -231,6 +231,20 @@ def test_calibration_moves_the_profile_toward_what_rounds_took():
     assert best_window("pearl", 0.75, CPU, 8)[1] > 1 / CPU.alone_step_s > best_window("pearl", 0.75, row, 8)[1]
 
 
+def test_calibration_of_pearl_rounds_as_a_whole_slows_pearl_alone():
+    """PEARL rounds took 1.2x the longer of their parts (a round waits for the later of two drifting parts):
+    PEARL's rate falls by as much, SD's stays, and where PEARL led by less the costs now favour SD rounds."""
+    calibration = Calibration()
+    for _ in range(12):
+        calibration.observe("overlap", 1.2 * CHEAP_DRAFT.verify(6), CHEAP_DRAFT.verify(6))
+    row = calibration.apply(CHEAP_DRAFT)
+    assert row.overlap == pytest.approx(1.2, rel=0.02) and row.draft_step_s == CHEAP_DRAFT.draft_step_s
+    assert pearl_tokens_per_s(6, 0.9, row) == pytest.approx(pearl_tokens_per_s(6, 0.9, CHEAP_DRAFT) / row.overlap)
+    assert sd_tokens_per_s(4, 0.9, row) == sd_tokens_per_s(4, 0.9, CHEAP_DRAFT)
+    assert best_round(("pearl", "sd"), 0.9, CHEAP_DRAFT, 8)[0] == "pearl"
+    assert best_round(("pearl", "sd"), 0.9, row, 8)[0] == "sd"
+
+
 def test_calibration_of_sd_rounds_moves_their_costs_alone():
     """An SD round's draft steps took twice the profile (the target waited that long): SD's costs follow,
     PEARL's do not, and the kind the costs favour changes with them."""

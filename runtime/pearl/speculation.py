@@ -24,6 +24,7 @@ Expected tokens per second of a window k, for a per-token acceptance a:
   1 + a + ... + a^(k-1). A post round leads to a pre round when it rejects (1 - a^k), a pre round to a post
   round when it accepts (a). The rate is the stationary mix of the two: tokens over seconds, where a round
   takes max(k draft steps, its forward).
+  The round's seconds are scaled by ``overlap`` (calibrated: what rounds took beyond their longer part).
 - none: one token per ``alone_step_s``.
 
 An adaptive PEARL request picks each round's kind too: a PEARL round (the verify beside the drafting) or a
@@ -60,8 +61,9 @@ request for 48 more tokens never wins that back (it ran 0.88x the target alone),
 
 The profile times each model alone on a short context; serving, PEARL's two models run at once and share the
 memory bandwidth of a CPU, contexts grow, and a VM's speed drifts. ``Calibration`` scales the profile by what
-lone sequences' rounds actually took (observed over profiled, per kind of forward), so the comparison between
-drafting and decoding alone is made in today's costs.
+lone sequences' rounds actually took (observed over profiled, per kind of forward, and a PEARL round as a
+whole), so the comparison between drafting and decoding alone, and between PEARL and SD rounds, is made in
+today's costs.
 """
 from __future__ import annotations
 
@@ -86,6 +88,9 @@ class CostRow:
     sd_draft_step_s: float | None = None  # a draft step in an SD round (on every core); None: draft_step_s
     draft_feed_s: float = 0.0  # per token the draft catches up on; 0: unprofiled (catching up counts as free)
     sd_draft_feed_s: float | None = None  # the same in an SD round (on every core); None: draft_feed_s
+    # a PEARL round's seconds over the longer of its two parts (the drafting, the verify beside it): 1 where
+    # they overlap perfectly; only calibration sets it (a profile times each part, not a round)
+    overlap: float = 1.0
 
     def verify(self, tokens: int) -> float:
         """A forward over ``tokens`` new tokens per sequence (past the profiled ones: the longest profiled)."""
@@ -162,7 +167,7 @@ def sd_tokens_per_s(k: int, a: float, row: CostRow) -> float:
 
 def pearl_tokens_per_s(k: int, a: float, row: CostRow) -> float:
     drafting = k * row.draft_step_s
-    pre_s, post_s = max(drafting, row.verify(1)), max(drafting, row.verify(k))
+    pre_s, post_s = (max(drafting, row.verify(tokens)) * row.overlap for tokens in (1, k))
     post_tokens = sum(a ** i for i in range(k))
     to_pre, to_post = 1 - a ** k, a  # a post round that rejects; a pre round that accepts
     pre_share = to_pre / (to_pre + to_post) if to_pre + to_post > 0 else 0.0
@@ -248,12 +253,18 @@ class Calibration:
     """Observed over profiled seconds of each kind of forward (a PEARL round's "draft" steps and the target's
     "verify" beside them; a target step "alone"; an SD round's "sd_draft" steps, as long as the target waited
     for them, and its "sd_verify" on all the target's threads), a running mean that weighs the latest
-    observation by ``WEIGHT``."""
+    observation by ``WEIGHT``. And a PEARL round as a whole ("overlap"): its seconds over the longer of its
+    calibrated parts. The parts' means hide what a round pays beyond them: it lasts as long as the longer of
+    two drifting parts (the mean of a maximum exceeds the maximum of the means), plus the window's handoff.
+    An SD round's parts need no such term: the target's wait for the window is its draft part, handoff
+    included. Default pair, HumanEval, two threads: PEARL rounds took 1.05-1.35x the longer of their
+    calibrated parts."""
 
     WEIGHT = 0.3
 
     def __init__(self) -> None:
-        self.ratios = {"draft": 1.0, "verify": 1.0, "alone": 1.0, "sd_draft": 1.0, "sd_verify": 1.0}
+        self.ratios = {"draft": 1.0, "verify": 1.0, "alone": 1.0, "sd_draft": 1.0, "sd_verify": 1.0,
+                       "overlap": 1.0}
 
     def observe(self, kind: str, observed_s: float, profiled_s: float) -> None:
         if observed_s > 0 and profiled_s > 0:
@@ -264,7 +275,8 @@ class Calibration:
         alone_verify = (row.alone_verify(k) * sd_verify for k in range(1, len(row.verify_s) + 1))
         return CostRow(row.draft_step_s * self.ratios["draft"], tuple(v * verify for v in row.verify_s),
                        row.alone_step_s * self.ratios["alone"], tuple(alone_verify),
-                       row.sd_draft_step * self.ratios["sd_draft"], row.draft_feed_s, row.sd_draft_feed_s)
+                       row.sd_draft_step * self.ratios["sd_draft"], row.draft_feed_s, row.sd_draft_feed_s,
+                       row.overlap * self.ratios["overlap"])
 
 
 class WindowPolicy:

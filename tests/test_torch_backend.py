@@ -192,3 +192,43 @@ def test_a_steady_batch_keeps_its_cache_and_gives_each_sequence_its_rows_back(ti
     forward([0, 1], [1, 1])
     batched.release(seqs[batched][1])
     assert batched._batch is None and batched.cache_length(seqs[batched][0]) == len(seqs[batched][0].tokens)
+
+
+@pytest.mark.parametrize("model, dtype, setting", [
+    ("target", "float32", {}), ("qwen_target", "float32", {}), ("qwen_target", "bfloat16", {}),
+    pytest.param("qwen_target", "bfloat16", ONEDNN, marks=needs_bf16), ("target", "bfloat16", {"cpu_linear": "auto"})])
+def test_the_direct_forward_of_a_lone_sequence_gives_transformers_logits_bit_for_bit(tiny, model, dtype, setting):
+    """A lone sequence's forward skips transformers' framework (``DirectForward``) yet computes the very same
+    logits through a prefill, a window, a rollback and single steps, in both architectures, dtypes and kernels.
+    The reference is transformers' forward of the same model, with the same (grouped) attention."""
+    direct, reference = (TorchBackend.load(ModelSpec(str(tiny[model]), dtype=dtype, **GROUPED, **setting))
+                         for _ in range(2))
+    reference._direct = None  # transformers' forward
+    seqs = {backend: Sequence(1, [3, 14, 15, 9, 2, 6]) for backend in (direct, reference)}
+
+    def step(extend: list[int], num_logits: int, truncate_to: int | None = None) -> None:
+        for backend, seq in seqs.items():
+            if truncate_to is not None:
+                backend.truncate(seq, truncate_to)
+                del seq.tokens[truncate_to:]
+            seq.tokens += extend
+        got, expected = (backend.forward([seqs[backend]], [num_logits])[0] for backend in (direct, reference))
+        assert torch.equal(got, expected)
+
+    step([], 1)  # the prefill
+    step([5, 8, 1, 4], 4)  # a window
+    step([11, 10], 2, truncate_to=8)  # a rollback, then the correction and one more
+    for token in (12, 13, 2):  # single steps
+        step([token], 1)
+    assert direct._direct is not None and direct.cache_length(seqs[direct]) == len(seqs[direct].tokens)
+
+
+def test_the_direct_forward_is_only_taken_where_it_reproduces_the_model(tiny):
+    from pearl.backends.direct_forward import DirectForward
+
+    grouped = load_model(ModelSpec(str(tiny["qwen_target"]), **GROUPED))
+    assert DirectForward.for_model(grouped, "grouped", 64) is not None
+    assert DirectForward.for_model(grouped, "sdpa", 64) is None  # sdpa's kernel rounds otherwise
+    grouped.config.rope_scaling = {"rope_type": "linear", "factor": 2.0}
+    grouped.model.rotary_emb.rope_type = "linear"
+    assert DirectForward.for_model(grouped, "grouped", 64) is None

@@ -129,7 +129,7 @@ def decode_seconds(net, pair: PairConfig, group_size: int) -> dict[str, float]:
                 use_cpu_kernels(candidate, pair.cpu_linear, pair.dtype)
             else:
                 quantize_in_place(candidate, method, group_size)
-            seconds[method] = forward_seconds(TorchBackend(candidate), max_tokens=1)[0]
+            seconds[method] = forward_seconds(TorchBackend(candidate, pair.attention), max_tokens=1)[0]
             del candidate
         return seconds
     finally:

@@ -16,6 +16,7 @@ import torch
 from transformers import DynamicCache
 
 from pearl.backends.base import ModelSpec
+from pearl.backends.direct_forward import DirectForward
 from pearl.backends.loading import load_model
 from pearl.engine_files import read_engine_json
 from pearl.sequence import Sequence
@@ -58,8 +59,9 @@ class TorchBackend:
     PAD_BUDGET_TOKENS = 16
     HOLE_BUDGET_TOKENS = 64
 
-    def __init__(self, model: torch.nn.Module) -> None:
+    def __init__(self, model: torch.nn.Module, attention: str = "sdpa") -> None:
         self.model = model
+        self.attention = attention
         self.device = next(model.parameters()).device
         self.dtype = next(model.parameters()).dtype
         self.vocab_size = model.get_output_embeddings().out_features
@@ -67,10 +69,11 @@ class TorchBackend:
         self.max_seq_len = int(model.config.max_position_embeddings)
         self._caches: dict[int, DynamicCache] = {}  # sequences not in the batch cache
         self._batch: BatchCache | None = None
+        self._direct: DirectForward | None | bool = False  # made on first use, for the final max_seq_len
 
     @classmethod
     def load(cls, spec: ModelSpec) -> "TorchBackend":
-        backend = cls(load_model(spec))
+        backend = cls(load_model(spec), spec.attention)
         info = read_engine_json(spec.path) if Path(spec.path).is_dir() else None
         if info is not None:  # an engine built for shorter sequences than the model's positions allow
             backend.max_seq_len = min(backend.max_seq_len, int(info["max_seq_len"]))
@@ -122,11 +125,18 @@ class TorchBackend:
         return groups
 
     def _forward_one(self, seq: Sequence, num_logits: int) -> torch.Tensor:
+        """A lone sequence: on the direct forward where the model has one (the same logits, less framework)."""
         cache = self._caches.setdefault(seq.request_id, DynamicCache())
         ids = torch.tensor([seq.tokens[seq.num_cached:]], device=self.device)
-        out = self.model(input_ids=ids, past_key_values=cache, use_cache=True, logits_to_keep=num_logits)
+        if self._direct is False:
+            self._direct = DirectForward.for_model(self.model, self.attention, self.max_seq_len)
+        if self._direct is not None and len(seq.tokens) <= self.max_seq_len:
+            logits = self._direct(ids, cache, seq.num_cached, num_logits)
+        else:
+            logits = self.model(input_ids=ids, past_key_values=cache, use_cache=True,
+                                logits_to_keep=num_logits).logits[0].float()
         seq.num_cached = len(seq.tokens)
-        return out.logits[0].float()
+        return logits
 
     def _forward_batch(self, seqs: list[Sequence], num_logits: list[int]) -> list[torch.Tensor]:
         """One forward for sequences of different cached and new lengths. Row i holds sequence i's cache

@@ -257,3 +257,21 @@ def test_calibration_of_sd_rounds_moves_their_costs_alone():
     assert row.draft_step_s == CHEAP_DRAFT.draft_step_s and row.verify_s == CHEAP_DRAFT.verify_s
     assert row.alone_verify(5) == pytest.approx(CHEAP_DRAFT.alone_verify(5))
     assert best_window("sd", 0.8, row, 8)[1] < best_window("sd", 0.8, CHEAP_DRAFT, 8)[1]
+
+
+def test_one_round_that_took_many_times_its_profile_does_not_swing_the_costs():
+    """A stall (a kernel compiled on first use, a rank descheduled) made one SD round's draft wait 80x its
+    profile: the costs stay as they were, and SD rounds stay the kind chosen (a mean would have priced them out
+    for good: no SD round would run again to correct it). A cost that really moved says so within a few rounds."""
+    calibration = Calibration()
+    for _ in range(3):
+        calibration.observe("sd_draft", 4 * CPU.sd_draft_step, 4 * CPU.sd_draft_step)
+    calibration.observe("sd_draft", 80 * 4 * CPU.sd_draft_step, 4 * CPU.sd_draft_step)
+    assert calibration.apply(CPU).sd_draft_step == CPU.sd_draft_step
+    assert best_round(("pearl", "sd"), 0.8, calibration.apply(CPU), 8)[0] == best_round(("pearl", "sd"), 0.8, CPU, 8)[0]
+    fresh = Calibration()
+    fresh.observe("verify", 50 * CPU.verify(2), CPU.verify(2))  # the very first observation: the profile holds
+    assert fresh.apply(CPU).verify_s == CPU.verify_s
+    for _ in range(4):
+        calibration.observe("sd_draft", 1.5 * 4 * CPU.sd_draft_step, 4 * CPU.sd_draft_step)
+    assert calibration.apply(CPU).sd_draft_step == pytest.approx(1.5 * CPU.sd_draft_step)

@@ -67,7 +67,9 @@ today's costs.
 """
 from __future__ import annotations
 
+import collections
 import functools
+import statistics
 from dataclasses import dataclass
 
 import numpy as np
@@ -252,31 +254,43 @@ class AcceptanceEstimate:
 class Calibration:
     """Observed over profiled seconds of each kind of forward (a PEARL round's "draft" steps and the target's
     "verify" beside them; a target step "alone"; an SD round's "sd_draft" steps, as long as the target waited
-    for them, and its "sd_verify" on all the target's threads), a running mean that weighs the latest
-    observation by ``WEIGHT``. And a PEARL round as a whole ("overlap"): its seconds over the longer of its
-    calibrated parts. The parts' means hide what a round pays beyond them: it lasts as long as the longer of
-    two drifting parts (the mean of a maximum exceeds the maximum of the means), plus the window's handoff.
-    An SD round's parts need no such term: the target's wait for the window is its draft part, handoff
-    included. Default pair, HumanEval, two threads: PEARL rounds took 1.05-1.35x the longer of their
-    calibrated parts."""
+    for them, and its "sd_verify" on all the target's threads), the median of its last ``WINDOW``
+    observations. And a PEARL round as a whole ("overlap"): its seconds over the longer of its calibrated
+    parts. The parts' ratios hide what a round pays beyond them: it lasts as long as the longer of two drifting
+    parts (the mean of a maximum exceeds the maximum of the means), plus the window's handoff. An SD round's
+    parts need no such term: the target's wait for the window is its draft part, handoff included. Default
+    pair, HumanEval, two threads: PEARL rounds took 1.05-1.35x the longer of their calibrated parts.
 
-    WEIGHT = 0.3
+    A median, not a mean: a round now and then takes many times its usual seconds (a process's first verify
+    of 5 tokens took 3x its profile, its first SD draft steps 2.3x; one SD round's draft wait took 79x with a
+    compiler running beside the ranks), and one such round must not swing the costs. It would swing them for
+    good: the kind of round it made look slow is no longer chosen, so nothing observed corrects it. The
+    profile's own ratio, 1, counts as ``PRIOR`` observations until real ones push it out; a kind of forward
+    whose cost has really moved says so within a few rounds."""
+
+    WINDOW = 7
+    PRIOR = 3
+    KINDS = ("draft", "verify", "alone", "sd_draft", "sd_verify", "overlap")
 
     def __init__(self) -> None:
-        self.ratios = {"draft": 1.0, "verify": 1.0, "alone": 1.0, "sd_draft": 1.0, "sd_verify": 1.0,
-                       "overlap": 1.0}
+        self.observed = {kind: collections.deque([1.0] * self.PRIOR, maxlen=self.WINDOW) for kind in self.KINDS}
 
     def observe(self, kind: str, observed_s: float, profiled_s: float) -> None:
         if observed_s > 0 and profiled_s > 0:
-            self.ratios[kind] += self.WEIGHT * (observed_s / profiled_s - self.ratios[kind])
+            self.observed[kind].append(observed_s / profiled_s)
+
+    @property
+    def ratios(self) -> dict[str, float]:
+        return {kind: statistics.median(values) for kind, values in self.observed.items()}
 
     def apply(self, row: CostRow) -> CostRow:
-        verify, sd_verify = self.ratios["verify"], self.ratios["sd_verify"]
+        ratios = self.ratios
+        verify, sd_verify = ratios["verify"], ratios["sd_verify"]
         alone_verify = (row.alone_verify(k) * sd_verify for k in range(1, len(row.verify_s) + 1))
-        return CostRow(row.draft_step_s * self.ratios["draft"], tuple(v * verify for v in row.verify_s),
-                       row.alone_step_s * self.ratios["alone"], tuple(alone_verify),
-                       row.sd_draft_step * self.ratios["sd_draft"], row.draft_feed_s, row.sd_draft_feed_s,
-                       row.overlap * self.ratios["overlap"])
+        return CostRow(row.draft_step_s * ratios["draft"], tuple(v * verify for v in row.verify_s),
+                       row.alone_step_s * ratios["alone"], tuple(alone_verify),
+                       row.sd_draft_step * ratios["sd_draft"], row.draft_feed_s, row.sd_draft_feed_s,
+                       row.overlap * ratios["overlap"])
 
 
 class WindowPolicy:

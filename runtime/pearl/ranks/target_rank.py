@@ -139,23 +139,28 @@ class TargetRank:
         A PEARL round times the verify beside the drafting, the draft's window, and the round against the
         longer of the two as calibrated; an SD round the target's wait for the window and its verify on all
         its threads; a round alone the target on all its threads. A verify longer than any profiled one (an
-        SD round checking a PEARL round's pending tokens with its own window) has nothing to compare with."""
+        SD round checking a PEARL round's pending tokens with its own window) has nothing to compare with, and
+        a draft that first caught up (the opening, a probe) took longer than its window: only the verify of
+        such a round counts (every request's opening SD round keeps ``sd_verify`` current)."""
         row = self.costs.at(1)
-        if state.rounds < 2 or state.draft_was_behind:  # a draft catching up takes longer than its window
+        if state.rounds < 2:
             return
         drafted = len(state.draft.tokens) if state.step.uses_draft else 0
         verify_profiled = state.checked + state.step.waits_for_draft <= len(row.verify_s)
+        drafting_timed = not state.draft_was_behind
         if state.step.waits_for_draft:
             if verify_profiled:
                 self.calibration.observe("sd_verify", forward_s, row.alone_verify(state.checked + 1))
-            self.calibration.observe("sd_draft", state.draft_wait_s, drafted * row.sd_draft_step)
+            if drafting_timed:
+                self.calibration.observe("sd_draft", state.draft_wait_s, drafted * row.sd_draft_step)
         elif state.step.uses_draft:
             if verify_profiled:
                 self.calibration.observe("verify", forward_s, row.verify(state.checked))
-            self.calibration.observe("draft", state.draft.seconds, drafted * row.draft_step_s)
-            parts = self.calibration.apply(row)
-            self.calibration.observe("overlap", forward_s + state.draft_wait_s,
-                                     max(drafted * parts.draft_step_s, parts.verify(state.checked)))
+            if drafting_timed:
+                self.calibration.observe("draft", state.draft.seconds, drafted * row.draft_step_s)
+                parts = self.calibration.apply(row)
+                self.calibration.observe("overlap", forward_s + state.draft_wait_s,
+                                         max(drafted * parts.draft_step_s, parts.verify(state.checked)))
         else:
             self.calibration.observe("alone", forward_s, row.alone_step_s)
 

@@ -232,3 +232,22 @@ def test_the_direct_forward_is_only_taken_where_it_reproduces_the_model(tiny):
     grouped.config.rope_scaling = {"rope_type": "linear", "factor": 2.0}
     grouped.model.rotary_emb.rope_type = "linear"
     assert DirectForward.for_model(grouped, "grouped", 64) is None
+
+
+@pytest.mark.parametrize("method", ["int8", "int4"])
+def test_the_direct_forward_of_a_quantized_model_gives_its_logits_bit_for_bit(tiny, method):
+    """Quantized linears (the default pair's int4 draft) run their kernels on the same rows through the
+    direct forward as through transformers' forward."""
+    from pearl.backends.linears import quantize_in_place
+
+    model = load_model(ModelSpec(str(tiny["qwen_target"]), dtype="bfloat16", **GROUPED))
+    quantize_in_place(model, method, group_size=32)
+    direct, reference = TorchBackend(model, "grouped"), TorchBackend(model, "grouped")
+    reference._direct = None
+    seqs = [Sequence(1, [3, 14, 15, 9, 2, 6]), Sequence(1, [3, 14, 15, 9, 2, 6])]
+    for extend, num_logits in (([], 1), ([5, 8, 1, 4, 9, 10], 6), ([11], 1)):
+        for seq in seqs:
+            seq.tokens += extend
+        got, expected = direct.forward([seqs[0]], [num_logits])[0], reference.forward([seqs[1]], [num_logits])[0]
+        assert torch.equal(got, expected)
+    assert direct._direct is not None

@@ -9,6 +9,7 @@ that goes elsewhere, or leaves, takes its rows back first (``_unbatch``).
 """
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -69,7 +70,6 @@ class TorchBackend:
         self.max_seq_len = int(model.config.max_position_embeddings)
         self._caches: dict[int, DynamicCache] = {}  # sequences not in the batch cache
         self._batch: BatchCache | None = None
-        self._direct: DirectForward | None | bool = False  # made on first use, for the final max_seq_len
 
     @classmethod
     def load(cls, spec: ModelSpec) -> "TorchBackend":
@@ -124,12 +124,16 @@ class TorchBackend:
                 longest = new_tokens[i]
         return groups
 
+    @functools.cached_property
+    def _direct(self) -> DirectForward | None:
+        """The model's direct forward, None where it has none; made on first use, when ``max_seq_len`` (the
+        length of its rotary table) is final."""
+        return DirectForward.for_model(self.model, self.attention, self.max_seq_len)
+
     def _forward_one(self, seq: Sequence, num_logits: int) -> torch.Tensor:
         """A lone sequence: on the direct forward where the model has one (the same logits, less framework)."""
         cache = self._caches.setdefault(seq.request_id, DynamicCache())
         ids = torch.tensor([seq.tokens[seq.num_cached:]], device=self.device)
-        if self._direct is False:
-            self._direct = DirectForward.for_model(self.model, self.attention, self.max_seq_len)
         if self._direct is not None and len(seq.tokens) <= self.max_seq_len:
             logits = self._direct(ids, cache, seq.num_cached, num_logits)
         else:

@@ -234,6 +234,36 @@ def test_the_direct_forward_is_only_taken_where_it_reproduces_the_model(tiny):
     assert DirectForward.for_model(grouped, "grouped", 64) is None
 
 
+@pytest.mark.parametrize("model, dtype, method, tolerance", [
+    ("target", "float32", "none", 1e-4), ("qwen_target", "float32", "none", 1e-4),
+    ("qwen_target", "bfloat16", "none", 0.05), ("qwen_target", "bfloat16", "int4", 0.05)])
+def test_a_drafts_fused_forward_computes_transformers_logits_up_to_rounding(tiny, model, dtype, method, tolerance):
+    """A draft's lone sequence runs ``FusedForward`` (``exact_logits`` False): fused linears, torch's RMSNorm and
+    attention kernels. Through a prefill, a window, a rollback and single steps its logits stay within rounding
+    of transformers' forward of the same model, and it picks the same tokens."""
+    from pearl.backends.direct_forward import FusedForward
+    from pearl.backends.linears import quantize_in_place
+
+    loaded = load_model(ModelSpec(str(tiny[model]), dtype=dtype, **GROUPED))
+    if method != "none":
+        quantize_in_place(loaded, method, group_size=32)
+    fused, reference = TorchBackend(loaded, "grouped", exact_logits=False), TorchBackend(loaded, "grouped")
+    reference._direct = None  # transformers' forward
+    seqs = {backend: Sequence(1, [3, 14, 15, 9, 2, 6]) for backend in (fused, reference)}
+    for extend, num_logits, truncate_to in (([], 1, None), ([5, 8, 1, 4, 9, 10], 6, None), ([11, 10], 2, 8),
+                                            ([12], 1, None), ([13], 1, None)):
+        for backend, seq in seqs.items():
+            if truncate_to is not None:
+                backend.truncate(seq, truncate_to)
+                del seq.tokens[truncate_to:]
+            seq.tokens += extend
+        got, expected = (backend.forward([seqs[backend]], [num_logits])[0] for backend in (fused, reference))
+        assert (got - expected).abs().max() <= tolerance * expected.abs().max()
+        assert torch.equal(got.argmax(-1), expected.argmax(-1))
+    assert isinstance(fused._direct, FusedForward)
+    assert fused.cache_length(seqs[fused]) == len(seqs[fused].tokens)
+
+
 @pytest.mark.parametrize("method", ["int8", "int4"])
 def test_the_direct_forward_of_a_quantized_model_gives_its_logits_bit_for_bit(tiny, method):
     """Quantized linears (the default pair's int4 draft) run their kernels on the same rows through the

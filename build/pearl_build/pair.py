@@ -14,14 +14,15 @@ from pearl.llm import check_tokenizers, shared_vocab_size
 from pearl_build.artifacts import build_key
 from pearl_build.config import PairConfig
 
-PROFILE_FORMAT = 8  # 2: a target step alone per batch size (what adaptive windows compare drafting with);
+PROFILE_FORMAT = 9  # 2: a target step alone per batch size (what adaptive windows compare drafting with);
 # 3: the draft's feed per token (what catching up costs) and the target's verifies alone; 4: the draft's step on
 # target_alone_threads (an SD round's: the target waits, the draft has the pair's cores); 5: int4 models' wide
 # forwards (a feed, a longer verify) on their bfloat16 copy (pearl.backends.linears), and the draft's feed on
 # target_alone_threads (a catch-up in an SD round); 6: oneDNN's 1- and 2-row forwards padded to its faster
 # 4-row kernel (a decode step, a short verify); 7: a draft step and the target's verifies timed with the
 # other model computing beside them, as in a PEARL round; 8: a lone sequence's forward without transformers'
-# framework (pearl.backends.direct_forward: the draft's step 1.2x faster on 2 threads)
+# framework (pearl.backends.direct_forward: the draft's step 1.2x faster on 2 threads); 9: the draft's fused
+# forward (direct_forward.FusedForward: its step 1.15x faster again)
 
 
 def log(message: str) -> None:

@@ -120,7 +120,8 @@ def load_pair(folder: str | Path, check_files: bool = True, check_hashes: bool =
     settings = pair.get("config", {})
     cpu_linear, attention = settings.get("cpu_linear", "default"), settings.get("attention", "sdpa")
     specs = {role: ModelSpec(str(model_dir), model_device(info), info["dtype"], backend=info["backend"],
-                             cpu_linear=cpu_linear, attention=attention, tensor_parallel=int(info.get("tp_size", 1)))
+                             cpu_linear=cpu_linear, attention=attention, tensor_parallel=int(info.get("tp_size", 1)),
+                             exact_logits=role != "draft")
              for role, (model_dir, info) in models.items()}
     profile = pair.get("profile") or {}
     config = WorldConfig(draft=specs["draft"], target=specs["target"],

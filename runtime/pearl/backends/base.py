@@ -31,6 +31,9 @@ class ModelSpec:
     cpu_linear: str = "default"  # CPU kernels of the decoder linears and LM head (pearl.backends.linears)
     attention: str = "sdpa"  # "eager": plain matmuls; "grouped": eager without copying kv heads (CPU batches)
     tensor_parallel: int = 1  # ranks (GPUs) the model spans; tensorrt_llm only (pearl.ranks.roles places them)
+    # False (a draft: its logits only propose): the torch backend's lone-sequence forward may fuse ops and
+    # round differently from transformers' (pearl.backends.direct_forward.FusedForward)
+    exact_logits: bool = True
 
     def __post_init__(self) -> None:
         if self.cpu_linear not in CPU_LINEARS:

@@ -43,6 +43,7 @@ INT4_GROUP_SIZES = (32, 64, 128, 256)  # what _weight_int4pack_mm_for_cpu takes
 # default draft (avx512_bf16 CPU, 1 and 2 threads) 93 / 69 ms for 5 rows against 77 / 57 on the copy, and 64 /
 # 40 ms for 4 rows against 78 / 60 (its cost jumps past 4 rows)
 INT4_DENSE_ROWS = 5
+INT4_PACK_BLOCK = 64  # outputs _convert_weight_to_int4pack_for_cpu lays out together
 
 
 # -- the portable formats ------------------------------------------------------------------------------
@@ -252,6 +253,60 @@ class Int4Linear(_FlatLinear):
             return onednn_multiply(rows, self.dense_weight, self.bias)
         y = torch.ops.aten._weight_int4pack_mm_for_cpu(rows, self.packed, self.group_size, self.scales_and_zeros)
         return y if self.bias is None else y + self.bias
+
+
+def fused_multiply(modules: list[torch.nn.Module], dtype: torch.dtype):
+    """One multiply over 2-D rows (``dtype``: the model's activations, in and out) giving the outputs of all ``modules`` side by side (a layer's q, k and v
+    projections, or its gate and up ones): one kernel call where they are int4 or int8 weights of ours, their
+    weights concatenated by output (each output column is computed as its own kernel computes it: the same
+    bits); otherwise each module's multiply, concatenated. The parts' weights become views into the
+    concatenated ones, so the model's own modules (transformers' path) keep working without a second copy."""
+    def separate(rows: torch.Tensor) -> torch.Tensor:
+        return torch.cat([m(rows) for m in modules], dim=-1)
+
+    kinds = {type(m) for m in modules}
+    if len(kinds) != 1 or kinds.pop() not in (Int4Linear, Int8Linear):
+        return separate
+    first = modules[0]
+    biases = [m.bias for m in modules]
+    bias = None if all(b is None for b in biases) else torch.cat(
+        [b if b is not None else torch.zeros(m.out_features, dtype=first.compute_dtype)
+         for b, m in zip(biases, modules)])
+    compute = first.compute_dtype
+    if isinstance(first, Int8Linear):
+        qweight, scales = _concat_rows(modules, "qweight"), torch.cat([m.scales for m in modules])
+
+        def multiply(rows: torch.Tensor) -> torch.Tensor:
+            y = torch.ops.aten._weight_int8pack_mm(rows.to(compute), qweight, scales)
+            return (y if bias is None else y + bias).to(dtype)
+        return multiply
+    # the CPU kernel's packed layout blocks INT4_PACK_BLOCK outputs together: only whole blocks concatenate
+    if len({m.group_size for m in modules}) != 1 or any(m.out_features % INT4_PACK_BLOCK for m in modules[:-1]):
+        return separate
+    packed, group_size = _concat_rows(modules, "packed"), first.group_size
+    scales_and_zeros = torch.cat([m.scales_and_zeros for m in modules], dim=1)
+    dense = any(m.dense_weight is not None for m in modules)
+
+    def multiply(rows: torch.Tensor) -> torch.Tensor:
+        if dense and rows.shape[0] >= INT4_DENSE_ROWS:
+            return separate(rows)
+        y = torch.ops.aten._weight_int4pack_mm_for_cpu(rows.to(compute), packed, group_size, scales_and_zeros)
+        return (y if bias is None else y + bias).to(dtype)
+    return multiply
+
+
+def _concat_rows(modules: list[torch.nn.Module], name: str) -> torch.Tensor:
+    """The modules' ``name`` buffers (one row per output) concatenated; each module's buffer becomes a view
+    of its rows where that view starts on an ``ALIGNMENT`` boundary (see ``aligned``), so the weights are
+    held once."""
+    whole = torch.cat([getattr(m, name) for m in modules])
+    start = 0
+    for m in modules:
+        rows = getattr(m, name).shape[0]
+        if (view := whole[start:start + rows]).data_ptr() % ALIGNMENT == 0:
+            setattr(m, name, view)
+        start += rows
+    return whole
 
 
 # -- whole models ---------------------------------------------------------------------------------------

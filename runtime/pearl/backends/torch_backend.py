@@ -60,9 +60,10 @@ class TorchBackend:
     PAD_BUDGET_TOKENS = 16
     HOLE_BUDGET_TOKENS = 64
 
-    def __init__(self, model: torch.nn.Module, attention: str = "sdpa") -> None:
+    def __init__(self, model: torch.nn.Module, attention: str = "sdpa", exact_logits: bool = True) -> None:
         self.model = model
         self.attention = attention
+        self.exact_logits = exact_logits
         self.device = next(model.parameters()).device
         self.dtype = next(model.parameters()).dtype
         self.vocab_size = model.get_output_embeddings().out_features
@@ -73,7 +74,7 @@ class TorchBackend:
 
     @classmethod
     def load(cls, spec: ModelSpec) -> "TorchBackend":
-        backend = cls(load_model(spec), spec.attention)
+        backend = cls(load_model(spec), spec.attention, spec.exact_logits)
         info = read_engine_json(spec.path) if Path(spec.path).is_dir() else None
         if info is not None:  # an engine built for shorter sequences than the model's positions allow
             backend.max_seq_len = min(backend.max_seq_len, int(info["max_seq_len"]))
@@ -128,7 +129,7 @@ class TorchBackend:
     def _direct(self) -> DirectForward | None:
         """The model's direct forward, None where it has none; made on first use, when ``max_seq_len`` (the
         length of its rotary table) is final."""
-        return DirectForward.for_model(self.model, self.attention, self.max_seq_len)
+        return DirectForward.for_model(self.model, self.attention, self.max_seq_len, self.exact_logits)
 
     def _forward_one(self, seq: Sequence, num_logits: int) -> torch.Tensor:
         """A lone sequence: on the direct forward where the model has one (the same logits, less framework)."""

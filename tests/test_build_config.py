@@ -86,6 +86,7 @@ def test_gpu_configs_put_draft_and_target_on_their_own_gpus():
     ({"cpu_linear": "mkl"}, "cpu_linear must be one of"),
     ({"cpu_linear": "onednn", "dtype": "float16"}, "cpu_linear onednn needs dtype float32 or bfloat16"),
     ({"draft_acceptance": 1}, "draft_acceptance must be between 0 and 1"),
+    ({"draft_stop_confidence": 1}, "draft_stop_confidence must be in \\[0, 1\\)"),
     ({"draft_off_batch_size": 0}, "draft_off_batch_size must be >= 1"),
     ({"target_alone_threads": 0}, "target_alone_threads must be >= 1"),
     ({"draft": {"source": {"path": "/d.gguf"}, "backend": "vllm"}}, "backend must be one of \\('llama_cpp',\\)"),

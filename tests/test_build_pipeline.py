@@ -156,18 +156,20 @@ def test_round_trip_engines_match_the_original_gguf(smollm2_engines, smollm2_ggu
     assert from_engines["text"] == from_gguf["text"]
 
 
-def test_draft_off_settings_reach_the_world_and_the_profile_without_rebuilding_models(built, folders):
+def test_runtime_settings_reach_the_world_and_the_profile_without_rebuilding_models(built, folders):
     config, _ = load_pair(built)
     assert config.draft_off_batch_size is None and config.alone_threads == config.threads_per_rank
     # only the target's logits decide the output: the draft may run fused ops that round otherwise
     assert not config.draft.exact_logits and config.target.exact_logits
+    assert config.draft_stop_confidence == 0.0  # the pair's config does not stop windows early
     pair = tiny_pair(folders["draft"], folders["target"], max_batch_size=3, draft_off_batch_size=2,
-                     target_alone_threads=2)
+                     target_alone_threads=2, draft_stop_confidence=0.5)
     try:
         models = {role: read_engine_json(built / role)["built_at"] for role in ("draft", "target")}
         build_pair(pair, built.parent, built.parent / "cache")
         config, costs = load_pair(built)
         assert config.draft_off_batch_size == 2 and config.alone_threads == 2
+        assert config.draft_stop_confidence == 0.5
         assert {role: read_engine_json(built / role)["built_at"] for role in models} == models
         profile = read_engine_json(built)["profile"]  # reprofiled: the target alone on 2 threads, and no
         assert profile["target_alone_threads"] == 2 and list(costs.rows) == [1]  # windows from 2 sequences on

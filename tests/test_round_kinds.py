@@ -83,9 +83,9 @@ def test_the_draft_drafts_sd_rounds_on_every_core(llm_factory, tiny, scripted_ro
     (target_alone_threads), a PEARL round's draft keeps its own (the target verifies beside it)."""
     drafted_on = []  # the draft's torch threads as it drafted each round
 
-    def drafting(states):
+    def drafting(states, *args):
         drafted_on.append(torch.get_num_threads())
-        return draft_round(states)
+        return draft_round(states, *args)
 
     draft_round = draft_rank.draft_round
     monkeypatch.setattr(draft_rank, "draft_round", drafting)

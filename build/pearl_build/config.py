@@ -11,6 +11,8 @@
     attention: sdpa           # sdpa | eager | grouped (eager without repeat_kv copies; fastest on a CPU for
                               # padded batches, pearl.backends.attention)
     draft_acceptance: 0.8     # a draft token's expected chance to be accepted; the profile's gamma rule uses it
+    draft_stop_confidence: 0.5  # optional: an adaptive request's draft window ends after a token the draft gave
+                              # a top probability below this (pearl.decoding.draft); 0 (default): never
     draft_off_batch_size: 8   # optional: from this many sequences in a round, the target decodes alone
     target_alone_threads: 2   # optional: torch threads of the target while no sequence uses the draft
     draft:
@@ -95,6 +97,7 @@ class PairConfig:
     cpu_linear: str = "default"
     attention: str = "sdpa"
     draft_acceptance: float = DEFAULT_ACCEPTANCE
+    draft_stop_confidence: float = 0.0
     draft_off_batch_size: int | None = None
     target_alone_threads: int | None = None
     path: Path | None = field(default=None, compare=False)  # the YAML file it came from
@@ -109,7 +112,8 @@ class PairConfig:
                 "max_draft_len": self.max_draft_len, "max_batch_size": self.max_batch_size,
                 "threads_per_rank": self.threads_per_rank, "cpu_linear": self.cpu_linear,
                 "attention": self.attention,
-                "draft_acceptance": self.draft_acceptance, "draft_off_batch_size": self.draft_off_batch_size,
+                "draft_acceptance": self.draft_acceptance, "draft_stop_confidence": self.draft_stop_confidence,
+                "draft_off_batch_size": self.draft_off_batch_size,
                 "target_alone_threads": self.target_alone_threads,
                 "draft": self.draft.to_dict(), "target": self.target.to_dict()}
 
@@ -148,8 +152,8 @@ def load_pair_config(pair: str) -> PairConfig:
 
 def parse_pair(data: dict, default_name: str) -> PairConfig:
     known = {"name", "backend", "dtype", "max_seq_len", "max_draft_len", "max_batch_size", "threads_per_rank",
-             "cpu_linear", "attention", "draft_acceptance", "draft_off_batch_size", "target_alone_threads", "draft",
-             "target", "description"}
+             "cpu_linear", "attention", "draft_acceptance", "draft_stop_confidence", "draft_off_batch_size",
+             "target_alone_threads", "draft", "target", "description"}
     unknown = set(data) - known
     if unknown:
         raise ValueError(f"unknown keys {sorted(unknown)}; known: {sorted(known)}")
@@ -177,6 +181,10 @@ def parse_pair(data: dict, default_name: str) -> PairConfig:
     draft_acceptance = float(data.get("draft_acceptance", DEFAULT_ACCEPTANCE))
     if not 0 < draft_acceptance < 1:
         raise ValueError(f"draft_acceptance must be between 0 and 1 (exclusive), got {draft_acceptance}")
+    draft_stop_confidence = float(data.get("draft_stop_confidence", 0.0))
+    if not 0 <= draft_stop_confidence < 1:
+        raise ValueError(f"draft_stop_confidence must be in [0, 1) (0: never stop a window early), got "
+                         f"{draft_stop_confidence}")
     draft, target = (parse_model(role, data[role]) for role in ("draft", "target"))
     for model in (draft, target):
         if model.backend == "llama_cpp":
@@ -206,8 +214,8 @@ def parse_pair(data: dict, default_name: str) -> PairConfig:
         raise ValueError(f"draft and target share GPUs {sorted(set(draft.devices) & set(target.devices))}; "
                          f"PEARL runs them at the same time, each on its own GPU(s)")
     return PairConfig(name=data.get("name", default_name), backend=backend, dtype=dtype, draft=draft, target=target,
-                      cpu_linear=cpu_linear, attention=attention, draft_acceptance=draft_acceptance, **ints,
-                      **optional_ints)
+                      cpu_linear=cpu_linear, attention=attention, draft_acceptance=draft_acceptance,
+                      draft_stop_confidence=draft_stop_confidence, **ints, **optional_ints)
 
 
 def parse_model(role: str, data: dict) -> ModelConfig:

@@ -128,6 +128,7 @@ def load_pair(folder: str | Path, check_files: bool = True, check_hashes: bool =
                          threads_per_rank=int(pair.get("threads_per_rank", 1)),
                          max_batch_size=int(settings.get("max_batch_size", 1)),
                          draft_off_batch_size=settings.get("draft_off_batch_size"),
-                         target_alone_threads=settings.get("target_alone_threads"))
+                         target_alone_threads=settings.get("target_alone_threads"),
+                         draft_stop_confidence=float(settings.get("draft_stop_confidence", 0.0)))
     prior = settings.get("draft_acceptance", DEFAULT_ACCEPTANCE)
     return config, SpeculationCosts.from_profile(profile, prior) if "by_batch_size" in profile else None

@@ -79,6 +79,14 @@ def choose(logits: torch.Tensor, params: SamplingParams, draws: Draws, position:
     return [sample(row, draws.uniform(position + j)) for j, row in enumerate(probs)], probs
 
 
+def top_probability(logits: torch.Tensor, probs: torch.Tensor | None) -> float:
+    """How sure a draft is of one position: the largest probability of the distribution it drew from (``probs``,
+    its row when sampling), or of its softmax when greedy (``probs`` None)."""
+    if probs is not None:
+        return float(probs.max())
+    return float((logits.max() - torch.logsumexp(logits.float(), -1)).exp())
+
+
 @dataclass(frozen=True)
 class Verdict:
     """The target's decision on a list of checked draft tokens.

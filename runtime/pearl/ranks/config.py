@@ -18,12 +18,17 @@ class WorldConfig:
     # (vLLM's speculative_disable_by_batch_size, applied per round). None: the draft always drafts.
     draft_off_batch_size: int | None = None
     target_alone_threads: int | None = None  # torch threads of the target while no sequence uses the draft
+    # An adaptive request's draft window ends after a token the draft gave a top probability below this
+    # (pearl.decoding.draft); 0: windows are drafted whole
+    draft_stop_confidence: float = 0.0
 
     def __post_init__(self) -> None:
         if self.threads_per_rank < 1:
             raise ValueError(f"threads_per_rank must be >= 1, got {self.threads_per_rank}")
         if self.max_batch_size < 1:
             raise ValueError(f"max_batch_size must be >= 1, got {self.max_batch_size}")
+        if not 0 <= self.draft_stop_confidence < 1:
+            raise ValueError(f"draft_stop_confidence must be in [0, 1), got {self.draft_stop_confidence}")
         for name in ("draft_off_batch_size", "target_alone_threads"):
             if getattr(self, name) is not None and getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1 or None, got {getattr(self, name)}")

@@ -21,9 +21,11 @@ from pearl.params import GenerationRequest
 
 
 class DraftRank:
-    def __init__(self, backend, peers: Endpoint, await_driver: Callable[[], None]) -> None:
-        """``await_driver`` handles the driver's next message, waiting for it (a request not yet here)."""
+    def __init__(self, backend, peers: Endpoint, await_driver: Callable[[], None], stop_below: float = 0.0) -> None:
+        """``await_driver`` handles the driver's next message, waiting for it (a request not yet here);
+        ``stop_below``: ``WorldConfig.draft_stop_confidence``."""
         self.backend, self.peers, self.await_driver = backend, peers, await_driver
+        self.stop_below = stop_below
         self.vocab_size = 0  # set by OP_START
         self.active: dict[int, RankState] = {}
         self.arrived: dict[int, GenerationRequest] = {}  # not yet joined
@@ -69,7 +71,7 @@ class DraftRank:
             if torch.get_num_threads() != threads:  # the pair's cores where the target waits (SD rounds only)
                 torch.set_num_threads(threads)
             start = time.perf_counter()
-            drafts = draft_round(drafting)
+            drafts = draft_round(drafting, self.stop_below)
             self._send(time.perf_counter() - start, drafts)
 
     def _send(self, seconds: float, drafts) -> None:

@@ -84,7 +84,8 @@ class Worker:
         if self.rank == TARGET_RANK:
             self.scheduler = TargetRank(self.backend, self.driver, self.peers, self.config)
         else:
-            self.scheduler = DraftRank(self.backend, self.peers, self.handle_driver_message)
+            self.scheduler = DraftRank(self.backend, self.peers, self.handle_driver_message,
+                                       self.config.draft_stop_confidence)
         try:
             while True:
                 wait_until(lambda: self.driver.has(DRIVER_RANK) or self.scheduler.ready(),

@@ -112,7 +112,7 @@ def test_int4_multiplies_wide_inputs_on_its_bfloat16_copy_and_narrow_ones_in_4_b
     assert int4_dense_copy("auto") and int4_dense_copy("onednn") and not int4_dense_copy("default")
 
 
-@pytest.mark.parametrize("method", ["int8", "int4", "int4 with its bfloat16 copy", "onednn float32"])
+@pytest.mark.parametrize("method", ["int8", "int4", "int4 with its bfloat16 copy"])
 def test_fused_linears_give_each_part_its_own_bits_in_one_call(method):
     """A layer's q, k and v (or gate and up) in one kernel call give each part's outputs exactly as the part
     computes them, and the parts, whose weights are now views of the fused ones, still do."""
@@ -121,33 +121,30 @@ def test_fused_linears_give_each_part_its_own_bits_in_one_call(method):
     torch.manual_seed(5)
     weights = [torch.randn(rows, 128) * 0.05 for rows in (128, 64, 64)]  # int4: whole INT4_PACK_BLOCKs
     biases = [torch.linspace(-1, 1, 128), None, torch.linspace(0, 1, 64)]
-
-    def make(weight, bias):
-        if method == "int8":
-            return Int8Linear(quantize_int8(weight), bias)
-        if method.startswith("int4"):
-            return Int4Linear(quantize_int4(weight, 32), bias, dense=method != "int4")
-        return OnednnLinear(weight, bias)
-
-    dtype = torch.float32 if method == "onednn float32" else torch.bfloat16
-    parts = [make(w, b) for w, b in zip(weights, biases)]
+    if method == "int8":
+        parts = [Int8Linear(quantize_int8(w), b) for w, b in zip(weights, biases)]
+    else:
+        parts = [Int4Linear(quantize_int4(w, 32), b, dense=method != "int4") for w, b in zip(weights, biases)]
     for count in (1, 3, INT4_DENSE_ROWS + 2):  # decode rows; a window wide enough for the bfloat16 copy
-        x = torch.randn(count, 128).to(dtype)
+        x = torch.randn(count, 128).bfloat16()
         before = torch.cat([part(x) for part in parts], dim=-1)
-        fused = fused_multiply(parts, dtype)
+        fused = fused_multiply(parts, torch.bfloat16)
         assert torch.equal(fused(x), before), count
         assert torch.equal(torch.cat([part(x) for part in parts], dim=-1), before), count
-    if method.startswith("int"):  # the parts hold views of the fused weights: stored once
-        storages = {part.qweight.untyped_storage().data_ptr() if method == "int8" else
-                    part.packed.untyped_storage().data_ptr() for part in parts}
-        assert len(storages) == 1
+    storages = {(part.qweight if method == "int8" else part.packed).untyped_storage().data_ptr() for part in parts}
+    assert len(storages) == 1  # the parts hold views of the fused weights: stored once
 
 
-def test_int4_parts_that_end_inside_a_packed_block_are_multiplied_one_by_one():
+def test_only_int4_and_int8_weights_of_whole_packed_blocks_are_fused():
+    """Other kernels gain nothing from one call (their caller multiplies them one by one); int4 parts that end
+    inside a packed block of the kernel's layout cannot be concatenated."""
     torch.manual_seed(6)
-    parts = [Int4Linear(quantize_int4(torch.randn(rows, 128), 32), None) for rows in (32, 32)]
-    x = torch.randn(1, 128).bfloat16()
-    assert torch.equal(fused_multiply(parts, torch.bfloat16)(x), torch.cat([part(x) for part in parts], dim=-1))
+    assert fused_multiply([OnednnLinear(torch.randn(64, 128), None) for _ in range(2)], torch.float32) is None
+    assert fused_multiply([Int4Linear(quantize_int4(torch.randn(rows, 128), 32), None) for rows in (32, 32)],
+                          torch.bfloat16) is None
+    mixed = [Int8Linear(quantize_int8(torch.randn(64, 128)), None),
+             Int4Linear(quantize_int4(torch.randn(64, 128), 32), None)]
+    assert fused_multiply(mixed, torch.bfloat16) is None
 
 
 def test_an_int8_weight_read_from_a_file_where_it_lands_is_aligned_before_the_kernel_runs():

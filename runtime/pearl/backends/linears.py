@@ -259,14 +259,15 @@ def fused_multiply(modules: list[torch.nn.Module], dtype: torch.dtype):
     """One multiply over 2-D rows (``dtype``: the model's activations, in and out) giving the outputs of all ``modules`` side by side (a layer's q, k and v
     projections, or its gate and up ones): one kernel call where they are int4 or int8 weights of ours, their
     weights concatenated by output (each output column is computed as its own kernel computes it: the same
-    bits); otherwise each module's multiply, concatenated. The parts' weights become views into the
-    concatenated ones, so the model's own modules (transformers' path) keep working without a second copy."""
+    bits); None for any other modules (nothing to gain: a caller multiplies them one by one). The parts'
+    weights become views into the concatenated ones, so the model's own modules (transformers' path) keep
+    working without a second copy."""
     def separate(rows: torch.Tensor) -> torch.Tensor:
         return torch.cat([m(rows) for m in modules], dim=-1)
 
     kinds = {type(m) for m in modules}
     if len(kinds) != 1 or kinds.pop() not in (Int4Linear, Int8Linear):
-        return separate
+        return None
     first = modules[0]
     biases = [m.bias for m in modules]
     bias = None if all(b is None for b in biases) else torch.cat(
@@ -282,7 +283,7 @@ def fused_multiply(modules: list[torch.nn.Module], dtype: torch.dtype):
         return multiply
     # the CPU kernel's packed layout blocks INT4_PACK_BLOCK outputs together: only whole blocks concatenate
     if len({m.group_size for m in modules}) != 1 or any(m.out_features % INT4_PACK_BLOCK for m in modules[:-1]):
-        return separate
+        return None
     packed, group_size = _concat_rows(modules, "packed"), first.group_size
     scales_and_zeros = torch.cat([m.scales_and_zeros for m in modules], dim=1)
     dense = any(m.dense_weight is not None for m in modules)

@@ -26,6 +26,8 @@ Expected tokens per second of a window k, for a per-token acceptance a:
   takes max(k draft steps, its forward).
   The round's seconds are scaled by ``overlap`` (calibrated: what rounds took beyond their longer part).
 - none: one token per ``alone_step_s``.
+A window is the most the draft drafts: with ``draft_stop_confidence`` it stops after a token it is unsure of
+(pearl.decoding.draft), and the acceptance estimate counts the tokens actually checked.
 
 An adaptive PEARL request picks each round's kind too: a PEARL round (the verify beside the drafting) or a
 vanilla SD round (draft, then verify on every core), whichever the rate model says is faster. Where a verify

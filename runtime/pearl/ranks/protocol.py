@@ -54,6 +54,8 @@ Draft <-> target (peers): continuous batching, one PLAN and one DRAFT per round,
   DRAFT        int64    draft -> target, when a sequence of its batch has a window > 0 after a PLAN:
                         [n_seqs, microseconds the round's drafting took,
                          (request_id, draft_forwards so far, n_new) * n_seqs, new draft ids...]
+                        n_new is at most the PLAN's window (adaptive requests: fewer where the draft stopped
+                        at a token it was unsure of, WorldConfig.draft_stop_confidence), and at least 1
   DRAFT_PROBS  float32  right after a DRAFT that has sampling sequences: their rows [n_new * vocab] in order
 """
 from __future__ import annotations

@@ -258,11 +258,10 @@ class Int4Linear(_FlatLinear):
 def fused_multiply(modules: list[torch.nn.Module], dtype: torch.dtype):
     """One multiply over 2-D rows (``dtype``: the model's activations, in and out) giving the outputs of all
     ``modules`` side by side (a layer's q, k and v projections, or its gate and up ones): one kernel call where
-    they are int4 or int8 weights of ours, their
-    weights concatenated by output (each output column is computed as its own kernel computes it: the same
-    bits); None for any other modules (nothing to gain: a caller multiplies them one by one). The parts'
-    weights become views into the concatenated ones, so the model's own modules (transformers' path) keep
-    working without a second copy."""
+    they are int4 or int8 weights of ours, their weights concatenated by output (each output column is computed
+    as its own kernel computes it: the same bits); None for any other modules (nothing to gain: a caller
+    multiplies them one by one). The parts' weights become views into the concatenated ones, so the model's
+    own modules (transformers' path) keep working without a second copy."""
     def separate(rows: torch.Tensor) -> torch.Tensor:
         return torch.cat([m(rows) for m in modules], dim=-1)
 

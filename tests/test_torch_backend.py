@@ -194,6 +194,26 @@ def test_a_steady_batch_keeps_its_cache_and_gives_each_sequence_its_rows_back(ti
     assert batched._batch is None and batched.cache_length(seqs[batched][0]) == len(seqs[batched][0].tokens)
 
 
+# a prefill, a window (wide enough for int4's bfloat16 copy), a rollback then the correction and one more, and
+# single steps: (tokens appended, logits rows, length truncated to first)
+SEQUENCE_SCRIPT = (([], 1, None), ([5, 8, 1, 4, 9, 10], 6, None), ([11, 10], 2, 8), ([12], 1, None),
+                   ([13], 1, None), ([2], 1, None))
+
+
+def scripted_logits(tested: TorchBackend, reference: TorchBackend):
+    """Both backends through ``SEQUENCE_SCRIPT`` on the same sequence: (tested's logits, reference's, tested's
+    sequence) at each step."""
+    seqs = {backend: Sequence(1, [3, 14, 15, 9, 2, 6]) for backend in (tested, reference)}
+    for extend, num_logits, truncate_to in SEQUENCE_SCRIPT:
+        for backend, seq in seqs.items():
+            if truncate_to is not None:
+                backend.truncate(seq, truncate_to)
+                del seq.tokens[truncate_to:]
+            seq.tokens += extend
+        got, expected = (backend.forward([seqs[backend]], [num_logits])[0] for backend in (tested, reference))
+        yield got, expected, seqs[tested]
+
+
 @pytest.mark.parametrize("model, dtype, setting", [
     ("target", "float32", {}), ("qwen_target", "float32", {}), ("qwen_target", "bfloat16", {}),
     pytest.param("qwen_target", "bfloat16", ONEDNN, marks=needs_bf16), ("target", "bfloat16", {"cpu_linear": "auto"})])
@@ -204,23 +224,9 @@ def test_the_direct_forward_of_a_lone_sequence_gives_transformers_logits_bit_for
     direct, reference = (TorchBackend.load(ModelSpec(str(tiny[model]), dtype=dtype, **GROUPED, **setting))
                          for _ in range(2))
     reference._direct = None  # transformers' forward
-    seqs = {backend: Sequence(1, [3, 14, 15, 9, 2, 6]) for backend in (direct, reference)}
-
-    def step(extend: list[int], num_logits: int, truncate_to: int | None = None) -> None:
-        for backend, seq in seqs.items():
-            if truncate_to is not None:
-                backend.truncate(seq, truncate_to)
-                del seq.tokens[truncate_to:]
-            seq.tokens += extend
-        got, expected = (backend.forward([seqs[backend]], [num_logits])[0] for backend in (direct, reference))
+    for got, expected, seq in scripted_logits(direct, reference):
         assert torch.equal(got, expected)
-
-    step([], 1)  # the prefill
-    step([5, 8, 1, 4], 4)  # a window
-    step([11, 10], 2, truncate_to=8)  # a rollback, then the correction and one more
-    for token in (12, 13, 2):  # single steps
-        step([token], 1)
-    assert direct._direct is not None and direct.cache_length(seqs[direct]) == len(seqs[direct].tokens)
+    assert direct._direct is not None and direct.cache_length(seq) == len(seq.tokens)
 
 
 def test_the_direct_forward_is_only_taken_where_it_reproduces_the_model(tiny):
@@ -249,19 +255,10 @@ def test_a_drafts_fused_forward_computes_transformers_logits_up_to_rounding(tiny
         quantize_in_place(loaded, method, group_size=32)
     fused, reference = TorchBackend(loaded, "grouped", exact_logits=False), TorchBackend(loaded, "grouped")
     reference._direct = None  # transformers' forward
-    seqs = {backend: Sequence(1, [3, 14, 15, 9, 2, 6]) for backend in (fused, reference)}
-    for extend, num_logits, truncate_to in (([], 1, None), ([5, 8, 1, 4, 9, 10], 6, None), ([11, 10], 2, 8),
-                                            ([12], 1, None), ([13], 1, None)):
-        for backend, seq in seqs.items():
-            if truncate_to is not None:
-                backend.truncate(seq, truncate_to)
-                del seq.tokens[truncate_to:]
-            seq.tokens += extend
-        got, expected = (backend.forward([seqs[backend]], [num_logits])[0] for backend in (fused, reference))
+    for got, expected, seq in scripted_logits(fused, reference):
         assert (got - expected).abs().max() <= tolerance * expected.abs().max()
         assert torch.equal(got.argmax(-1), expected.argmax(-1))
-    assert isinstance(fused._direct, FusedForward)
-    assert fused.cache_length(seqs[fused]) == len(seqs[fused].tokens)
+    assert isinstance(fused._direct, FusedForward) and fused.cache_length(seq) == len(seq.tokens)
 
 
 @pytest.mark.parametrize("method", ["int8", "int4"])
@@ -274,10 +271,6 @@ def test_the_direct_forward_of_a_quantized_model_gives_its_logits_bit_for_bit(ti
     quantize_in_place(model, method, group_size=32)
     direct, reference = TorchBackend(model, "grouped"), TorchBackend(model, "grouped")
     reference._direct = None
-    seqs = [Sequence(1, [3, 14, 15, 9, 2, 6]), Sequence(1, [3, 14, 15, 9, 2, 6])]
-    for extend, num_logits in (([], 1), ([5, 8, 1, 4, 9, 10], 6), ([11], 1)):
-        for seq in seqs:
-            seq.tokens += extend
-        got, expected = direct.forward([seqs[0]], [num_logits])[0], reference.forward([seqs[1]], [num_logits])[0]
+    for got, expected, _ in scripted_logits(direct, reference):
         assert torch.equal(got, expected)
     assert direct._direct is not None

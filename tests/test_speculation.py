@@ -6,7 +6,7 @@ import pytest
 
 from pearl.speculation import (MIN_DRAFTED_ROUNDS, PROBE_AFTER_ROUNDS, AcceptanceEstimate, Calibration, CostRow,
                                SpeculationCosts, WindowPolicy, best_round, best_window, catch_up_pays,
-                               pearl_tokens_per_s, sd_tokens_per_s)
+                               pearl_after_sd_tokens_per_s, pearl_tokens_per_s, sd_tokens_per_s)
 
 # A GPU-like pair: a verify costs the same for any window, the draft 1/4 of the target.
 FLAT = CostRow(draft_step_s=0.025, verify_s=(0.1,) * 8, alone_step_s=0.1)
@@ -123,6 +123,23 @@ def test_the_prompt_runs_alone_where_the_target_is_faster_alone():
     assert same_cores.kind == "pearl"
     gpu = WindowPolicy("pearl", 0.8, max_window=8)
     assert gpu.next_window(FLAT) == best_window("pearl", 0.8, FLAT, 8)[0] > 1 and gpu.kind == "pearl"
+
+
+def test_a_switch_from_sd_to_pearl_rounds_pays_for_its_pre_verify_round():
+    """After an SD round nothing is pending, so PEARL starts with a pre-verify round (one token): a PEARL round
+    is chosen there only if it leads SD by more than that round over the run expected before a rejection. On
+    the CPU at 0.95 PEARL's stationary rate leads by ~10% and an SD request stays SD, a PEARL one PEARL (no
+    alternation); on a flat verify PEARL leads by a third and is chosen after SD too."""
+    assert pearl_after_sd_tokens_per_s(6, 0.95, CPU) < pearl_tokens_per_s(6, 0.95, CPU)
+    assert pearl_after_sd_tokens_per_s(4, 0.0, FLAT) == pytest.approx(pearl_tokens_per_s(4, 0.0, FLAT))  # all pre
+    assert best_round(("pearl", "sd"), 0.95, CPU, 8)[0] == "pearl"
+    assert best_round(("pearl", "sd"), 0.95, CPU, 8, after_sd=True)[0] == "sd"
+    assert best_round(("pearl", "sd"), 0.95, FLAT, 8, after_sd=True)[0] == "pearl"
+    for last_kind in ("sd", "pearl"):
+        p = WindowPolicy("pearl", 0.95, max_window=8)
+        p.prefilled, p.window, p.drafted_rounds, p.kind = True, 4, 3, last_kind  # drafting, last round of this kind
+        p.acceptance = AcceptanceEstimate(0.95)
+        assert p.next_window(CPU) > 0 and p.kind == last_kind
 
 
 def test_the_policy_drafts_while_it_pays_and_decodes_alone_when_it_does_not():

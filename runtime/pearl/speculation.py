@@ -169,28 +169,46 @@ def sd_tokens_per_s(k: int, a: float, row: CostRow) -> float:
     return tokens / (k * row.sd_draft_step + row.alone_verify(k + 1))
 
 
-def pearl_tokens_per_s(k: int, a: float, row: CostRow) -> float:
+def _pearl_round(k: int, a: float, row: CostRow) -> tuple[float, float, float]:
+    """(a pre-verify round's seconds, the tokens and the seconds of a round of the stationary mix)."""
     drafting = k * row.draft_step_s
     pre_s, post_s = (max(drafting, row.verify(tokens)) * row.overlap for tokens in (1, k))
     post_tokens = sum(a ** i for i in range(k))
     to_pre, to_post = 1 - a ** k, a  # a post round that rejects; a pre round that accepts
     pre_share = to_pre / (to_pre + to_post) if to_pre + to_post > 0 else 0.0
-    tokens = pre_share + (1 - pre_share) * post_tokens
-    return tokens / (pre_share * pre_s + (1 - pre_share) * post_s)
+    return pre_s, pre_share + (1 - pre_share) * post_tokens, pre_share * pre_s + (1 - pre_share) * post_s
+
+
+def pearl_tokens_per_s(k: int, a: float, row: CostRow) -> float:
+    _, tokens, seconds = _pearl_round(k, a, row)
+    return tokens / seconds
+
+
+def pearl_after_sd_tokens_per_s(k: int, a: float, row: CostRow) -> float:
+    """PEARL rounds right after an SD round, which leaves nothing pending: the first is a pre-verify round (one
+    token) beyond the stationary mix, priced over the rounds expected before the next rejection (1 / (1 -
+    a^k)). Two kinds of about the same rate then do not alternate (on the 2-core CPU each return to PEARL paid
+    a round for one token); where PEARL clearly leads (a GPU each) the one round hardly counts."""
+    pre_s, tokens, seconds = _pearl_round(k, a, row)
+    rounds = 1 / max(1 - a ** k, 1e-6)
+    return (1 + rounds * tokens) / (pre_s + rounds * seconds)
 
 
 RATES = {"sd": sd_tokens_per_s, "pearl": pearl_tokens_per_s}
 
 
-def best_window(mode: str, a: float, row: CostRow, max_window: int) -> tuple[int, float]:
-    """(window, tokens/s) of the best window for a drafting ``mode`` ("sd" or "pearl")."""
-    rate = RATES[mode]
+def best_window(mode: str, a: float, row: CostRow, max_window: int, after_sd: bool = False) -> tuple[int, float]:
+    """(window, tokens/s) of the best window for a drafting ``mode`` ("sd" or "pearl"); ``after_sd``: the
+    sequence's last round was an SD one (a PEARL round now starts with a pre-verify round)."""
+    rate = pearl_after_sd_tokens_per_s if after_sd and mode == "pearl" else RATES[mode]
     return max(((k, rate(k, a, row)) for k in range(1, max_window + 1)), key=lambda pair: pair[1])
 
 
-def best_round(kinds: tuple[str, ...], a: float, row: CostRow, max_window: int) -> tuple[str, int, float]:
+def best_round(kinds: tuple[str, ...], a: float, row: CostRow, max_window: int,
+               after_sd: bool = False) -> tuple[str, int, float]:
     """(kind, window, tokens/s) of the best round among ``kinds`` ("pearl", "sd")."""
-    return max(((kind, *best_window(kind, a, row, max_window)) for kind in kinds), key=lambda best: best[2])
+    return max(((kind, *best_window(kind, a, row, max_window, after_sd)) for kind in kinds),
+               key=lambda best: best[2])
 
 
 # the kinds of round an adaptive request of each mode may run
@@ -332,7 +350,10 @@ class WindowPolicy:
         if not drafting_can_pay(self.kinds, profiled, self.max_window):
             self.window = 0  # no opening, no probe
             return 0
-        self.kind, window, rate = best_round(self.kinds, self.acceptance.rate, row, self.max_window)
+        # a switch from SD rounds to PEARL ones starts with a pre-verify round: priced in, so that two kinds of
+        # about the same rate do not alternate (each return to PEARL paid a round for one token)
+        after_sd = self.window > 0 and self.kind == "sd"
+        self.kind, window, rate = best_round(self.kinds, self.acceptance.rate, row, self.max_window, after_sd)
         pays = rate >= 1 / row.alone_step_s
         if not self.window:
             # The draft first feeds every token it missed (at the opening, the prompt). On a split CPU that

@@ -46,7 +46,7 @@ def test_an_adaptive_window_ends_after_the_first_token_the_draft_was_unsure_of(b
     with torch.inference_mode():  # the draft's top probability at each position of its window
         logits = backend.model(torch.tensor([PROMPTS[0] + whole[:-1]])).logits[0, -WINDOW:].float()
     sure = [top_probability(row, None) for row in logits]
-    for stop_below in sorted({*sure, 1.0}):  # between every two of them, and above all
+    for stop_below in sorted({*sure, 1.0}):  # at each of them (a token at it is sure enough), and above all
         unsure = [i for i, p in enumerate(sure) if p < stop_below]
         expected = whole[:unsure[0] + 1] if unsure else whole
         assert drafted(backend, None, stop_below, 2) == expected, (stop_below, sure)

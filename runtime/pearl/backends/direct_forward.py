@@ -18,7 +18,7 @@ import torch
 from transformers import DynamicCache
 
 from pearl.backends import attention
-from pearl.backends.linears import _FlatLinear, fused_multiply
+from pearl.backends.linears import _FlatLinear, concatenated, fused_multiply
 
 MODEL_TYPES = ("llama", "qwen2")
 
@@ -125,16 +125,11 @@ class FusedForward(DirectForward):
 
     def _layer(self, layer: torch.nn.Module) -> tuple:
         attn, mlp = layer.self_attn, layer.mlp
-        qkv, gate_up = (self._one_call(modules) for modules in ([attn.q_proj, attn.k_proj, attn.v_proj],
-                                                                  [mlp.gate_proj, mlp.up_proj]))
+        qkv, gate_up = (fused_multiply(modules, self.dtype) or concatenated(modules)
+                        for modules in ([attn.q_proj, attn.k_proj, attn.v_proj], [mlp.gate_proj, mlp.up_proj]))
         return (layer.input_layernorm.weight, layer.post_attention_layernorm.weight, qkv,
                 _linear(attn.o_proj, self.dtype), gate_up, _linear(mlp.down_proj, self.dtype),
                 mlp.gate_proj.out_features)
-
-    def _one_call(self, modules: list[torch.nn.Module]):
-        """rows [n, in] -> the modules' outputs side by side [n, out...]: fused where ``fused_multiply`` fuses,
-        else each module's, concatenated."""
-        return fused_multiply(modules, self.dtype) or (lambda rows: torch.cat([m(rows) for m in modules], dim=-1))
 
     @torch.inference_mode()
     def __call__(self, ids: torch.Tensor, cache: DynamicCache, start: int, num_logits: int) -> torch.Tensor:

@@ -255,6 +255,11 @@ class Int4Linear(_FlatLinear):
         return y if self.bias is None else y + self.bias
 
 
+def concatenated(modules: list[torch.nn.Module]):
+    """rows -> the outputs of all ``modules`` side by side, each module called on its own."""
+    return lambda rows: torch.cat([module(rows) for module in modules], dim=-1)
+
+
 def fused_multiply(modules: list[torch.nn.Module], dtype: torch.dtype):
     """One multiply over 2-D rows (``dtype``: the model's activations, in and out) giving the outputs of all
     ``modules`` side by side (a layer's q, k and v projections, or its gate and up ones): one kernel call where
@@ -262,18 +267,13 @@ def fused_multiply(modules: list[torch.nn.Module], dtype: torch.dtype):
     as its own kernel computes it: the same bits); None for any other modules (nothing to gain: a caller
     multiplies them one by one). The parts' weights become views into the concatenated ones, so the model's
     own modules (transformers' path) keep working without a second copy."""
-    def separate(rows: torch.Tensor) -> torch.Tensor:
-        return torch.cat([m(rows) for m in modules], dim=-1)
-
     kinds = {type(m) for m in modules}
     if len(kinds) != 1 or kinds.pop() not in (Int4Linear, Int8Linear):
         return None
-    first = modules[0]
+    first, compute = modules[0], modules[0].compute_dtype
     biases = [m.bias for m in modules]
     bias = None if all(b is None for b in biases) else torch.cat(
-        [b if b is not None else torch.zeros(m.out_features, dtype=first.compute_dtype)
-         for b, m in zip(biases, modules)])
-    compute = first.compute_dtype
+        [b if b is not None else torch.zeros(m.out_features, dtype=compute) for b, m in zip(biases, modules)])
     if isinstance(first, Int8Linear):
         qweight, scales = _concat_rows(modules, "qweight"), torch.cat([m.scales for m in modules])
 
@@ -286,10 +286,10 @@ def fused_multiply(modules: list[torch.nn.Module], dtype: torch.dtype):
         return None
     packed, group_size = _concat_rows(modules, "packed"), first.group_size
     scales_and_zeros = torch.cat([m.scales_and_zeros for m in modules], dim=1)
-    dense = any(m.dense_weight is not None for m in modules)
+    separate = concatenated(modules) if any(m.dense_weight is not None for m in modules) else None
 
     def multiply(rows: torch.Tensor) -> torch.Tensor:
-        if dense and rows.shape[0] >= INT4_DENSE_ROWS:
+        if separate is not None and rows.shape[0] >= INT4_DENSE_ROWS:  # each part on its bfloat16 copy
             return separate(rows)
         y = torch.ops.aten._weight_int4pack_mm_for_cpu(rows.to(compute), packed, group_size, scales_and_zeros)
         return (y if bias is None else y + bias).to(dtype)

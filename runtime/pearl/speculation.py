@@ -64,8 +64,8 @@ request for 48 more tokens never wins that back (it ran 0.88x the target alone),
 The profile times each model alone on a short context; serving, PEARL's two models run at once and share the
 memory bandwidth of a CPU, contexts grow, and a VM's speed drifts. ``Calibration`` scales the profile by what
 lone sequences' rounds actually took (observed over profiled, per kind of forward, and a PEARL round as a
-whole), so the comparison between drafting and decoding alone, and between PEARL and SD rounds, is made in
-today's costs.
+whole; an SD round's wait for its window by difference, once a round), so the comparison between drafting
+and decoding alone, and between PEARL and SD rounds, is made in today's costs.
 """
 from __future__ import annotations
 
@@ -95,6 +95,10 @@ class CostRow:
     # a PEARL round's seconds over the longer of its two parts (the drafting, the verify beside it): 1 where
     # they overlap perfectly; only calibration sets it (a profile times each part, not a round)
     overlap: float = 1.0
+    # an SD round's seconds beyond its draft steps and its verify: the window's two handoffs and the extra
+    # token its first forward feeds (the last round's bonus). Once per round, not per step; only calibration
+    # sets it (a profile times forwards, not rounds)
+    sd_round_extra_s: float = 0.0
 
     def verify(self, tokens: int) -> float:
         """A forward over ``tokens`` new tokens per sequence (past the profiled ones: the longest profiled)."""
@@ -166,7 +170,7 @@ class SpeculationCosts:
 
 def sd_tokens_per_s(k: int, a: float, row: CostRow) -> float:
     tokens = sum(a ** i for i in range(k + 1))
-    return tokens / (k * row.sd_draft_step + row.alone_verify(k + 1))
+    return tokens / (max(k * row.sd_draft_step + row.sd_round_extra_s, 0.0) + row.alone_verify(k + 1))
 
 
 def _pearl_round(k: int, a: float, row: CostRow) -> tuple[float, float, float]:
@@ -273,13 +277,19 @@ class AcceptanceEstimate:
 
 class Calibration:
     """Observed over profiled seconds of each kind of forward (a PEARL round's "draft" steps and the target's
-    "verify" beside them; a target step "alone"; an SD round's "sd_draft" steps, as long as the target waited
-    for them, and its "sd_verify" on all the target's threads), the median of its last ``WINDOW``
-    observations. And a PEARL round as a whole ("overlap"): its seconds over the longer of its calibrated
-    parts. The parts' ratios hide what a round pays beyond them: it lasts as long as the longer of two drifting
-    parts (the mean of a maximum exceeds the maximum of the means), plus the window's handoff. An SD round's
-    parts need no such term: the target's wait for the window is its draft part, handoff included. Default
-    pair, HumanEval, two threads: PEARL rounds took 1.05-1.35x the longer of their calibrated parts.
+    "verify" beside them; a target step "alone"; an SD round's "sd_verify" on all the target's threads), the
+    median of its last ``WINDOW`` observations. And a PEARL round as a whole ("overlap"): its seconds over the
+    longer of its calibrated parts. The parts' ratios hide what a round pays beyond them: it lasts as long as
+    the longer of two drifting parts (the mean of a maximum exceeds the maximum of the means), plus the
+    window's handoff. Default pair, HumanEval, two threads: PEARL rounds took 1.05-1.35x the longer of their
+    calibrated parts.
+
+    An SD round's wait for its window ("sd_draft") is calibrated by difference, not ratio: observed minus
+    profiled seconds (``sd_round_extra_s``), once per round. What it pays beyond its draft steps is per round:
+    two handoffs and the extra token its first forward feeds. Int4-target pair on the 2-core CPU: a window of 1
+    kept the target waiting 36 ms, one of 3 76 ms, for a profiled step of 20 ms (16 ms a round, the steps as
+    profiled). As a ratio that was 1.8x a step after rounds of window 1: a window of 3 was priced at 108 ms,
+    drafting no longer paid at an acceptance of 0.86, and with no drafted rounds nothing corrected it.
 
     A median, not a mean: a round now and then takes many times its usual seconds (a process's first verify
     of 5 tokens took 3x its profile, its first SD draft steps 2.3x; one SD round's draft wait took 79x with a
@@ -290,17 +300,22 @@ class Calibration:
 
     WINDOW = 7
     PRIOR = 3
-    KINDS = ("draft", "verify", "alone", "sd_draft", "sd_verify", "overlap")
+    KINDS = ("draft", "verify", "alone", "sd_verify", "overlap")  # ratios; the profile's own is 1
+    DIFFERENCES = ("sd_draft",)  # observed minus profiled seconds; the profile's own is 0
 
     def __init__(self) -> None:
         self.observed = {kind: collections.deque([1.0] * self.PRIOR, maxlen=self.WINDOW) for kind in self.KINDS}
+        self.observed |= {kind: collections.deque([0.0] * self.PRIOR, maxlen=self.WINDOW)
+                          for kind in self.DIFFERENCES}
 
     def observe(self, kind: str, observed_s: float, profiled_s: float) -> None:
         if observed_s > 0 and profiled_s > 0:
-            self.observed[kind].append(observed_s / profiled_s)
+            self.observed[kind].append(observed_s - profiled_s if kind in self.DIFFERENCES
+                                       else observed_s / profiled_s)
 
     @property
     def ratios(self) -> dict[str, float]:
+        """Each kind's median: a ratio, or for ``DIFFERENCES`` seconds."""
         return {kind: statistics.median(values) for kind, values in self.observed.items()}
 
     def apply(self, row: CostRow) -> CostRow:
@@ -308,9 +323,9 @@ class Calibration:
         verify, sd_verify = ratios["verify"], ratios["sd_verify"]
         alone_verify = (row.alone_verify(k) * sd_verify for k in range(1, len(row.verify_s) + 1))
         return CostRow(row.draft_step_s * ratios["draft"], tuple(v * verify for v in row.verify_s),
-                       row.alone_step_s * ratios["alone"], tuple(alone_verify),
-                       row.sd_draft_step * ratios["sd_draft"], row.draft_feed_s, row.sd_draft_feed_s,
-                       row.overlap * ratios["overlap"])
+                       row.alone_step_s * ratios["alone"], tuple(alone_verify), row.sd_draft_step,
+                       row.draft_feed_s, row.sd_draft_feed_s, row.overlap * ratios["overlap"],
+                       row.sd_round_extra_s + ratios["sd_draft"])
 
 
 class WindowPolicy:

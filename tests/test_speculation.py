@@ -240,7 +240,8 @@ def test_calibration_moves_the_profile_toward_what_rounds_took():
     calibration = Calibration()
     assert calibration.apply(CPU) == replace(CPU, sd_draft_step_s=CPU.draft_step_s)  # nothing observed yet
     for _ in range(12):
-        calibration.observe("verify", 1.5 * CPU.verify(3), CPU.verify(3))
+        for k in range(1, 9):
+            calibration.observe("verify", 1.5 * CPU.verify(k), CPU.verify(k), k)
         calibration.observe("alone", CPU.alone_step_s, CPU.alone_step_s)
     row = calibration.apply(CPU)
     assert row.verify(3) == pytest.approx(1.5 * CPU.verify(3), rel=0.02) and row.alone_step_s == CPU.alone_step_s
@@ -268,7 +269,7 @@ def test_calibration_of_sd_rounds_moves_their_costs_alone():
     calibration = Calibration()
     for _ in range(12):
         calibration.observe("sd_draft", 2 * 4 * CHEAP_DRAFT.draft_step_s, 4 * CHEAP_DRAFT.draft_step_s)
-        calibration.observe("sd_verify", CHEAP_DRAFT.alone_verify(5), CHEAP_DRAFT.alone_verify(5))
+        calibration.observe("sd_verify", CHEAP_DRAFT.alone_verify(5), CHEAP_DRAFT.alone_verify(5), 5)
     row = calibration.apply(CHEAP_DRAFT)
     assert row.sd_round_extra_s == pytest.approx(4 * CHEAP_DRAFT.draft_step_s)
     assert sd_tokens_per_s(4, 0.8, row) == pytest.approx(
@@ -292,7 +293,9 @@ def test_what_an_sd_round_pays_beyond_its_steps_is_priced_once_a_round():
     calibration = Calibration()
     for _ in range(Calibration.WINDOW):  # as served, the verify 1.1x its profile and a step alone 0.96x
         calibration.observe("sd_draft", INT4_TARGET.sd_draft_step + 0.016, INT4_TARGET.sd_draft_step)
-        calibration.observe("sd_verify", 1.1 * INT4_TARGET.alone_verify(2), INT4_TARGET.alone_verify(2))
+        for rows in (2, 4):
+            calibration.observe("sd_verify", 1.1 * INT4_TARGET.alone_verify(rows), INT4_TARGET.alone_verify(rows),
+                                rows)
         calibration.observe("alone", 0.96 * INT4_TARGET.alone_step_s, INT4_TARGET.alone_step_s)
     row = calibration.apply(INT4_TARGET)
     assert row.sd_round_extra_s == pytest.approx(0.016)
@@ -303,6 +306,27 @@ def test_what_an_sd_round_pays_beyond_its_steps_is_priced_once_a_round():
     policy.prefilled = True
     policy.window, policy.drafted_rounds = 1, MIN_DRAFTED_ROUNDS  # drafting, past its first rounds
     assert policy.next_window(row, INT4_TARGET) > 0
+
+
+def test_a_verify_is_calibrated_per_length():
+    """The int4 target verifies 5 rows or more on its bfloat16 copy, fewer on its int4 kernel: served, 6 rows
+    took 1.4x their profile and 4 rows 1.05x. Each length keeps its own ratio (one for both priced a 4-row verify
+    at 1.4x too, and drafting looked unpaid at 0.85), a length not yet observed keeps its profile, and the
+    window drafting picks at 0.85 is one whose verify runs on the int4 kernel."""
+    calibration = Calibration()
+    for _ in range(Calibration.WINDOW):
+        calibration.observe("sd_draft", 5 * INT4_TARGET.sd_draft_step + 0.016, 5 * INT4_TARGET.sd_draft_step)
+        calibration.observe("sd_verify", 1.4 * INT4_TARGET.alone_verify(6), INT4_TARGET.alone_verify(6), 6)
+    for _ in range(3):
+        calibration.observe("sd_verify", 1.05 * INT4_TARGET.alone_verify(4), INT4_TARGET.alone_verify(4), 4)
+    row = calibration.apply(INT4_TARGET)
+    assert row.alone_verify(6) == pytest.approx(1.4 * INT4_TARGET.alone_verify(6))
+    assert row.alone_verify(4) == pytest.approx(1.025 * INT4_TARGET.alone_verify(4))  # 3 of 6: the prior's 3 too
+    assert row.alone_verify(3) == INT4_TARGET.alone_verify(3)
+    window, rate = best_window("sd", 0.85, row, 8)
+    assert window + 1 < 5 and rate > 1 / INT4_TARGET.alone_step_s
+    with pytest.raises(ValueError, match="rows"):
+        calibration.observe("sd_verify", 0.1, 0.1)
 
 
 def test_one_round_that_took_many_times_its_profile_does_not_swing_the_costs():
@@ -316,7 +340,7 @@ def test_one_round_that_took_many_times_its_profile_does_not_swing_the_costs():
     assert calibration.apply(CPU).sd_round_extra_s == 0.0
     assert best_round(("pearl", "sd"), 0.8, calibration.apply(CPU), 8)[0] == best_round(("pearl", "sd"), 0.8, CPU, 8)[0]
     fresh = Calibration()
-    fresh.observe("verify", 50 * CPU.verify(2), CPU.verify(2))  # the very first observation: the profile holds
+    fresh.observe("verify", 50 * CPU.verify(2), CPU.verify(2), 2)  # the very first observation: the profile holds
     assert fresh.apply(CPU).verify_s == CPU.verify_s
     for _ in range(4):
         calibration.observe("sd_draft", 1.5 * 4 * CPU.sd_draft_step, 4 * CPU.sd_draft_step)

@@ -284,6 +284,13 @@ class Calibration:
     window's handoff. Default pair, HumanEval, two threads: PEARL rounds took 1.05-1.35x the longer of their
     calibrated parts.
 
+    A verify's ratio is kept per length (rows per sequence): one target may verify on two kernels. The int4
+    target multiplies 5 rows or more on its bfloat16 copy and fewer on its int4 kernel; served, a 6-row
+    verify took 1.37-1.45x its profile and a 4-row one ~1.05x. One ratio for both priced every window at the
+    longer one's 1.4: drafting looked unpaid at an acceptance of 0.85 and the request decoded alone. A length
+    not yet observed keeps its profile (``PRIOR``), so a window whose verify has not run is tried at the
+    profile's price, and what it really costs then comes in.
+
     An SD round's wait for its window ("sd_draft") is calibrated by difference, not ratio: observed minus
     profiled seconds (``sd_round_extra_s``), once per round. What it pays beyond its draft steps is per round:
     two handoffs and the extra token its first forward feeds. Int4-target pair on the 2-core CPU: a window of 1
@@ -300,32 +307,40 @@ class Calibration:
 
     WINDOW = 7
     PRIOR = 3
-    KINDS = ("draft", "verify", "alone", "sd_verify", "overlap")  # ratios; the profile's own is 1
+    KINDS = ("draft", "alone", "overlap")  # ratios; the profile's own is 1
+    PER_LENGTH = ("verify", "sd_verify")  # ratios, one per verify length
     DIFFERENCES = ("sd_draft",)  # observed minus profiled seconds; the profile's own is 0
 
     def __init__(self) -> None:
-        self.observed = {kind: collections.deque([1.0] * self.PRIOR, maxlen=self.WINDOW) for kind in self.KINDS}
-        self.observed |= {kind: collections.deque([0.0] * self.PRIOR, maxlen=self.WINDOW)
-                          for kind in self.DIFFERENCES}
+        self.observed: dict[tuple[str, int | None], collections.deque] = {}
 
-    def observe(self, kind: str, observed_s: float, profiled_s: float) -> None:
+    def observe(self, kind: str, observed_s: float, profiled_s: float, rows: int | None = None) -> None:
+        """A forward of ``kind`` (of ``rows`` per sequence for the ``PER_LENGTH`` kinds) took ``observed_s``
+        where the profile says ``profiled_s``."""
+        if (rows is not None) != (kind in self.PER_LENGTH):
+            raise ValueError(f"{kind}: rows {'are needed' if rows is None else 'do not apply'}")
         if observed_s > 0 and profiled_s > 0:
-            self.observed[kind].append(observed_s - profiled_s if kind in self.DIFFERENCES
-                                       else observed_s / profiled_s)
+            self._values(kind, rows).append(observed_s - profiled_s if kind in self.DIFFERENCES
+                                            else observed_s / profiled_s)
 
-    @property
-    def ratios(self) -> dict[str, float]:
-        """Each kind's median: a ratio, or for ``DIFFERENCES`` seconds."""
-        return {kind: statistics.median(values) for kind, values in self.observed.items()}
+    def ratio(self, kind: str, rows: int | None = None) -> float:
+        """The kind's median (of its ``rows`` for the ``PER_LENGTH`` kinds): a ratio, or for ``DIFFERENCES``
+        seconds."""
+        return statistics.median(self._values(kind, rows))
+
+    def _values(self, kind: str, rows: int | None) -> collections.deque:
+        if (kind, rows) not in self.observed:
+            prior = 0.0 if kind in self.DIFFERENCES else 1.0
+            self.observed[kind, rows] = collections.deque([prior] * self.PRIOR, maxlen=self.WINDOW)
+        return self.observed[kind, rows]
 
     def apply(self, row: CostRow) -> CostRow:
-        ratios = self.ratios
-        verify, sd_verify = ratios["verify"], ratios["sd_verify"]
-        alone_verify = (row.alone_verify(k) * sd_verify for k in range(1, len(row.verify_s) + 1))
-        return CostRow(row.draft_step_s * ratios["draft"], tuple(v * verify for v in row.verify_s),
-                       row.alone_step_s * ratios["alone"], tuple(alone_verify), row.sd_draft_step,
-                       row.draft_feed_s, row.sd_draft_feed_s, row.overlap * ratios["overlap"],
-                       row.sd_round_extra_s + ratios["sd_draft"])
+        lengths = range(1, len(row.verify_s) + 1)
+        verify = tuple(row.verify(k) * self.ratio("verify", k) for k in lengths)
+        alone_verify = tuple(row.alone_verify(k) * self.ratio("sd_verify", k) for k in lengths)
+        return CostRow(row.draft_step_s * self.ratio("draft"), verify, row.alone_step_s * self.ratio("alone"),
+                       alone_verify, row.sd_draft_step, row.draft_feed_s, row.sd_draft_feed_s,
+                       row.overlap * self.ratio("overlap"), row.sd_round_extra_s + self.ratio("sd_draft"))
 
 
 class WindowPolicy:

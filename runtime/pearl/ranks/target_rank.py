@@ -150,12 +150,13 @@ class TargetRank:
         drafting_timed = not state.draft_was_behind
         if state.step.waits_for_draft:
             if verify_profiled:
-                self.calibration.observe("sd_verify", forward_s, row.alone_verify(state.checked + 1))
+                self.calibration.observe("sd_verify", forward_s, row.alone_verify(state.checked + 1),
+                                         state.checked + 1)
             if drafting_timed:
                 self.calibration.observe("sd_draft", state.draft_wait_s, drafted * row.sd_draft_step)
         elif state.step.uses_draft:
             if verify_profiled:
-                self.calibration.observe("verify", forward_s, row.verify(state.checked))
+                self.calibration.observe("verify", forward_s, row.verify(state.checked), state.checked)
             if drafting_timed:
                 self.calibration.observe("draft", state.draft.seconds, drafted * row.draft_step_s)
                 parts = self.calibration.apply(row)

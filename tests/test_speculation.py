@@ -327,6 +327,8 @@ def test_a_verify_is_calibrated_per_length():
     assert window + 1 < 5 and rate > 1 / INT4_TARGET.alone_step_s
     with pytest.raises(ValueError, match="rows"):
         calibration.observe("sd_verify", 0.1, 0.1)
+    with pytest.raises(ValueError, match="no kind"):
+        calibration.observe("sd_verfy", 0.1, 0.1)
 
 
 def test_one_round_that_took_many_times_its_profile_does_not_swing_the_costs():

@@ -329,6 +329,8 @@ class Calibration:
         return statistics.median(self._values(kind, rows))
 
     def _values(self, kind: str, rows: int | None) -> collections.deque:
+        if kind not in self.KINDS + self.PER_LENGTH + self.DIFFERENCES:
+            raise ValueError(f"no kind of forward {kind!r} is calibrated")
         if (kind, rows) not in self.observed:
             prior = 0.0 if kind in self.DIFFERENCES else 1.0
             self.observed[kind, rows] = collections.deque([prior] * self.PRIOR, maxlen=self.WINDOW)

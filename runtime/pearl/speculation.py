@@ -310,8 +310,10 @@ class Calibration:
     KINDS = ("draft", "alone", "overlap")  # ratios; the profile's own is 1
     PER_LENGTH = ("verify", "sd_verify")  # ratios, one per verify length
     DIFFERENCES = ("sd_draft",)  # observed minus profiled seconds; the profile's own is 0
+    ALL_KINDS = KINDS + PER_LENGTH + DIFFERENCES
 
     def __init__(self) -> None:
+        # (kind, rows or None) -> its last observations; made by the first one (until then: the profile's)
         self.observed: dict[tuple[str, int | None], collections.deque] = {}
 
     def observe(self, kind: str, observed_s: float, profiled_s: float, rows: int | None = None) -> None:
@@ -320,21 +322,23 @@ class Calibration:
         if (rows is not None) != (kind in self.PER_LENGTH):
             raise ValueError(f"{kind}: rows {'are needed' if rows is None else 'do not apply'}")
         if observed_s > 0 and profiled_s > 0:
-            self._values(kind, rows).append(observed_s - profiled_s if kind in self.DIFFERENCES
-                                            else observed_s / profiled_s)
+            values = self.observed.get((kind, rows))
+            if values is None:
+                values = self.observed[kind, rows] = collections.deque([self._profiles(kind)] * self.PRIOR,
+                                                                       maxlen=self.WINDOW)
+            values.append(observed_s - profiled_s if kind in self.DIFFERENCES else observed_s / profiled_s)
 
     def ratio(self, kind: str, rows: int | None = None) -> float:
         """The kind's median (of its ``rows`` for the ``PER_LENGTH`` kinds): a ratio, or for ``DIFFERENCES``
-        seconds."""
-        return statistics.median(self._values(kind, rows))
+        seconds; the profile's own where nothing was observed."""
+        values = self.observed.get((kind, rows))
+        return self._profiles(kind) if values is None else statistics.median(values)
 
-    def _values(self, kind: str, rows: int | None) -> collections.deque:
-        if kind not in self.KINDS + self.PER_LENGTH + self.DIFFERENCES:
+    def _profiles(self, kind: str) -> float:
+        """What the profile itself counts as for ``kind``: ratio 1, or a difference of 0 seconds."""
+        if kind not in self.ALL_KINDS:
             raise ValueError(f"no kind of forward {kind!r} is calibrated")
-        if (kind, rows) not in self.observed:
-            prior = 0.0 if kind in self.DIFFERENCES else 1.0
-            self.observed[kind, rows] = collections.deque([prior] * self.PRIOR, maxlen=self.WINDOW)
-        return self.observed[kind, rows]
+        return 0.0 if kind in self.DIFFERENCES else 1.0
 
     def apply(self, row: CostRow) -> CostRow:
         lengths = range(1, len(row.verify_s) + 1)

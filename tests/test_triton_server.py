@@ -46,17 +46,21 @@ def expected(smollm2_engines) -> dict:
     return out
 
 
-def check_stats(stats: dict) -> None:
-    assert 0 <= stats["total_accepted_draft_tokens"] <= stats["total_draft_tokens"]
-    assert stats["total_draft_tokens"] > 0 and 1 <= stats["target_forwards"] <= MAX_TOKENS
-    assert stats["acceptance_rate"] == pytest.approx(stats["total_accepted_draft_tokens"] /
-                                                     stats["total_draft_tokens"], rel=1e-5)
+def check_stats(stats: dict, fixed_window: bool) -> None:
+    """The last chunk's statistics add up; with a ``fixed_window`` the draft drafted. An adaptive request may
+    decode alone throughout: on this self-draft pair PEARL at the prior acceptance runs near the target alone,
+    and the profile (measured at the build, on the machine at hand) decides whether a short request can win
+    back the draft's catch-up."""
+    drafted, accepted = stats["total_draft_tokens"], stats["total_accepted_draft_tokens"]
+    assert 0 <= accepted <= drafted and 1 <= stats["target_forwards"] <= MAX_TOKENS
+    assert drafted > 0 or not fixed_window
+    assert stats["acceptance_rate"] == pytest.approx(accepted / drafted if drafted else 0.0, rel=1e-5)
 
 
 @pytest.mark.parametrize("protocol", ["grpc-stream", "grpc", "http", "http-stream"])
 def test_ensemble_greedy_text_equals_the_runtime_ar_output(server, expected, protocol):
     prompt = PROMPTS[0]
-    args = dict(max_tokens=MAX_TOKENS, exclude_input_in_output=True)
+    args = dict(max_tokens=MAX_TOKENS, exclude_input_in_output=True, num_draft_tokens=3)
     if protocol.startswith("grpc"):
         chunks = list(grpc_generate(server.grpc_url, prompt, stream=protocol == "grpc-stream", **args))
     elif protocol == "http":
@@ -66,17 +70,18 @@ def test_ensemble_greedy_text_equals_the_runtime_ar_output(server, expected, pro
     assert "".join(c.text for c in chunks) == expected[prompt]
     if protocol.endswith("stream"):
         assert len(chunks) > 2  # text arrived piece by piece
-    check_stats(chunks[-1].stats)
+    check_stats(chunks[-1].stats, fixed_window=True)
 
 
 @pytest.mark.parametrize("protocol", ["grpc-stream", "http"])
 def test_the_bls_model_answers_like_the_ensemble(server, expected, protocol):
+    """With adaptive windows (no num_draft_tokens)."""
     prompt = PROMPTS[1]
     args = dict(max_tokens=MAX_TOKENS, exclude_input_in_output=True, model="pearl_bls")
     chunks = (list(grpc_generate(server.grpc_url, prompt, **args)) if protocol == "grpc-stream"
               else [http_generate(server.http_url, prompt, **args)])
     assert "".join(c.text for c in chunks) == expected[prompt]
-    check_stats(chunks[-1].stats)
+    check_stats(chunks[-1].stats, fixed_window=False)
     with pytest.raises(RequestFailed, match="max_tokens must be >= 1"):
         list(grpc_generate(server.grpc_url, prompt, max_tokens=0, model="pearl_bls"))
 

@@ -88,16 +88,17 @@ def free_port() -> int:
 
 
 def start_llm(draft: Path, target: Path, draft_layers: int | None = None, costs=None, local: bool = False,
-              **world):
+              draft_vocab_limit: int | None = None, **world):
     """An LLM over two model folders; ``costs``: its SpeculationCosts (None: measured at the first adaptive
     request); ``local``: its ranks on threads of this process (pearl.ranks.local), not MPI processes;
-    ``world``: more WorldConfig fields (max_batch_size...)."""
+    ``draft_vocab_limit``: the draft's ``ModelSpec.vocab_limit``; ``world``: more WorldConfig fields
+    (max_batch_size...)."""
     from pearl.backends.base import ModelSpec
     from pearl.llm import LLM
     from pearl.ranks.config import WorldConfig
 
-    return LLM(WorldConfig(draft=ModelSpec(str(draft), num_layers=draft_layers), target=ModelSpec(str(target)),
-                           **world), costs, local=local)
+    draft_spec = ModelSpec(str(draft), num_layers=draft_layers, vocab_limit=draft_vocab_limit)
+    return LLM(WorldConfig(draft=draft_spec, target=ModelSpec(str(target)), **world), costs, local=local)
 
 
 # The test lanes (markers, pyproject.toml): `make test-fast` runs what needs none of these, `make test` all.

@@ -17,10 +17,10 @@ from pearl.tokenizers import load_tokenizer
 from pearl.backends.torch_backend import TorchBackend
 from pearl.engine_files import read_engine_json
 from pearl.sequence import Sequence
-from pearl_build.config import ModelConfig, parse_pair
+from pearl_build.config import parse_pair
 from pearl_build.sources import resolve as resolve_source
 from pearl_build.torch_engine import build_torch_engine, choose_quantization
-from tiny_models import save_tiny_tokenizer
+from tiny_models import quantized_engine, save_tiny_tokenizer
 
 needs_fbgemm = pytest.mark.skipif(not has_fbgemm(), reason="this torch has no FBGEMM (not x86)")
 
@@ -188,15 +188,6 @@ def source(tiny, tmp_path_factory):
     folder = tmp_path_factory.mktemp("source") / "qwen"
     shutil.copytree(tiny["qwen_target"], folder)
     return save_tiny_tokenizer(folder, [f"w{i}" for i in range(63)])
-
-
-def quantized_engine(source, out, quantization: str, dtype: str = "float32"):
-    pair = parse_pair({"dtype": dtype, "max_seq_len": 256, "max_draft_len": 4,
-                       "draft": {"source": {"path": str(source)}},
-                       "target": {"source": {"path": str(source)}, "quantization": quantization,
-                                  "group_size": 32}}, default_name="quantized")
-    model: ModelConfig = pair.target
-    return build_torch_engine(pair, model, resolve_source(model.source, out / "cache"), out / quantization, "key")
 
 
 def logits_of(spec: ModelSpec, prompts: list[list[int]]) -> list[torch.Tensor]:

@@ -55,6 +55,18 @@ def llm(llm_factory, tiny):
     pytest.param(dict(temperature=1.0, top_k=4), id="topk4", marks=pytest.mark.slow),  # the fast lane: t1 only
     pytest.param(dict(temperature=0.8, top_p=0.8), id="topp0.8", marks=pytest.mark.slow)])
 def test_output_distribution_is_the_targets(llm, tiny, mode, filters):
+    check_distribution(llm, tiny, mode, filters)
+
+
+def test_a_draft_of_part_of_the_vocabulary_samples_the_targets_distribution(llm_factory, tiny):
+    """A draft head cut to the first 6 of 12 ids (pearl.backends.vocab_limit) proposes with zeros beyond them:
+    the target's tokens there come from the residual."""
+    llm = llm_factory(tiny["small_draft"], tiny["small_target"], draft_vocab_limit=6)
+    check_distribution(llm, tiny, "pearl", dict(temperature=1.0))
+
+
+def check_distribution(llm, tiny, mode: str, filters: dict) -> None:
+    """NUM_SAMPLES seeds of ``mode`` with window 2: the first POSITIONS tokens' marginals are the target's."""
     counts = np.zeros((POSITIONS, llm.vocab_size))
     rejections = 0
     for seed in range(NUM_SAMPLES):

@@ -43,3 +43,18 @@ def save_tiny_tokenizer(folder: Path, words: list[str], eos: str = "</s>") -> Pa
     core.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
     PreTrainedTokenizerFast(tokenizer_object=core, eos_token=eos, unk_token=words[0]).save_pretrained(folder)
     return folder
+
+
+def quantized_engine(source: Path, out: Path, quantization: str, dtype: str = "float32") -> dict:
+    """``source`` (a model folder with a tokenizer) built by `make engines`' code into ``out / quantization``
+    with that quantization (int4 in groups of 32); returns the engine's info."""
+    from pearl_build.config import parse_pair
+    from pearl_build.sources import resolve
+    from pearl_build.torch_engine import build_torch_engine
+
+    pair = parse_pair({"dtype": dtype, "max_seq_len": 256, "max_draft_len": 4,
+                       "draft": {"source": {"path": str(source)}},
+                       "target": {"source": {"path": str(source)}, "quantization": quantization,
+                                  "group_size": 32}}, default_name="quantized")
+    return build_torch_engine(pair, pair.target, resolve(pair.target.source, out / "cache"), out / quantization,
+                              "key")

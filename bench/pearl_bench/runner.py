@@ -124,7 +124,7 @@ class BenchRun:
 
     def _run_assisted(self) -> None:
         from pearl.backends.loading import load_model
-        from pearl.backends.torch_backend import eos_token_ids
+        from pearl.backends.loading import eos_token_ids
 
         method = Method("assisted")
         pending = [p for p in self.prompts if record_key(method, p.prompt_id) not in self.records]

@@ -13,6 +13,9 @@
     draft_acceptance: 0.8     # a draft token's expected chance to be accepted; the profile's gamma rule uses it
     draft_stop_confidence: 0.5  # optional: an adaptive request's draft window ends after a token the draft gave
                               # a top probability below this (pearl.decoding.draft); 0 (default): never
+    draft_vocab_limit: 65536  # optional: the draft proposes only token ids below this (and the end-of-sequence
+                              # ones): its LM head computes those rows alone (pearl.backends.vocab_limit;
+                              # torch). None (default): the whole vocabulary
     draft_off_batch_size: 8   # optional: from this many sequences in a round, the target decodes alone
     target_alone_threads: 2   # optional: torch threads of the target while no sequence uses the draft
     draft:
@@ -100,6 +103,7 @@ class PairConfig:
     draft_stop_confidence: float = 0.0
     draft_off_batch_size: int | None = None
     target_alone_threads: int | None = None
+    draft_vocab_limit: int | None = None
     path: Path | None = field(default=None, compare=False)  # the YAML file it came from
 
     @property
@@ -114,7 +118,7 @@ class PairConfig:
                 "attention": self.attention,
                 "draft_acceptance": self.draft_acceptance, "draft_stop_confidence": self.draft_stop_confidence,
                 "draft_off_batch_size": self.draft_off_batch_size,
-                "target_alone_threads": self.target_alone_threads,
+                "target_alone_threads": self.target_alone_threads, "draft_vocab_limit": self.draft_vocab_limit,
                 "draft": self.draft.to_dict(), "target": self.target.to_dict()}
 
 
@@ -153,7 +157,7 @@ def load_pair_config(pair: str) -> PairConfig:
 def parse_pair(data: dict, default_name: str) -> PairConfig:
     known = {"name", "backend", "dtype", "max_seq_len", "max_draft_len", "max_batch_size", "threads_per_rank",
              "cpu_linear", "attention", "draft_acceptance", "draft_stop_confidence", "draft_off_batch_size",
-             "target_alone_threads", "draft", "target", "description"}
+             "target_alone_threads", "draft_vocab_limit", "draft", "target", "description"}
     unknown = set(data) - known
     if unknown:
         raise ValueError(f"unknown keys {sorted(unknown)}; known: {sorted(known)}")
@@ -166,7 +170,7 @@ def parse_pair(data: dict, default_name: str) -> PairConfig:
     ints = {key: int(data.get(key, default)) for key, default in
             (("max_seq_len", 4096), ("max_draft_len", 8), ("max_batch_size", 1), ("threads_per_rank", 1))}
     optional_ints = {key: None if data.get(key) is None else int(data[key])
-                     for key in ("draft_off_batch_size", "target_alone_threads")}
+                     for key in ("draft_off_batch_size", "target_alone_threads", "draft_vocab_limit")}
     for key, value in (ints | optional_ints).items():
         if value is not None and value < 1:
             raise ValueError(f"{key} must be >= 1, got {value}")
@@ -196,6 +200,9 @@ def parse_pair(data: dict, default_name: str) -> PairConfig:
             name = model.source.file or model.source.location
             if not name.endswith(".gguf"):
                 raise ValueError(f"{model.role}: backend llama_cpp needs a .gguf source, got {name}")
+    if optional_ints["draft_vocab_limit"] is not None and (backend != "torch" or draft.backend == "llama_cpp"):
+        raise ValueError("draft_vocab_limit cuts the LM head of a torch draft; this pair's draft runs in "
+                         f"{draft.backend if draft.backend == 'llama_cpp' else backend}")
     if backend == "torch":
         for model in (draft, target):
             if model.tp_size != 1:

@@ -12,7 +12,7 @@ from pearl.tokenizers import load_tokenizer
 from pearl.engine_files import ROLES, read_engine_json, write_engine_json
 from pearl.llm import check_tokenizers, shared_vocab_size
 from pearl_build.artifacts import build_key
-from pearl_build.config import PairConfig
+from pearl_build.config import ConfigError, PairConfig
 
 PROFILE_FORMAT = 9  # 2: a target step alone per batch size (what adaptive windows compare drafting with);
 # 3: the draft's feed per token (what catching up costs) and the target's verifies alone; 4: the draft's step on
@@ -32,9 +32,12 @@ def log(message: str) -> None:
 def finish_pair(pair: PairConfig, out: Path, keys: dict[str, str], profile: bool, reprofile: bool) -> None:
     """Check the tokenizers, write the pair's engine.json, and profile the pair unless that is current."""
     vocab = check_pair_vocabulary(out)
+    if pair.draft_vocab_limit is not None and pair.draft_vocab_limit >= vocab:
+        raise ConfigError(f"draft_vocab_limit {pair.draft_vocab_limit} keeps the whole vocabulary of {vocab} "
+                          f"tokens: give fewer, or leave it out")
     key = build_key(keys, pair.threads_per_rank, pair.max_draft_len, pair.max_batch_size, pair.cpu_linear,
                     pair.attention, pair.draft_acceptance, pair.target_alone_threads, pair.draft_off_batch_size,
-                    PROFILE_FORMAT)
+                    pair.draft_vocab_limit, PROFILE_FORMAT)
     previous = read_engine_json(out) or {}
     info = {"pair": pair.name, "backend": pair.backend, "models": {role: role for role in ROLES},
             "threads_per_rank": pair.threads_per_rank, "shared_vocab_size": vocab, "build_key": key,

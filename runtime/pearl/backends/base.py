@@ -34,6 +34,9 @@ class ModelSpec:
     # False (a draft: its logits only propose): the torch backend's lone-sequence forward may fuse ops and
     # round differently from transformers' (pearl.backends.direct_forward.FusedForward)
     exact_logits: bool = True
+    # A draft only: its LM head computes the logits of the first N token ids and the end-of-sequence ones, the
+    # others are -inf (pearl.backends.vocab_limit; torch backend). None: the whole vocabulary
+    vocab_limit: int | None = None
 
     def __post_init__(self) -> None:
         if self.cpu_linear not in CPU_LINEARS:
@@ -47,6 +50,9 @@ class ModelSpec:
                              f"{self.tensor_parallel} with backend {self.backend}")
         if self.num_layers is not None and self.num_layers < 1:
             raise ValueError(f"num_layers must be >= 1, got {self.num_layers}")
+        if self.vocab_limit is not None and (self.vocab_limit < 1 or self.backend != "torch"):
+            raise ValueError(f"vocab_limit must be >= 1, with the torch backend; got {self.vocab_limit} with "
+                             f"backend {self.backend}")
 
 
 class ModelBackend(Protocol):

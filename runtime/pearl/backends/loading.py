@@ -13,6 +13,7 @@ import torch
 from pearl.backends import attention
 from pearl.backends.base import DTYPES, ModelSpec
 from pearl.backends.linears import use_cpu_kernels
+from pearl.backends.vocab_limit import cut_lm_head
 from pearl.engine_files import read_engine_json
 from pearl.tokenizers import resolve
 
@@ -37,11 +38,27 @@ def load_model(spec: ModelSpec) -> torch.nn.Module:
                                                      attn_implementation=spec.attention, **kwargs)
     if spec.num_layers is not None:
         truncate_layers(model, spec.num_layers)
+    finish_head = None
+    if spec.vocab_limit is not None:  # before the kernels, which then hold only the rows kept
+        finish_head = cut_lm_head(model, spec.vocab_limit, eos_token_ids(model), DTYPES[spec.dtype], state,
+                                  quantization)
     if spec.device == "cpu":
         use_cpu_kernels(model, spec.cpu_linear, quantization if quantization != "none" else spec.dtype, state)
     if state is not None:  # what the kernels did not take: embeddings, norms, the other modules' biases
         model.load_state_dict(state, strict=True, assign=True)
+    if finish_head is not None:
+        finish_head()
     return model.to(spec.device).eval()
+
+
+def eos_token_ids(model) -> tuple[int, ...]:
+    """Every EOS id the model's config and generation config name."""
+    ids: set[int] = set()
+    for source in (model.config, getattr(model, "generation_config", None)):
+        value = getattr(source, "eos_token_id", None)
+        if value is not None:
+            ids.update([value] if isinstance(value, int) else value)
+    return tuple(sorted(ids))
 
 
 def engine_quantization(folder: Path) -> str:

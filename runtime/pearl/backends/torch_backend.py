@@ -18,19 +18,9 @@ from transformers import DynamicCache
 
 from pearl.backends.base import ModelSpec
 from pearl.backends.direct_forward import DirectForward
-from pearl.backends.loading import load_model
+from pearl.backends.loading import eos_token_ids, load_model
 from pearl.engine_files import read_engine_json
 from pearl.sequence import Sequence
-
-
-def eos_token_ids(model) -> tuple[int, ...]:
-    """Every EOS id the model's config and generation config name."""
-    ids: set[int] = set()
-    for source in (model.config, getattr(model, "generation_config", None)):
-        value = getattr(source, "eos_token_id", None)
-        if value is not None:
-            ids.update([value] if isinstance(value, int) else value)
-    return tuple(sorted(ids))
 
 
 @dataclass

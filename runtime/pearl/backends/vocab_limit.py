@@ -49,14 +49,15 @@ def cut_lm_head(model: torch.nn.Module, limit: int, eos_ids: tuple[int, ...], dt
     extra_ids = sorted(i for i in eos_ids if i >= limit)
     if state is not None:
         parts = {key.removeprefix("lm_head."): value for key, value in state.items() if key.startswith("lm_head.")}
-        bias = parts.pop("bias", None)
-        extra_weight = dequantize(quantization, {name: value[extra_ids] for name, value in parts.items()})
-        for name, value in parts.items():
+        bias = parts.get("bias")
+        extra_weight = dequantize(quantization, {name: value[extra_ids] for name, value in parts.items()
+                                                 if name != "bias"})
+        for name, value in parts.items():  # the bias too, where the head has one
             state[f"lm_head.{name}"] = value[:limit].clone()
     else:
         head = model.get_output_embeddings()
         bias = head.bias
-        extra_weight = head.weight[extra_ids].detach().clone()
+        extra_weight = head.weight[extra_ids].detach()
         cut = torch.nn.Linear(head.in_features, limit, bias=bias is not None, dtype=head.weight.dtype,
                               device=head.weight.device)
         with torch.no_grad():
@@ -64,10 +65,9 @@ def cut_lm_head(model: torch.nn.Module, limit: int, eos_ids: tuple[int, ...], dt
             if bias is not None:
                 cut.bias.copy_(bias[:limit])
         model.lm_head = cut  # no longer tied to the embedding: the embedding keeps every row
-    if state is not None and bias is not None:
-        state["lm_head.bias"] = bias[:limit].clone()
+    extra_weight = extra_weight.to(dtype)  # indexing made it a copy: the head's weight is not kept
     extra_bias = None if bias is None else bias[extra_ids].detach().to(dtype)
 
     def finish() -> None:
-        model.lm_head = LimitedHead(model.lm_head, vocab_size, extra_ids, extra_weight.to(dtype), extra_bias)
+        model.lm_head = LimitedHead(model.lm_head, vocab_size, extra_ids, extra_weight, extra_bias)
     return finish

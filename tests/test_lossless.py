@@ -120,6 +120,29 @@ def test_adaptive_windows_grow_with_a_draft_that_is_always_right(llm_factory, ti
     assert out.stats.tokens_per_target_forward > 4
 
 
+# A split CPU whose draft feeds faster on both cores (an SD round's): an adaptive request opens with an SD round
+SD_OPENING_COSTS = SpeculationCosts({1: CostRow(draft_step_s=0.01, verify_s=(0.1,) * 6, alone_step_s=0.06,
+                                                draft_feed_s=0.004, sd_draft_feed_s=0.002)}, 0.8)
+
+
+@pytest.mark.parametrize("draft", ["target", "random_draft"])
+def test_the_prompts_forward_verifies_the_opening_window(llm_factory, tiny, draft):
+    """Where the models take turns on a split CPU, the draft feeds the prompt and drafts a window first, and the
+    target's prefill checks that window: with a draft that is always right every round drafts, the prompt's
+    included; with one that is mostly wrong the output stays the target's own too."""
+    llm = llm_factory(tiny[draft], tiny["target"], costs=SD_OPENING_COSTS)
+    params = SamplingParams(max_tokens=40, ignore_eos=True)
+    # every adaptive request before the first `ar` one: the target's steps alone, calibrated against these
+    # costs, would make drafting look unpaid
+    outs = [llm.generate(prompt, params, mode="pearl").collect() for prompt in PROMPTS]
+    for prompt, out in zip(PROMPTS, outs):
+        assert out.token_ids == llm.generate(prompt, params, mode="ar").collect().token_ids, prompt
+        assert out.stats.sd_rounds >= 1  # the opening
+        if draft == "target":
+            assert out.stats.drafted_rounds == out.stats.rounds == out.stats.target_forwards
+            assert out.stats.accepted_draft_tokens == out.stats.checked_draft_tokens > 0
+
+
 def test_a_catch_up_that_cannot_be_won_back_is_not_started(llm_factory, tiny):
     """The target rank tells each policy how many tokens are left to generate and how many the draft has not
     fed: where the draft feeds a token in a sixth of a target step, a 40-token prompt asking for 4 tokens

@@ -103,19 +103,22 @@ def test_the_estimate_weighs_recent_tokens_most():
 
 
 def policy(prior: float = 0.8) -> WindowPolicy:
-    """A policy past its prompt's round."""
-    p = WindowPolicy("pearl", prior, max_window=8)
-    assert p.next_window(CPU) == 0
-    return p
+    """A new request's policy (its first round is the prompt's)."""
+    return WindowPolicy("pearl", prior, max_window=8)
 
 
-def test_the_prompt_runs_alone_where_the_target_is_faster_alone():
-    """On a CPU whose cores the models split, the prompt's forward runs on all the target's cores and the
-    opening drafts from the next round, an SD one (the draft catches up on every core); where a verify beside
-    the draft costs what a step alone does (a GPU), both prefills run at once and PEARL rounds follow."""
+def test_on_a_split_cpu_the_models_take_turns_on_the_prompt():
+    """On a CPU whose cores the models split, where the draft feeds faster on all of them, the opening is an SD
+    round from the first: the draft feeds the prompt and drafts a window on every core, then the target's
+    prefill verifies it on every core (no round for the prompt alone). Where that catch-up cannot be won back,
+    the prompt runs alone; where the draft feeds no faster on every core, the prompt runs alone and the draft
+    catches up next, beside a 1-token verify; where a verify beside the draft costs what a step alone does (a
+    GPU), both prefills run at once and PEARL rounds follow."""
     cpu = WindowPolicy("pearl", 0.8, max_window=8)
-    assert cpu.next_window(CPU) == 0
-    assert cpu.next_window(CPU) == best_window("sd", 0.8, CPU, 8)[0] > 1 and cpu.kind == "sd"
+    assert cpu.next_window(CPU, None, 64, 130) == best_window("sd", 0.8, CPU, 8)[0] > 1 and cpu.kind == "sd"
+    # 3 tokens to go do not win back a 2000-token feed: the prompt alone, and no drafting after it
+    few_to_go = WindowPolicy("pearl", 0.8, max_window=8)
+    assert few_to_go.next_window(CPU, None, 3, 2000) == 0 and few_to_go.next_window(CPU, None, 2, 2001) == 0
     # where the draft feeds no faster in an SD round (this profile has no feed on its threads), it catches up
     # beside a 1-token verify, drafting one token
     same_cores = WindowPolicy("pearl", 0.8, max_window=8)

@@ -41,19 +41,22 @@ code to prose changes its window within a few dozen tokens. Every sequence start
 prior acceptance: its own acceptance is the evidence; unless the costs say that not even a draft that is
 always right would beat the target alone (a draft that is slow next to its target: then no round drafts), or
 that catching up costs more than drafting could win back (below). Where the target decodes faster alone than
-beside the draft (``target_faster_alone``: a CPU whose cores the models split), the prompt's forward runs
-alone first, on all the target's cores (a compute-bound prefill beside the draft took 1.6x as long on 2
-cores), and the draft catches up on the prompt in the next round. Its feed beside a 1-token verify would
-outlast that verify and leave the target waiting, so where the draft feeds faster on the pair's cores
-(``catch_up_in_sd_round``) that round is an SD one: the draft feeds and drafts its window on all the cores and
-the target then verifies it on all of them (the default pair: the int4 draft fed a 110-token prompt in 0.44 s
-on one core, 0.24 on two; the verify beside it took 0.2 s); otherwise a PEARL round drafting a single token
-beside a 1-token verify. Elsewhere (a GPU each) the two prefills run at once and the draft catches up beside
-the target's forward in PEARL rounds. A sequence that stopped drafting has no evidence coming in: it drafts
-again after ``PROBE_AFTER_ROUNDS`` rounds, twice as many after each probe that does not pay (the opening rounds
-are no probe: a request whose first two windows were unlucky looks again as soon as one that stopped after
-paying). A probe is dear (the draft first catches up on every token it missed, in a round as at the opening),
-so probes are rare.
+beside the draft (``target_faster_alone``: a CPU whose cores the models split), the models take turns on the
+prompt rather than sharing the cores (a compute-bound prefill beside the draft took 1.6x as long on 2 cores).
+Where the draft feeds faster on the pair's cores (``catch_up_in_sd_round``), the opening is an SD round from
+the first: the draft feeds the prompt and drafts its window on all the cores, then the target's prefill
+verifies that window on all of them, its few rows riding on the prompt's compute-bound forward (a lone
+prompt's round, then an SD round, paid one verify more: ~0.14 s of a 64-token HumanEval request's 4.5 s on
+the default pair). The first tokens come later by the draft's feed and window (0.3-0.5 s for a 130-token
+prompt there), one and the window's accepted ones at once. Where that catch-up would not pay (below), the
+prompt runs alone. Where the draft feeds no faster on the pair's cores, the prompt's forward runs alone first
+and the draft catches up in the next round, a PEARL one drafting a single token beside a 1-token verify (its
+feed would outlast a longer window's wait). Elsewhere (a GPU each) the two prefills run at once and the draft
+catches up beside the target's forward in PEARL rounds. A sequence that stopped drafting has no evidence coming
+in: it drafts again after ``PROBE_AFTER_ROUNDS`` rounds, twice as many after each probe that does not pay (the
+opening rounds are no probe: a request whose first two windows were unlucky looks again as soon as one that
+stopped after paying). A probe is dear (the draft first catches up on every token it missed, in a round as at
+the opening), so probes are rare.
 
 Catching up is priced (``catch_up_pays``): where it costs time (an SD round's feed, or a PEARL round's feed
 that outlasts the target's forward beside it, or that forward on fewer threads than alone), drafting opens, or
@@ -375,14 +378,16 @@ class WindowPolicy:
         (``row``: calibrated; ``profiled``: as the build measured them, ``row`` if not given), the tokens the
         request may still generate (``remaining``; None: unbounded) and the tokens the draft has not fed yet
         (``missed``: the prompt's, then those decoded alone)."""
-        if not self.prefilled:
-            self.prefilled = True
-            if target_faster_alone(row):
-                return 0  # the prompt's forward alone, on all the target's cores
         # Whether to draft at all, and whether a catch-up can be won back, are judged on the profile (both
         # models measured side by side): calibration moves only the kinds of forward that ran, and without
         # probes a one-sided calibration would never be corrected.
         profiled = profiled or row
+        if not self.prefilled:
+            self.prefilled = True
+            if target_faster_alone(row) and not catch_up_in_sd_round(profiled):
+                return 0  # the prompt's forward alone, on all the target's cores; the draft catches up next
+            # else the opening below: an SD round's window verified by the prompt's forward (on a split CPU),
+            # or PEARL rounds from the first (a GPU each)
         if not drafting_can_pay(self.kinds, profiled, self.max_window):
             self.window = 0  # no opening, no probe
             return 0

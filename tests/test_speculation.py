@@ -49,6 +49,16 @@ def test_an_unprofiled_verify_on_all_threads_is_sped_up_as_much_as_a_step():
     assert CPU.alone_verify(3) == 0.24 and CPU.sd_draft_step == CPU.draft_step_s
 
 
+def test_an_sd_window_verifies_only_as_many_rows_as_were_profiled():
+    """An SD window of k verifies k + 1 rows: with 8 verify lengths profiled, 7 is its longest window even where
+    the draft is almost always right and a verify costs the same for any length (the 8th row's cost is
+    unknown, and no calibration would correct a guess)."""
+    tiny_draft = replace(FLAT, draft_step_s=0.01)
+    assert best_window("sd", 0.99, tiny_draft, 8)[0] == 7
+    assert best_window("pearl", 0.99, tiny_draft, 8)[0] == 8  # a PEARL window of k verifies k rows
+    assert best_window("sd", 0.99, replace(tiny_draft, verify_s=(0.1,)), 8)[0] == 1  # one length: one window
+
+
 def test_the_round_kind_follows_the_costs():
     """Where a verify is flat, PEARL's overlap wins; where it is compute-bound and the draft cheap, drafting
     first and verifying on every core (SD) does; an SD request has no choice."""

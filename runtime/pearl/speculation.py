@@ -208,6 +208,11 @@ def best_window(mode: str, a: float, row: CostRow, max_window: int, after_sd: bo
     """(window, tokens/s) of the best window for a drafting ``mode`` ("sd" or "pearl"); ``after_sd``: the
     sequence's last round was an SD one (a PEARL round now starts with a pre-verify round)."""
     rate = pearl_after_sd_tokens_per_s if after_sd and mode == "pearl" else RATES[mode]
+    if mode == "sd":
+        # an SD window of k verifies k + 1 rows: only windows whose verify the profile timed (and calibration
+        # can correct). Priced at the longest profiled verify, 9-row verifies took 166-200 ms against 148 ms
+        # profiled for 8 rows, uncalibrated, and the widest window won wherever the acceptance was high
+        max_window = max(1, min(max_window, len(row.verify_s) - 1))
     return max(((k, rate(k, a, row)) for k in range(1, max_window + 1)), key=lambda pair: pair[1])
 
 

@@ -19,9 +19,9 @@ from mpi4py import MPI
 from pearl.backends import load_backend
 from pearl.ranks.config import WorldConfig
 from pearl.ranks.draft_rank import DraftRank
-from pearl.ranks.protocol import (CANCEL, CONFIG, CONTROL, COSTS, DRIVER_RANK, ERROR, OP_GENERATE, OP_PROFILE,
-                                 OP_SHUTDOWN, OP_START, PROFILE, READY, SAMPLING, TARGET_RANK, decode_request,
-                                 message_text, text_message)
+from pearl.ranks.protocol import (CANCEL, CONFIG, CONTROL, COSTS, DRAFT_RANK, DRIVER_RANK, ERROR, OP_GENERATE,
+                                 OP_PROFILE, OP_SHUTDOWN, OP_START, PROFILE, READY, SAMPLING, TARGET_RANK,
+                                 decode_request, message_text, text_message)
 from pearl.ranks.roles import WorldLayout
 from pearl.ranks.target_rank import TargetRank
 from pearl.ranks.transport import MAX_SLEEP_S, MIN_SLEEP_S, Endpoint, wait_until
@@ -35,7 +35,10 @@ INTERCOMM_TAG = 77
 # thread preempted stalls the other at the next barrier: frequent polls slow the working rank
 # (docs/results/HISTORY.md, "Continuous batching, change by change").
 IDLE_MAX_SLEEP_S = 10e-3
-DRAIN_QUIET_S = 1e-3  # at a round boundary: probing this long after the driver's last message adds <1% a round
+# At a round boundary the target probes this long after the driver's last message (<1% a round): what it
+# admits is what arrived. The draft admits what the target's PLAN names, waiting for a request not here yet,
+# so it handles what has arrived and drafts: in an SD round the target waits for it.
+DRAIN_QUIET_S = {TARGET_RANK: 1e-3, DRAFT_RANK: 0.0}
 
 
 class Shutdown(Exception):
@@ -90,7 +93,7 @@ class Worker:
             while True:
                 wait_until(lambda: self.driver.has(DRIVER_RANK) or self.scheduler.ready(),
                            max_sleep=MAX_SLEEP_S if self.scheduler.busy else IDLE_MAX_SLEEP_S)
-                self.drain_driver()
+                self.drain_driver(DRAIN_QUIET_S[self.rank])
                 if self.scheduler.ready():
                     self.scheduler.step()
         except Shutdown:
@@ -99,15 +102,17 @@ class Worker:
             self.driver.send(text_message(traceback.format_exc()), DRIVER_RANK, ERROR)
             self.wait_for_shutdown()
 
-    def drain_driver(self) -> None:
-        """Handle every message the driver has sent, until none shows for ``DRAIN_QUIET_S``. MPICH reads
-        what arrived during a long forward a little per probe: one probe right after a round saw one of
-        six requests sent a second before, and the other five missed that round's admission."""
+    def drain_driver(self, quiet_s: float) -> None:
+        """Handle every message the driver has sent, until none shows for ``quiet_s`` (0: none shows now).
+        MPICH reads what arrived during a long forward a little per probe: one probe right after a round saw
+        one of six requests sent a second before, and the other five missed that round's admission."""
         quiet_since = time.monotonic()
-        while time.monotonic() - quiet_since < DRAIN_QUIET_S:
+        while True:
             if self.driver.has(DRIVER_RANK):
                 self.handle_driver_message()
                 quiet_since = time.monotonic()
+            elif time.monotonic() - quiet_since >= quiet_s:
+                return
             else:
                 time.sleep(MIN_SLEEP_S)
 

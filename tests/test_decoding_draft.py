@@ -13,7 +13,7 @@ from pearl.backends.torch_backend import TorchBackend
 from pearl.decoding import draft_round, draft_state
 from pearl.params import GenerationRequest, Mode, SamplingParams
 from pearl.sampling import top_probability
-from pearl.speculation import CostRow, SpeculationCosts
+from pearl.speculation import CostRow, SpeculationCosts, WindowPolicy
 from test_lossless import PROMPTS
 from test_sampling_distribution import NUM_SAMPLES, POSITIONS, PROMPT, assert_matches, exact_marginals
 
@@ -82,3 +82,24 @@ def test_windows_stopped_early_sample_the_targets_distribution(llm, tiny):
             counts[k, out.token_ids[k]] += 1
     for k, expected in enumerate(exact_marginals(tiny["small_target"], SamplingParams(temperature=1.0))):
         assert_matches(counts[k], expected)
+
+
+def test_the_target_tells_each_policy_where_its_windows_stopped(llm_factory, tiny, world, monkeypatch):
+    """A window shorter than its policy asked (and than the request's end allows) is the draft's stop; the
+    policy prices PEARL windows at the length the draft drafts (test_speculation). Each window here stops after
+    its first token."""
+    if world != "local":
+        pytest.skip("the policy is looked at in the target rank's thread: the in-process world only")
+    seen: list[tuple[WindowPolicy, int, int]] = []
+    observe_window = WindowPolicy.observe_window
+
+    def recording(policy, drafted, planned):
+        seen.append((policy, drafted, planned))
+        observe_window(policy, drafted, planned)
+
+    monkeypatch.setattr(WindowPolicy, "observe_window", recording)
+    llm = llm_factory(tiny["close_draft"], tiny["target"], costs=DRAFTING_PAYS, draft_stop_confidence=0.999)
+    llm.generate(PROMPTS[0], SamplingParams(max_tokens=40, ignore_eos=True), mode="pearl").collect()
+    assert seen and all(drafted == 1 for _, drafted, _ in seen)
+    assert any(planned > 1 for _, _, planned in seen)  # stopped, not cut at the request's end
+    assert seen[-1][0].stops.rate > 0.5

@@ -5,8 +5,9 @@ from dataclasses import replace
 import pytest
 
 from pearl.speculation import (MIN_DRAFTED_ROUNDS, PROBE_AFTER_ROUNDS, AcceptanceEstimate, Calibration, CostRow,
-                               SpeculationCosts, WindowPolicy, best_round, best_window, catch_up_pays,
-                               pearl_after_sd_tokens_per_s, pearl_tokens_per_s, sd_tokens_per_s)
+                               SpeculationCosts, StopEstimate, WindowPolicy, best_round, best_window,
+                               catch_up_pays, drafted_length, pearl_after_sd_tokens_per_s, pearl_tokens_per_s,
+                               sd_tokens_per_s)
 
 # A GPU-like pair: a verify costs the same for any window, the draft 1/4 of the target.
 FLAT = CostRow(draft_step_s=0.025, verify_s=(0.1,) * 8, alone_step_s=0.1)
@@ -57,6 +58,43 @@ def test_an_sd_window_verifies_only_as_many_rows_as_were_profiled():
     assert best_window("sd", 0.99, tiny_draft, 8)[0] == 7
     assert best_window("pearl", 0.99, tiny_draft, 8)[0] == 8  # a PEARL window of k verifies k rows
     assert best_window("sd", 0.99, replace(tiny_draft, verify_s=(0.1,)), 8)[0] == 1  # one length: one window
+
+
+def test_a_pearl_window_is_priced_at_what_the_draft_drafts():
+    """A PEARL round lasts as long as the verify beside the drafting, so a window the draft ends early gains
+    fewer tokens for the same seconds: where the draft stops after 30% of its tokens, PEARL windows of any
+    length draft ~3 tokens, and on the CPU at 0.95 SD rounds win, which PEARL ones do without stops. On a flat
+    verify PEARL stays ahead, with its longest window (the stop ends it, not the window)."""
+    assert [drafted_length(k, 0.3) for k in (1, 2, 4, 8)] == [1, 2, 3, 3] and drafted_length(8, 0.0) == 8
+    assert best_round(("pearl", "sd"), 0.95, CPU, 8)[0] == "pearl"
+    assert best_round(("pearl", "sd"), 0.95, CPU, 8, stop=0.3)[0] == "sd"
+    assert best_window("pearl", 0.95, CPU, 8, stop=0.3)[1] < best_window("pearl", 0.95, CPU, 8)[1]
+    assert best_round(("pearl", "sd"), 0.95, FLAT, 8, stop=0.3)[:2] == ("pearl", 8)
+    assert best_window("sd", 0.95, CPU, 8, stop=0.3) == best_window("sd", 0.95, CPU, 8)  # SD: as before
+
+    def drafting_pearl_at(acceptance: float) -> WindowPolicy:
+        p = WindowPolicy("pearl", acceptance, max_window=8)
+        p.prefilled, p.window, p.drafted_rounds, p.kind = True, 4, 3, "pearl"  # drafting PEARL rounds
+        return p
+
+    sure, unsure = drafting_pearl_at(0.95), drafting_pearl_at(0.95)
+    for _ in range(5):
+        sure.observe_window(6, 6)
+        unsure.observe_window(2, 6)  # stopped after 2 of 6
+    assert sure.next_window(CPU) > 0 and sure.kind == "pearl"
+    assert unsure.next_window(CPU) > 0 and unsure.kind == "sd"
+
+
+def test_the_stop_estimate_counts_stops_over_drafted_tokens():
+    estimate = StopEstimate()
+    estimate.observe(4, stopped=False)
+    assert estimate.rate == 0  # no stop yet (or a draft without draft_stop_confidence)
+    for _ in range(10):
+        estimate.observe(4, stopped=True)  # a stop after every fourth token
+    assert estimate.rate == pytest.approx(0.25, abs=0.02)
+    for _ in range(30):
+        estimate.observe(4, stopped=False)  # whole windows since: the stops fade
+    assert estimate.rate < 0.05
 
 
 def test_the_round_kind_follows_the_costs():

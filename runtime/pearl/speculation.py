@@ -27,7 +27,9 @@ Expected tokens per second of a window k, for a per-token acceptance a:
   The round's seconds are scaled by ``overlap`` (calibrated: what rounds took beyond their longer part).
 - none: one token per ``alone_step_s``.
 A window is the most the draft drafts: with ``draft_stop_confidence`` it stops after a token it is unsure of
-(pearl.decoding.draft), and the acceptance estimate counts the tokens actually checked.
+(pearl.decoding.draft), and the acceptance estimate counts the tokens actually checked. A PEARL round lasts
+as long as the verify beside the drafting, however few tokens the draft drafted, so its window is priced at
+the length the draft is expected to draft (``StopEstimate``: how often this sequence's draft stopped).
 
 An adaptive PEARL request picks each round's kind too: a PEARL round (the verify beside the drafting) or a
 vanilla SD round (draft, then verify on every core), whichever the rate model says is faster. Where a verify
@@ -204,22 +206,41 @@ def pearl_after_sd_tokens_per_s(k: int, a: float, row: CostRow) -> float:
 RATES = {"sd": sd_tokens_per_s, "pearl": pearl_tokens_per_s}
 
 
-def best_window(mode: str, a: float, row: CostRow, max_window: int, after_sd: bool = False) -> tuple[int, float]:
+def drafted_length(window: int, stop: float) -> int:
+    """The tokens a window of ``window`` drafts where the draft stops after each token with chance ``stop``
+    (``draft_stop_confidence``; 0: the whole window), rounded: 1 + (1 - stop) + ... + (1 - stop)^(window - 1)."""
+    if stop <= 0:
+        return window
+    return max(1, min(window, round((1 - (1 - stop) ** window) / stop)))
+
+
+def best_window(mode: str, a: float, row: CostRow, max_window: int, after_sd: bool = False,
+                stop: float = 0.0) -> tuple[int, float]:
     """(window, tokens/s) of the best window for a drafting ``mode`` ("sd" or "pearl"); ``after_sd``: the
-    sequence's last round was an SD one (a PEARL round now starts with a pre-verify round)."""
+    sequence's last round was an SD one (a PEARL round now starts with a pre-verify round); ``stop``: the
+    chance the draft stops after a token (its windows end early).
+
+    A PEARL window is priced at the length the draft drafts: its round lasts as long as the verify beside the
+    drafting whatever the window, so a window that stops early gains fewer tokens for the same seconds (the
+    default pair, HumanEval, acceptance estimate 0.98-0.99: PEARL rounds drafting 1-2 of a window of 6 beside
+    a 185-216 ms verify on one core, 15 tokens/s against 26 for the SD rounds before them). An SD round's
+    verify shrinks with the window: a stop there saves draft steps, priced as a whole window's."""
     rate = pearl_after_sd_tokens_per_s if after_sd and mode == "pearl" else RATES[mode]
     if mode == "sd":
         # an SD window of k verifies k + 1 rows: only windows whose verify the profile timed (and calibration
         # can correct). Priced at the longest profiled verify, 9-row verifies took 166-200 ms against 148 ms
         # profiled for 8 rows, uncalibrated, and the widest window won wherever the acceptance was high
         max_window = max(1, min(max_window, len(row.verify_s) - 1))
-    return max(((k, rate(k, a, row)) for k in range(1, max_window + 1)), key=lambda pair: pair[1])
+        stop = 0.0
+    # of windows that draft alike, the longest: the draft's stop, not the window, ends it
+    return max(((k, rate(drafted_length(k, stop), a, row)) for k in range(1, max_window + 1)),
+               key=lambda pair: (pair[1], pair[0]))
 
 
-def best_round(kinds: tuple[str, ...], a: float, row: CostRow, max_window: int,
-               after_sd: bool = False) -> tuple[str, int, float]:
+def best_round(kinds: tuple[str, ...], a: float, row: CostRow, max_window: int, after_sd: bool = False,
+               stop: float = 0.0) -> tuple[str, int, float]:
     """(kind, window, tokens/s) of the best round among ``kinds`` ("pearl", "sd")."""
-    return max(((kind, *best_window(kind, a, row, max_window, after_sd)) for kind in kinds),
+    return max(((kind, *best_window(kind, a, row, max_window, after_sd, stop)) for kind in kinds),
                key=lambda best: best[2])
 
 
@@ -281,6 +302,26 @@ class AcceptanceEstimate:
     @property
     def rate(self) -> float:
         return self.accepted / (self.accepted + self.rejected)
+
+
+class StopEstimate:
+    """The chance a sequence's draft stops after a token (``draft_stop_confidence``: it was unsure of it), over
+    the tokens after which its windows went on or stopped, each older one weighing ``DECAY`` less; 0 until a
+    window stops. A window's last token says nothing where the window was drafted whole."""
+
+    def __init__(self) -> None:
+        self.stops, self.continues = 0.0, 0.0
+
+    def observe(self, drafted: int, stopped: bool) -> None:
+        """A window drafted ``drafted`` tokens, and ``stopped`` before its length (not at the request's end)."""
+        fade = DECAY ** drafted
+        self.stops = self.stops * fade + stopped
+        self.continues = self.continues * fade + drafted - 1
+
+    @property
+    def rate(self) -> float:
+        seen = self.stops + self.continues
+        return self.stops / seen if seen else 0.0
 
 
 class Calibration:
@@ -365,6 +406,7 @@ class WindowPolicy:
         self.kinds, self.max_window, self.prior = ROUND_KINDS[mode], max_window, prior_acceptance
         self.kind = self.kinds[0]
         self.acceptance = AcceptanceEstimate(prior_acceptance)
+        self.stops = StopEstimate()
         self.window = 0
         self.drafted_rounds = 0  # rounds drafted since it last started drafting
         self.probe_after = PROBE_AFTER_ROUNDS
@@ -376,6 +418,10 @@ class WindowPolicy:
     def observe(self, num_checked: int, num_accepted: int) -> None:
         if num_checked:
             self.acceptance.observe(num_checked, num_accepted)
+
+    def observe_window(self, drafted: int, planned: int) -> None:
+        """A round's window drafted ``drafted`` of the ``planned`` tokens (fewer: the draft stopped)."""
+        self.stops.observe(drafted, drafted < planned)
 
     def next_window(self, row: CostRow, profiled: CostRow | None = None, remaining: int | None = None,
                     missed: int = 0) -> int:
@@ -399,7 +445,8 @@ class WindowPolicy:
         # a switch from SD rounds to PEARL ones starts with a pre-verify round: priced in, so that two kinds of
         # about the same rate do not alternate (each return to PEARL paid a round for one token)
         after_sd = self.window > 0 and self.kind == "sd"
-        self.kind, window, rate = best_round(self.kinds, self.acceptance.rate, row, self.max_window, after_sd)
+        self.kind, window, rate = best_round(self.kinds, self.acceptance.rate, row, self.max_window, after_sd,
+                                             self.stops.rate)
         pays = rate >= 1 / row.alone_step_s
         if not self.window:
             # The draft first feeds every token it missed (at the opening, the prompt). On a split CPU that
@@ -411,7 +458,8 @@ class WindowPolicy:
             if (pays or self.alone_rounds >= self.probe_after) and \
                     catch_up_pays(self.kinds, self.prior, profiled, self.max_window, remaining, missed, kind):
                 self.probing, self.opened = self.opened and not pays, True
-                self.kind, window = kind, best_window(kind, self.acceptance.rate, row, self.max_window)[0]
+                self.kind, window = kind, best_window(kind, self.acceptance.rate, row, self.max_window,
+                                                      stop=self.stops.rate)[0]
                 if kind == "pearl" and target_faster_alone(row):
                     window = 1  # the feed beside a 1-token verify outlasts it: no window of steps on top
                 self.window, self.drafted_rounds = window, 1

@@ -85,7 +85,7 @@ class TargetState(RankState):
 
     def take_draft(self, draft: Draft, waited_s: float) -> None:
         """The draft's window arrived (after ``waited_s`` of waiting): append it as pending tokens."""
-        if self.policy is not None:  # fewer tokens than the window (cut at the request's end): the draft stopped
+        if self.policy is not None:  # fewer than asked (its window, cut at the request's end): the draft stopped
             self.policy.observe_window(len(draft.tokens), self.num_to_draft())
         self.draft, self.draft_wait_s = draft, waited_s
         self.wait_s += waited_s

@@ -4,7 +4,7 @@ from dataclasses import replace
 
 import pytest
 
-from pearl.speculation import (MIN_DRAFTED_ROUNDS, PROBE_AFTER_ROUNDS, AcceptanceEstimate, Calibration, CostRow,
+from pearl.speculation import (MIN_DRAFTED_ROUNDS, MIN_OPENING_ROUNDS, PROBE_AFTER_ROUNDS, AcceptanceEstimate, Calibration, CostRow,
                                SpeculationCosts, StopEstimate, WindowPolicy, best_round, best_window,
                                catch_up_pays, drafted_length, pearl_after_sd_tokens_per_s, pearl_tokens_per_s,
                                sd_tokens_per_s)
@@ -216,6 +216,22 @@ def test_every_sequence_starts_drafting_and_a_probe_that_pays_keeps_drafting():
         assert p.next_window(CPU) > 0
         p.observe(p.window, p.window)  # everything accepted
     assert p.acceptance.rate > 0.9 and not p.probing
+
+
+def test_the_opening_lasts_a_round_longer_than_a_probe():
+    """The opening's first window starts at the answer's first token, which the draft gets wrong more often:
+    windows rejected at once stop the opening after MIN_OPENING_ROUNDS rounds, a probe after fewer."""
+    assert MIN_OPENING_ROUNDS > MIN_DRAFTED_ROUNDS
+    p = policy()
+    for _ in range(MIN_OPENING_ROUNDS):
+        assert p.next_window(CPU) > 0
+        p.observe(p.window, 0)  # rejected at once
+    assert p.next_window(CPU) == 0
+    assert [p.next_window(CPU) for _ in range(PROBE_AFTER_ROUNDS - 1)] == [0] * (PROBE_AFTER_ROUNDS - 1)
+    for _ in range(MIN_DRAFTED_ROUNDS):
+        assert p.next_window(CPU) > 0 and p.probing
+        p.observe(p.window, 0)
+    assert p.next_window(CPU) == 0
 
 
 def test_an_unlucky_opening_is_looked_at_again_as_soon_as_a_stop_after_paying():

@@ -85,7 +85,12 @@ DECAY = 0.95  # per checked draft token: evidence ~20 tokens old weighs a third
 PRIOR_TOKENS = 2.0  # the prior acceptance counts as this many checked tokens
 PROBE_AFTER_ROUNDS = 32
 MAX_PROBE_AFTER_ROUNDS = 256
-MIN_DRAFTED_ROUNDS = 2  # a probe (the first rounds included) lasts at least this long
+MIN_DRAFTED_ROUNDS = 2  # a probe lasts at least this long
+# The opening lasts a round longer: its first window starts at the answer's first token, which the draft gets
+# wrong more often than the ones after it (a summary's first word). Two windows rejected at once there stopped a
+# summarization request whose draft then matched 25 of 28 tokens, and it decoded alone for 26 rounds until its
+# probe; a round more of drafting costs ~0.1 s where the draft is wrong throughout
+MIN_OPENING_ROUNDS = 3
 
 
 @dataclass(frozen=True)
@@ -413,6 +418,7 @@ class WindowPolicy:
         self.alone_rounds = self.probe_after  # rounds decoded alone since it last stopped: a probe first
         self.probing = False  # drafting only to look at the acceptance again, and it has not paid yet
         self.opened = False  # the opening rounds are not a probe: two unlucky rounds must not delay the next look
+        self.opening = False  # drafting since the opening, without a stop yet
         self.prefilled = False  # the prompt's round is behind it
 
     def observe(self, num_checked: int, num_accepted: int) -> None:
@@ -457,7 +463,7 @@ class WindowPolicy:
             # drafting pays, or it is time to look again; and what could be won back covers the catch-up
             if (pays or self.alone_rounds >= self.probe_after) and \
                     catch_up_pays(self.kinds, self.prior, profiled, self.max_window, remaining, missed, kind):
-                self.probing, self.opened = self.opened and not pays, True
+                self.probing, self.opening, self.opened = self.opened and not pays, not self.opened, True
                 self.kind, window = kind, best_window(kind, self.acceptance.rate, row, self.max_window,
                                                       stop=self.stops.rate)[0]
                 if kind == "pearl" and target_faster_alone(row):
@@ -466,7 +472,7 @@ class WindowPolicy:
                 return window
             self.alone_rounds += 1
             return 0
-        if not pays and self.drafted_rounds >= MIN_DRAFTED_ROUNDS:
+        if not pays and self.drafted_rounds >= (MIN_OPENING_ROUNDS if self.opening else MIN_DRAFTED_ROUNDS):
             # a probe that never paid: look again later; drafting that paid for a while: soon
             self.probe_after = min(2 * self.probe_after, MAX_PROBE_AFTER_ROUNDS) if self.probing \
                 else PROBE_AFTER_ROUNDS

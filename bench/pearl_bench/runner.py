@@ -132,7 +132,8 @@ class BenchRun:
             return
         torch.set_num_threads(self.cores)
         draft = load_model(as_torch_model(self.world_config.draft, self.world_config.target.dtype))
-        assisted = AssistedGeneration(self.target, draft, eos_token_ids(self.target))
+        # the pair's end tokens (its eos_tokens), where our methods end too
+        assisted = AssistedGeneration(self.target, draft, eos_token_ids(self.target, self.world_config.target))
         for prompt in pending:
             self._save(method, prompt, assisted.run(prompt.token_ids(self.tokenizer), self.config.max_tokens))
         del draft, assisted

@@ -16,6 +16,10 @@
     draft_vocab_limit: 65536  # optional: the draft proposes only token ids below this (and the end-of-sequence
                               # ones): its LM head computes those rows alone (pearl.backends.vocab_limit;
                               # torch). None (default): the whole vocabulary
+    eos_tokens: [<|im_end|>, <|endoftext|>]  # optional: the tokens that end a generation (each one token of
+                              # the pair's tokenizer). None (default): the target's own EOS ids. A model from
+                              # a GGUF file knows one (Qwen2.5's: <|im_end|>, which ends a chat turn; a plain
+                              # completion ends with <|endoftext|>, as in the HF release's generation config)
     draft_off_batch_size: 8   # optional: from this many sequences in a round, the target decodes alone
     target_alone_threads: 2   # optional: torch threads of the target while no sequence uses the draft
     draft:
@@ -104,6 +108,7 @@ class PairConfig:
     draft_off_batch_size: int | None = None
     target_alone_threads: int | None = None
     draft_vocab_limit: int | None = None
+    eos_tokens: tuple[str, ...] | None = None
     path: Path | None = field(default=None, compare=False)  # the YAML file it came from
 
     @property
@@ -119,7 +124,8 @@ class PairConfig:
                 "draft_acceptance": self.draft_acceptance, "draft_stop_confidence": self.draft_stop_confidence,
                 "draft_off_batch_size": self.draft_off_batch_size,
                 "target_alone_threads": self.target_alone_threads, "draft_vocab_limit": self.draft_vocab_limit,
-                "draft": self.draft.to_dict(), "target": self.target.to_dict()}
+                "draft": self.draft.to_dict(), "target": self.target.to_dict(),
+                **({"eos_tokens": list(self.eos_tokens)} if self.eos_tokens else {})}
 
 
 def available_pairs() -> list[str]:
@@ -157,7 +163,7 @@ def load_pair_config(pair: str) -> PairConfig:
 def parse_pair(data: dict, default_name: str) -> PairConfig:
     known = {"name", "backend", "dtype", "max_seq_len", "max_draft_len", "max_batch_size", "threads_per_rank",
              "cpu_linear", "attention", "draft_acceptance", "draft_stop_confidence", "draft_off_batch_size",
-             "target_alone_threads", "draft_vocab_limit", "draft", "target", "description"}
+             "target_alone_threads", "draft_vocab_limit", "eos_tokens", "draft", "target", "description"}
     unknown = set(data) - known
     if unknown:
         raise ValueError(f"unknown keys {sorted(unknown)}; known: {sorted(known)}")
@@ -189,6 +195,10 @@ def parse_pair(data: dict, default_name: str) -> PairConfig:
     if not 0 <= draft_stop_confidence < 1:
         raise ValueError(f"draft_stop_confidence must be in [0, 1) (0: never stop a window early), got "
                          f"{draft_stop_confidence}")
+    eos_tokens = data.get("eos_tokens")
+    if eos_tokens is not None and (not isinstance(eos_tokens, list) or not eos_tokens or
+                                   not all(isinstance(token, str) and token for token in eos_tokens)):
+        raise ValueError(f"eos_tokens must be a list of token strings (e.g. ['<|im_end|>']), got {eos_tokens!r}")
     draft, target = (parse_model(role, data[role]) for role in ("draft", "target"))
     for model in (draft, target):
         if model.backend == "llama_cpp":
@@ -222,7 +232,8 @@ def parse_pair(data: dict, default_name: str) -> PairConfig:
                          f"PEARL runs them at the same time, each on its own GPU(s)")
     return PairConfig(name=data.get("name", default_name), backend=backend, dtype=dtype, draft=draft, target=target,
                       cpu_linear=cpu_linear, attention=attention, draft_acceptance=draft_acceptance,
-                      draft_stop_confidence=draft_stop_confidence, **ints, **optional_ints)
+                      draft_stop_confidence=draft_stop_confidence,
+                      eos_tokens=tuple(eos_tokens) if eos_tokens else None, **ints, **optional_ints)
 
 
 def parse_model(role: str, data: dict) -> ModelConfig:

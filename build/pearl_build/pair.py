@@ -42,6 +42,8 @@ def finish_pair(pair: PairConfig, out: Path, keys: dict[str, str], profile: bool
     info = {"pair": pair.name, "backend": pair.backend, "models": {role: role for role in ROLES},
             "threads_per_rank": pair.threads_per_rank, "shared_vocab_size": vocab, "build_key": key,
             "config": pair.to_dict(), "profile": previous.get("profile") if previous.get("build_key") == key else None}
+    if pair.eos_tokens:  # what generations end on, not what a forward costs: no new profile
+        info["eos_token_ids"] = eos_token_ids(pair.eos_tokens, out, vocab)
     if info != previous:
         write_engine_json(out, info)
     if not profile:
@@ -61,6 +63,20 @@ def finish_pair(pair: PairConfig, out: Path, keys: dict[str, str], profile: bool
         if len(p["by_batch_size"]) > 1:
             log("gamma by batch size: " + ", ".join(f"{size}: {row['recommended_gamma']}"
                                                     for size, row in p["by_batch_size"].items()))
+
+
+def eos_token_ids(tokens: tuple[str, ...], out: Path, vocab: int) -> list[int]:
+    """The ids of the pair's ``eos_tokens`` in its target's tokenizer; each must be one token of it, among the
+    logits both models share."""
+    tokenizer = load_tokenizer(str(out / "target"))
+    ids = []
+    for token in tokens:
+        token_id = tokenizer.convert_tokens_to_ids(token)
+        if token_id is None or tokenizer.convert_ids_to_tokens(token_id) != token or token_id >= vocab:
+            raise ConfigError(f"eos_tokens: {token!r} is not one token of the target's tokenizer (within its "
+                              f"{vocab} shared ids); its own EOS is {tokenizer.eos_token!r}")
+        ids.append(int(token_id))
+    return ids
 
 
 def check_pair_vocabulary(out: Path) -> int:

@@ -122,7 +122,10 @@ def load_pair(folder: str | Path, check_files: bool = True, check_hashes: bool =
     specs = {role: ModelSpec(str(model_dir), model_device(info), info["dtype"], backend=info["backend"],
                              cpu_linear=cpu_linear, attention=attention, tensor_parallel=int(info.get("tp_size", 1)),
                              exact_logits=role != "draft",
-                             vocab_limit=settings.get("draft_vocab_limit") if role == "draft" else None)
+                             vocab_limit=settings.get("draft_vocab_limit") if role == "draft" else None,
+                             # the pair's eos_tokens as the build found them in its tokenizer; absent: each
+                             # model's own
+                             eos_token_ids=pair.get("eos_token_ids"))
              for role, (model_dir, info) in models.items()}
     profile = pair.get("profile") or {}
     config = WorldConfig(draft=specs["draft"], target=specs["target"],

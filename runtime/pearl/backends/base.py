@@ -37,8 +37,16 @@ class ModelSpec:
     # A draft only: its LM head computes the logits of the first N token ids and the end-of-sequence ones, the
     # others are -inf (pearl.backends.vocab_limit; torch backend). None: the whole vocabulary
     vocab_limit: int | None = None
+    # The token ids that end a generation (the pair's ``eos_tokens``); None: the model's own, as its config and
+    # generation config name them. A model built from a GGUF file keeps the GGUF's one EOS id: Qwen2.5's
+    # instruct models end a chat turn with <|im_end|> and a plain completion with <|endoftext|>
+    eos_token_ids: tuple[int, ...] | None = None
 
     def __post_init__(self) -> None:
+        if self.eos_token_ids is not None:  # a list once it has travelled as JSON
+            object.__setattr__(self, "eos_token_ids", tuple(int(i) for i in self.eos_token_ids))
+            if not self.eos_token_ids or min(self.eos_token_ids) < 0:
+                raise ValueError(f"eos_token_ids must be token ids (>= 0), at least one; got {self.eos_token_ids}")
         if self.cpu_linear not in CPU_LINEARS:
             raise ValueError(f"cpu_linear must be one of {CPU_LINEARS}, got {self.cpu_linear!r}")
         if self.attention not in ATTENTIONS:

@@ -40,7 +40,7 @@ def load_model(spec: ModelSpec) -> torch.nn.Module:
         truncate_layers(model, spec.num_layers)
     finish_head = None
     if spec.vocab_limit is not None:  # before the kernels, which then hold only the rows kept
-        finish_head = cut_lm_head(model, spec.vocab_limit, eos_token_ids(model), DTYPES[spec.dtype], state,
+        finish_head = cut_lm_head(model, spec.vocab_limit, eos_token_ids(model, spec), DTYPES[spec.dtype], state,
                                   quantization)
     if spec.device == "cpu":
         use_cpu_kernels(model, spec.cpu_linear, quantization if quantization != "none" else spec.dtype, state)
@@ -51,8 +51,11 @@ def load_model(spec: ModelSpec) -> torch.nn.Module:
     return model.to(spec.device).eval()
 
 
-def eos_token_ids(model) -> tuple[int, ...]:
-    """Every EOS id the model's config and generation config name."""
+def eos_token_ids(model, spec: ModelSpec | None = None) -> tuple[int, ...]:
+    """The ids that end a generation: the spec's where it names them, else every EOS id the model's config and
+    generation config name."""
+    if spec is not None and spec.eos_token_ids is not None:
+        return spec.eos_token_ids
     ids: set[int] = set()
     for source in (model.config, getattr(model, "generation_config", None)):
         value = getattr(source, "eos_token_id", None)

@@ -31,7 +31,8 @@ def log(message: str) -> None:
 
 def finish_pair(pair: PairConfig, out: Path, keys: dict[str, str], profile: bool, reprofile: bool) -> None:
     """Check the tokenizers, write the pair's engine.json, and profile the pair unless that is current."""
-    vocab = check_pair_vocabulary(out)
+    tokenizers = {role: load_tokenizer(str(out / role)) for role in ROLES}
+    vocab = check_pair_vocabulary(tokenizers, out)
     if pair.draft_vocab_limit is not None and pair.draft_vocab_limit >= vocab:
         raise ConfigError(f"draft_vocab_limit {pair.draft_vocab_limit} keeps the whole vocabulary of {vocab} "
                           f"tokens: give fewer, or leave it out")
@@ -43,7 +44,7 @@ def finish_pair(pair: PairConfig, out: Path, keys: dict[str, str], profile: bool
             "threads_per_rank": pair.threads_per_rank, "shared_vocab_size": vocab, "build_key": key,
             "config": pair.to_dict(), "profile": previous.get("profile") if previous.get("build_key") == key else None}
     if pair.eos_tokens:  # what generations end on, not what a forward costs: no new profile
-        info["eos_token_ids"] = eos_token_ids(pair.eos_tokens, out, vocab)
+        info["eos_token_ids"] = eos_token_ids(pair.eos_tokens, tokenizers["target"], vocab)
     if info != previous:
         write_engine_json(out, info)
     if not profile:
@@ -65,10 +66,9 @@ def finish_pair(pair: PairConfig, out: Path, keys: dict[str, str], profile: bool
                                                     for size, row in p["by_batch_size"].items()))
 
 
-def eos_token_ids(tokens: tuple[str, ...], out: Path, vocab: int) -> list[int]:
-    """The ids of the pair's ``eos_tokens`` in its target's tokenizer; each must be one token of it, among the
-    logits both models share."""
-    tokenizer = load_tokenizer(str(out / "target"))
+def eos_token_ids(tokens: tuple[str, ...], tokenizer, vocab: int) -> list[int]:
+    """The ids of the pair's ``eos_tokens`` in its target's ``tokenizer``; each must be one token of it, among
+    the logits both models share."""
     ids = []
     for token in tokens:
         token_id = tokenizer.convert_tokens_to_ids(token)
@@ -79,9 +79,9 @@ def eos_token_ids(tokens: tuple[str, ...], out: Path, vocab: int) -> list[int]:
     return ids
 
 
-def check_pair_vocabulary(out: Path) -> int:
-    """Refuse a pair whose tokenizers disagree; the logits columns both share (padded vocabularies cut)."""
-    tokenizers = {role: load_tokenizer(str(out / role)) for role in ROLES}
+def check_pair_vocabulary(tokenizers: dict, out: Path) -> int:
+    """Refuse a pair whose ``tokenizers`` (by role) disagree; the logits columns both share (padded vocabularies
+    cut)."""
     check_tokenizers(tokenizers["draft"], tokenizers["target"])
     sizes = {role: read_engine_json(out / role)["vocab_size"] for role in ROLES}
     return shared_vocab_size(tokenizers["target"], sizes["draft"], sizes["target"])

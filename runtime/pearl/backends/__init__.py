@@ -26,16 +26,21 @@ def check_model_path(spec: ModelSpec) -> None:
 
 def load_backend(spec: ModelSpec, participant_ids: list[int] | None = None) -> ModelBackend:
     """``participant_ids``: the MPI_COMM_WORLD ranks of the model's shards, leader first (tensorrt_llm; the
-    torch backend runs a model on this rank alone)."""
+    torch backend runs a model on this rank alone). Its generations end at the spec's ``eos_token_ids`` (the
+    pair's ``eos_tokens``) where it names them, else at the ids the backend finds in its model."""
     check_model_path(spec)
     if spec.backend == "tensorrt_llm":
         from pearl.backends.trtllm_backend import TrtllmBackend
-        return TrtllmBackend.load(spec, participant_ids)
-    if spec.backend == "llama_cpp":
+        backend = TrtllmBackend.load(spec, participant_ids)
+    elif spec.backend == "llama_cpp":
         from pearl.backends.llamacpp_backend import LlamaCppBackend
-        return LlamaCppBackend.load(spec)
-    from pearl.backends.torch_backend import TorchBackend
-    return TorchBackend.load(spec)
+        backend = LlamaCppBackend.load(spec)
+    else:
+        from pearl.backends.torch_backend import TorchBackend
+        backend = TorchBackend.load(spec)
+    if spec.eos_token_ids is not None:
+        backend.eos_token_ids = spec.eos_token_ids
+    return backend
 
 
 __all__ = ["BACKENDS", "ModelBackend", "ModelSpec", "check_model_path", "load_backend"]

@@ -66,10 +66,7 @@ class LlamaCppBackend:
             raise ValueError(f"the llama_cpp backend runs on the CPU, not {spec.device}")
         info = read_engine_json(spec.path) if Path(spec.path).is_dir() else None
         max_seq_len = int(info["max_seq_len"]) if info else DEFAULT_MAX_SEQ_LEN
-        backend = cls(gguf_model_file(spec.path), max_seq_len=max_seq_len, threads=torch.get_num_threads())
-        if spec.eos_token_ids is not None:  # the pair's eos_tokens
-            backend.eos_token_ids = spec.eos_token_ids
-        return backend
+        return cls(gguf_model_file(spec.path), max_seq_len=max_seq_len, threads=torch.get_num_threads())
 
     def forward(self, seqs: list[Sequence], num_logits: list[int]) -> list[torch.Tensor]:
         if torch.get_num_threads() != self._threads:  # the rank gives its model more cores at times

@@ -65,7 +65,6 @@ class TorchBackend:
     @classmethod
     def load(cls, spec: ModelSpec) -> "TorchBackend":
         backend = cls(load_model(spec), spec.attention, spec.exact_logits)
-        backend.eos_token_ids = eos_token_ids(backend.model, spec)
         info = read_engine_json(spec.path) if Path(spec.path).is_dir() else None
         if info is not None:  # an engine built for shorter sequences than the model's positions allow
             backend.max_seq_len = min(backend.max_seq_len, int(info["max_seq_len"]))

@@ -105,7 +105,7 @@ class TrtllmBackend:
         self.engine_max_seq_len, self.max_input_len = int(build["max_seq_len"]), int(build["max_input_len"])
         self.max_draft_len = int(build.get("max_draft_len", 0))
         self.max_seq_len = min(self.max_input_len, self.engine_max_seq_len - 1)  # see the module docstring
-        self.eos_token_ids = spec.eos_token_ids or _eos_ids(folder)  # the pair's eos_tokens, else the engine's
+        self.eos_token_ids = _eos_ids(folder)
         self.device = torch.device("cpu")  # the executor hands logits back as host tensors; sample there
         self.dtype = DTYPES[spec.dtype]
         # Mapping.to_dict() (tensorrt_llm/mapping.py), fixed at checkpoint conversion: world_size = tp * pp * cp
